@@ -1,0 +1,33 @@
+"""pytest-tvmdeploy: test that models deployed with Apache TVM compute what their framework computes.
+
+The plain-Python API mirrors what the pytest plugin does for each ``tvm_model`` test.
+"""
+
+from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
+from pytest_tvmdeploy.compare import Comparison, OutputComparison, compare
+from pytest_tvmdeploy.deployment import Deployment, NamedArrays, Timings, deploy
+from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.inputs import make_inputs
+from pytest_tvmdeploy.sources import ModelSource, open_source
+from pytest_tvmdeploy.tolerances import Tolerance, ToleranceRules
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "Comparison",
+    "Deployment",
+    "ModelSource",
+    "NamedArrays",
+    "OutputComparison",
+    "TargetSpec",
+    "Timings",
+    "Tolerance",
+    "ToleranceRules",
+    "TvmDeployError",
+    "compare",
+    "deploy",
+    "make_inputs",
+    "open_source",
+    "parse_target",
+]

@@ -1,0 +1,179 @@
+"""The whole pipeline for one model: source → Relax → build (cached) → run → reference.
+
+Usable without pytest::
+
+    from pytest_tvmdeploy import deploy, compare
+    d = deploy(torchvision.models.resnet18(), {"x": ((1, 3, 224, 224), "float32")})
+    assert compare(d.reference, d.outputs)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pytest_tvmdeploy.build import TargetSpec, compile_module, export_library, parse_target, tvm_version
+from pytest_tvmdeploy.cache import ARTIFACT_NAME, Artifact, ArtifactCache, cache_key
+from pytest_tvmdeploy.errors import InputSpecError
+from pytest_tvmdeploy.inputs import make_inputs, signature
+from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.runners.python_vm import run_python_vm
+from pytest_tvmdeploy.sources import ModelSource, open_source
+
+#: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
+BUILD_RECIPE = 1
+
+
+class NamedArrays(Mapping[str, np.ndarray]):
+    """Outputs by name, in model order; ``outputs[0]`` also works (position)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self._arrays = dict(arrays)
+        self._names = list(self._arrays)
+
+    def __getitem__(self, key: str | int) -> np.ndarray:
+        if isinstance(key, int):
+            return self._arrays[self._names[key]]
+        return self._arrays[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in self._arrays.items())
+        return f"NamedArrays({shapes})"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent per stage. ``compile`` is 0 on a cache hit (see ``cached_compile``)."""
+
+    load: float = 0.0          # opening the model source (file load / module construction)
+    reference: float = 0.0     # one reference run (PyTorch / ONNX Runtime)
+    import_: float = 0.0       # export + TVM frontend (0 on a cache hit)
+    compile: float = 0.0       # tvm.compile + export_library (0 on a cache hit)
+    cached_compile: float = 0.0  # what the cached artifact took to build, when it was built
+    vm_load: float = 0.0       # loading the .so into the Relax VM
+    run: float = 0.0           # median call of main
+
+    def as_dict(self) -> dict[str, float]:
+        return {name.rstrip("_"): getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Everything one deployment produced, as plain numpy arrays and numbers."""
+
+    model: str
+    source_kind: str
+    reference_name: str
+    target: TargetSpec
+    artifact: Artifact
+    cache_hit: bool
+    fingerprint: str
+    inputs: NamedArrays
+    reference: NamedArrays
+    outputs: NamedArrays
+    timings: Timings
+    runs: Mapping[str, RunResult] = field(default_factory=dict)
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.artifact.path
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.reference)
+
+
+def deploy(
+    model: Any,
+    inputs: Mapping[str, Any] | list[Any],
+    *,
+    target: str | dict[str, Any] | TargetSpec = "llvm",
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    base_dir: Path | None = None,
+    repeat: int = 1,
+) -> Deployment:
+    """Import, build (or reuse), export and run ``model`` on ``target``; run its reference too.
+
+    ``model`` and ``inputs`` take the same forms as the ``tvm_model`` marker. Without
+    ``cache_dir`` the artifact goes to a fresh temporary folder.
+    """
+    spec = target if isinstance(target, TargetSpec) else parse_target(target)
+    start = time.perf_counter()
+    source = open_source(model, base_dir=base_dir)
+    load_seconds = time.perf_counter() - start
+    try:
+        arrays = make_inputs(inputs, seed=seed, names=source.input_names())
+    except InputSpecError as exc:
+        raise InputSpecError(f"{source.description}: {exc}") from None
+    reference = source.run_reference(arrays)
+    key = cache_key({
+        "model": source.fingerprint(arrays),
+        "inputs": signature(arrays),
+        "target": spec.json,
+        "tvm": tvm_version(),
+        "recipe": BUILD_RECIPE,
+    })
+    cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
+    stage: dict[str, float] = {}
+    artifact, built = cache.get_or_build(key, lambda folder: _build(source, arrays, spec, folder, stage))
+    result = run_python_vm(artifact.path, arrays, repeat=repeat)
+    outputs = dict(zip(reference.outputs, result.outputs.values()))
+    if len(result.outputs) != len(reference.outputs):
+        outputs = dict(result.outputs)  # keep everything: the comparison reports the count mismatch
+    timings = Timings(
+        load=load_seconds,
+        reference=reference.median_call_seconds,
+        import_=stage.get("import", 0.0),
+        compile=stage.get("compile", 0.0),
+        cached_compile=float(artifact.meta.get("compile_seconds", 0.0)),
+        vm_load=result.load_seconds,
+        run=result.median_call_seconds,
+    )
+    return Deployment(
+        model=source.description,
+        source_kind=source.kind,
+        reference_name=source.reference_name,
+        target=spec,
+        artifact=artifact,
+        cache_hit=not built,
+        fingerprint=key,
+        inputs=NamedArrays(arrays),
+        reference=NamedArrays(reference.outputs),
+        outputs=NamedArrays(outputs),
+        timings=timings,
+        runs={reference.runner: reference, result.runner: result},
+    )
+
+
+def _build(
+    source: ModelSource, arrays: Mapping[str, np.ndarray], spec: TargetSpec, folder: Path, stage: dict[str, float]
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    module = source.to_relax(arrays)
+    stage["import"] = time.perf_counter() - start
+    start = time.perf_counter()
+    executable = compile_module(module, spec)
+    export_library(executable, folder / ARTIFACT_NAME)
+    stage["compile"] = time.perf_counter() - start
+    return {
+        "model": source.description,
+        "source_kind": source.kind,
+        "target": spec.as_dict,
+        "inputs": signature(arrays),
+        "tvm": tvm_version(),
+        "import_seconds": stage["import"],
+        "compile_seconds": stage["compile"],
+    }

@@ -1,0 +1,49 @@
+"""Errors raised by pytest-tvmdeploy: each names the file or input involved and the cause."""
+
+from __future__ import annotations
+
+
+class TvmDeployError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelSourceError(TvmDeployError):
+    """A model could not be loaded: missing or corrupt file, unknown kind, failing reference run."""
+
+
+class InputSpecError(TvmDeployError):
+    """The ``inputs`` given do not describe valid data, or do not match the model."""
+
+
+class UnsupportedOperatorError(TvmDeployError):
+    """The TVM frontend cannot import one or more operators of the model."""
+
+    def __init__(self, message: str, operators: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.operators = operators
+
+
+class ConfigError(TvmDeployError):
+    """A marker argument, option or ini value that cannot be used."""
+
+
+class TargetError(TvmDeployError):
+    """A ``--tvm-target`` value TVM does not understand."""
+
+
+class BuildError(TvmDeployError):
+    """``tvm.compile`` or ``export_library`` failed."""
+
+
+class ArtifactError(TvmDeployError):
+    """A stored artifact is missing, truncated or does not match its recorded hash."""
+
+
+class RunnerError(TvmDeployError):
+    """Running a built artifact failed (Python VM or C++ child process)."""
+
+
+def brief(exc: BaseException) -> str:
+    """The informative line of an exception's text: TVM puts its message after a traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,224 @@
+"""pytest hooks, options, the ``tvm_model`` marker and fixtures: glue over the plain API."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec
+from pytest_tvmdeploy.compare import Comparison, compare
+from pytest_tvmdeploy.deployment import Deployment, deploy
+from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.inputs import seed_for
+from pytest_tvmdeploy.report.reproducer import write_reproducer
+from pytest_tvmdeploy.report.terminal import format_table
+from pytest_tvmdeploy.settings import (
+    MARKER,
+    MARKER_ARGUMENTS,
+    ModelTestSettings,
+    SessionSettings,
+    model_test_settings,
+    session_settings,
+)
+
+SESSION_KEY = pytest.StashKey[SessionSettings]()
+DEPLOYMENT_KEY = pytest.StashKey[Deployment]()
+SETTINGS_KEY = pytest.StashKey[ModelTestSettings]()
+RECORD_KEY = pytest.StashKey[dict]()
+PROPERTY = "tvmdeploy"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tvmdeploy", "TVM deployment checks (pytest-tvmdeploy)")
+    group.addoption(
+        "--tvm-target", action="append", dest="tvm_target", default=None, metavar="TARGET",
+        help=f"TVM target for tvm_model tests: 'llvm', 'llvm -mcpu=znver4' or JSON "
+             f"'{{\"kind\": \"llvm\", \"mcpu\": \"znver4\"}}'. Repeat to run each test per target. "
+             f"Default: ini tvm_target, else {DEFAULT_TARGET}.",
+    )
+    group.addoption("--tvm-rtol", type=float, default=None, metavar="R",
+                    help="relative tolerance for floating outputs of tests whose marker sets none")
+    group.addoption("--tvm-atol", type=float, default=None, metavar="A",
+                    help="absolute tolerance for floating outputs of tests whose marker sets none")
+    group.addoption("--tvm-cache-dir", default=None, metavar="DIR",
+                    help="artifact cache folder (default: ini tvm_cache_dir, else <pytest cache>/tvmdeploy)")
+    parser.addini("tvm_target", "TVM target(s), one per line (see --tvm-target)", type="linelist", default=[])
+    parser.addini("tvm_rtol", "default relative tolerance for floating outputs", default="")
+    parser.addini("tvm_atol", "default absolute tolerance for floating outputs", default="")
+    parser.addini("tvm_cache_dir", "artifact cache folder, relative to the rootdir", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    args = ", ".join(f"{name}=" for name in MARKER_ARGUMENTS)
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}({args}): deploy the model with TVM, run it and compare every output with "
+        f"the PyTorch / ONNX Runtime reference (pytest-tvmdeploy)",
+    )
+    cache_root = _pytest_cache_dir(config)
+    option = config.getoption("tvm_cache_dir") or config.getini("tvm_cache_dir")
+    cache_dir = Path(option) if option else cache_root / "tvmdeploy"
+    if not cache_dir.is_absolute():
+        cache_dir = config.rootpath / cache_dir
+    try:
+        config.stash[SESSION_KEY] = session_settings(
+            cli_targets=config.getoption("tvm_target"),
+            ini_targets=config.getini("tvm_target"),
+            cli_rtol=config.getoption("tvm_rtol"),
+            ini_rtol=config.getini("tvm_rtol"),
+            cli_atol=config.getoption("tvm_atol"),
+            ini_atol=config.getini("tvm_atol"),
+            cache_dir=cache_dir,
+            repro_dir=cache_root / "tvmdeploy-repro",
+        )
+    except TvmDeployError as exc:
+        raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
+    config.pluginmanager.register(SummaryRecorder(), "tvmdeploy-summary")
+
+
+def _pytest_cache_dir(config: pytest.Config) -> Path:
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("tvmdeploy-root")).parent
+    return config.rootpath / ".pytest_cache" / "d"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A marker on the function, or a test asking for the fixture (the marker may then sit on
+    # a pytest.param of its parametrization, which the definition does not show).
+    if metafunc.definition.get_closest_marker(MARKER) is None and "tvm_deployment" not in metafunc.fixturenames:
+        return
+    for name in ("tvm_deployment", "tvm_target"):
+        if name not in metafunc.fixturenames:
+            metafunc.fixturenames.append(name)
+    targets = metafunc.config.stash[SESSION_KEY].targets
+    if len(targets) > 1:
+        metafunc.parametrize("tvm_target", targets, ids=[t.label for t in targets], indirect=True)
+
+
+@pytest.fixture
+def tvm_target(request: pytest.FixtureRequest) -> TargetSpec:
+    """The TVM target this test deploys to (one of ``--tvm-target``)."""
+    param = getattr(request, "param", None)
+    return param if param is not None else request.config.stash[SESSION_KEY].targets[0]
+
+
+@pytest.fixture
+def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> Deployment:
+    """The deployed model of a ``tvm_model`` test: artifact, inputs, reference, TVM outputs, timings."""
+    item = request.node
+    marker = item.get_closest_marker(MARKER)
+    if marker is None:
+        pytest.fail(f"{item.nodeid}: tvm_deployment needs @pytest.mark.{MARKER}(model=..., inputs=...)", pytrace=False)
+    session = request.config.stash[SESSION_KEY]
+    record = item.stash.setdefault(RECORD_KEY, {"test": item.nodeid, "target": tvm_target.label})
+    try:
+        if marker.args:
+            raise TvmDeployError(f"@pytest.mark.{MARKER} takes keyword arguments only")
+        settings = model_test_settings(marker.kwargs, session, Path(str(item.fspath)))
+        item.stash[SETTINGS_KEY] = settings
+        deployment = deploy(
+            settings.model,
+            settings.inputs,
+            target=tvm_target,
+            cache_dir=session.cache_dir,
+            seed=seed_for(_seed_id(item)),
+            base_dir=settings.base_dir,
+        )
+    except TvmDeployError as exc:
+        error: TvmDeployError | None = exc
+    else:
+        error = None
+    if error is not None:  # failing outside the except block keeps the report to our message
+        pytest.fail(f"{item.nodeid}: {error}", pytrace=False)
+    record.update(
+        source=deployment.source_kind,
+        cache_hit=deployment.cache_hit,
+        timings=deployment.timings.as_dict(),
+        artifact=str(deployment.artifact_path),
+    )
+    item.stash[DEPLOYMENT_KEY] = deployment
+    return deployment
+
+
+def _seed_id(item: pytest.Item) -> str:
+    """The test id without the target part, so every target sees the same input data."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "tvm_target" not in callspec.params:
+        return item.nodeid
+    label = callspec.params["tvm_target"].label
+    return re.sub(rf"(?<=[\[-]){re.escape(label)}(?=[\]-])", "", item.nodeid)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """Run the standard checks of a marked test before its body: a mismatch fails the test."""
+    deployment = item.stash.get(DEPLOYMENT_KEY, None)
+    if deployment is None:
+        return
+    settings = item.stash[SETTINGS_KEY]
+    record = item.stash[RECORD_KEY]
+    problem = _tolerance_problem(settings, deployment)
+    if problem is not None:
+        pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
+    verdict = compare(
+        deployment.reference, deployment.outputs, settings.tolerances,
+        reference_name=deployment.reference_name, actual_name="tvm",
+    )
+    record["max_abs_error"] = verdict.max_abs_error
+    if not verdict:
+        folder = _reproducer_folder(item)
+        write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances)
+        pytest.fail(_failure_message(item, deployment, verdict, folder), pytrace=False)
+
+
+def _tolerance_problem(settings: ModelTestSettings, deployment: Deployment) -> str | None:
+    try:
+        settings.tolerances.check_names(deployment.output_names)
+    except TvmDeployError as exc:
+        return str(exc)
+    return None
+
+
+def _reproducer_folder(item: pytest.Item) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid).strip("_")
+    return item.config.stash[SESSION_KEY].repro_dir / name
+
+
+def _failure_message(item: pytest.Item, deployment: Deployment, verdict: Comparison, folder: Path) -> str:
+    return (
+        f"{verdict.describe()}\n"
+        f"  model: {deployment.model} ({deployment.source_kind}), target: {deployment.target.json}\n"
+        f"  reproducer: {folder}\n"
+        f"  replay it with: python -m pytest_tvmdeploy.replay {folder}"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    report = yield
+    record = item.stash.get(RECORD_KEY, None)
+    if record is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        record["outcome"] = report.outcome if report.when == "call" else "error"
+        report.user_properties.append((PROPERTY, dict(record)))
+    return report
+
+
+class SummaryRecorder:
+    """Collects each marked test's record from its reports (the controller's view under xdist)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.records.extend(value for name, value in report.user_properties if name == PROPERTY)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.records:
+            return
+        terminalreporter.write_sep("-", "tvmdeploy")
+        for line in format_table(self.records):
+            terminalreporter.write_line(line)

@@ -1,0 +1,1 @@
+"""What a run leaves for people: reproducer folders and the terminal summary."""

@@ -1,0 +1,89 @@
+"""A self-contained folder that replays a failed deployment outside pytest.
+
+Layout: ``model.so``, ``inputs/<name>.npy``, ``reference/<name>.npy``, ``tvm/<name>.npy``
+and ``reproducer.json`` (target, tolerances, hashes). Replay with
+``python -m pytest_tvmdeploy.replay <folder>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pytest_tvmdeploy.tolerances import ToleranceRules
+
+MANIFEST = "reproducer.json"
+
+
+def write_reproducer(
+    folder: Path,
+    *,
+    test_id: str,
+    deployment: Any,
+    rules: ToleranceRules,
+    actual: Mapping[str, np.ndarray] | None = None,
+    actual_name: str = "tvm",
+) -> Path:
+    """Write (or replace) the reproducer for one failed check; returns ``folder``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    shutil.copy2(deployment.artifact_path, staging / "model.so")
+    _save_arrays(staging / "inputs", deployment.inputs)
+    _save_arrays(staging / "reference", deployment.reference)
+    _save_arrays(staging / actual_name, actual if actual is not None else deployment.outputs)
+    manifest = {
+        "test": test_id,
+        "model": deployment.model,
+        "source_kind": deployment.source_kind,
+        "reference": deployment.reference_name,
+        "actual": actual_name,
+        "target": deployment.target.as_dict,
+        "sha256": deployment.artifact.sha256,
+        "size": deployment.artifact.size,
+        "inputs": list(deployment.inputs),
+        "outputs": list(deployment.reference),
+        "tolerances": rules_to_json(rules),
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+    return folder
+
+
+def rules_to_json(rules: ToleranceRules) -> dict[str, Any]:
+    return {
+        "rtol": rules.rtol,
+        "atol": rules.atol,
+        "per_output": [[key, dict(value)] for key, value in rules.per_output.items()],
+    }
+
+
+def rules_from_json(data: Mapping[str, Any]) -> ToleranceRules:
+    return ToleranceRules(
+        rtol=data.get("rtol"),
+        atol=data.get("atol"),
+        per_output={key: value for key, value in data.get("per_output", [])},
+    )
+
+
+def load_arrays(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Read ``<folder>/<name>.npy`` for each name, in order."""
+    return {name: np.load(folder / f"{_file_name(name)}.npy", allow_pickle=False) for name in names}
+
+
+def _save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        np.save(folder / f"{_file_name(name)}.npy", np.asarray(array), allow_pickle=False)
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,37 @@
+"""The end-of-session table: one row per deployed model test."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "run ms", "ref ms", "max abs err", "result")
+
+
+def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """Format one test's record (as stored in the report's user properties)."""
+    timings = record.get("timings", {})
+    cached = record.get("cache_hit")
+    return (
+        record["test"],
+        record.get("target", ""),
+        record.get("source", ""),
+        "-" if cached is None else ("cached" if cached else "built"),
+        f"{timings.get('import', 0.0):.2f}",
+        f"{timings.get('compile', 0.0):.2f}",
+        f"{1000 * timings.get('run', 0.0):.1f}",
+        f"{1000 * timings.get('reference', 0.0):.1f}",
+        "-" if record.get("max_abs_error") is None else f"{record['max_abs_error']:.2e}",
+        record.get("outcome", ""),
+    )
+
+
+def format_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lines of an aligned text table plus a totals line."""
+    rows = [COLUMNS] + [summary_row(r) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    built = sum(1 for r in records if r.get("cache_hit") is False)
+    cached = sum(1 for r in records if r.get("cache_hit") is True)
+    lines.append(f"artifacts: {built} built, {cached} from cache")
+    return lines

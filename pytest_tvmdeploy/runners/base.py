@@ -1,0 +1,27 @@
+"""The result every runner returns: named outputs plus how long loading and calls took."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Outputs of one runner on one set of inputs.
+
+    ``outputs`` maps output name to array, in the model's output order (nested
+    outputs flattened). ``load_seconds`` covers loading the artifact and creating
+    the VM; ``call_seconds`` holds one entry per timed call of ``main``.
+    """
+
+    runner: str
+    outputs: dict[str, np.ndarray]
+    load_seconds: float = 0.0
+    call_seconds: tuple[float, ...] = field(default_factory=tuple)
+
+    @property
+    def median_call_seconds(self) -> float:
+        """Median of the timed calls (0.0 if none were timed)."""
+        return float(np.median(self.call_seconds)) if self.call_seconds else 0.0

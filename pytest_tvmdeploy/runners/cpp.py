@@ -1,0 +1,303 @@
+"""Build and run ``tvm_cpp_check``, the C++ program that runs an exported Relax VM ``.so``.
+
+The C++ sources live in ``cpp_check/`` next to the ``pytest_tvmdeploy`` package. They are
+configured with CMake against the installed ``tvm`` and ``tvm_ffi`` wheels, built once per
+source/version combination into a cache folder, and run in a child process so that a crash of
+the deployed code (segfault, bus error) becomes a :class:`RunnerError` instead of killing pytest.
+Inputs and outputs travel as ``.npy`` files; timings come back in ``result.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from pytest_tvmdeploy.errors import BuildError, RunnerError
+from pytest_tvmdeploy.runners.base import RunResult
+
+RUNNER_NAME = "cpp"
+EXECUTABLE_NAME = "tvm_cpp_check"
+MIN_CMAKE_VERSION = (3, 18)
+
+#: Exit codes of ``tvm_cpp_check`` and what they mean.
+EXIT_CODES = {
+    2: "usage error",
+    3: "input/output file error",
+    4: "module load error",
+    5: "run error",
+}
+
+_TAIL_LINES = 60
+_CONFIGURE_TIMEOUT = 300.0
+_BUILD_TIMEOUT = 900.0
+
+
+def default_source_dir() -> Path:
+    """``cpp_check/`` in the repository: the parent of the ``pytest_tvmdeploy`` folder."""
+    return Path(__file__).resolve().parent.parent.parent / "cpp_check"
+
+
+def _tail(text: str, lines: int = _TAIL_LINES) -> str:
+    kept = text.rstrip().splitlines()[-lines:]
+    return "\n".join(kept)
+
+
+def _find_cxx_compiler() -> str | None:
+    """Path of a C++ compiler: ``$CXX`` if set, else the first of c++, g++, clang++ on PATH."""
+    env_cxx = os.environ.get("CXX")
+    if env_cxx:
+        first = env_cxx.split()[0]
+        return shutil.which(first)
+    for name in ("c++", "g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def find_cpp_toolchain() -> str | None:
+    """Return None if CMake (>= 3.18) and a C++ compiler are available, else why not."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        return "cmake not found on PATH"
+    try:
+        out = subprocess.run([cmake, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cmake at {cmake} does not run: {exc}"
+    match = re.search(r"version (\d+)\.(\d+)", out)
+    if match is None:
+        return f"cannot read the version of {cmake} (output: {out.strip()[:200]!r})"
+    version = (int(match.group(1)), int(match.group(2)))
+    if version < MIN_CMAKE_VERSION:
+        need = ".".join(map(str, MIN_CMAKE_VERSION))
+        return f"cmake {version[0]}.{version[1]} at {cmake} is too old (need >= {need})"
+    if _find_cxx_compiler() is None:
+        if os.environ.get("CXX"):
+            return f"C++ compiler $CXX={os.environ['CXX']!r} not found"
+        return "no C++ compiler (c++, g++ or clang++) found on PATH"
+    return None
+
+
+def _source_files(source_dir: Path) -> list[Path]:
+    files = [source_dir / "CMakeLists.txt"]
+    src = source_dir / "src"
+    if src.is_dir():
+        files += sorted(p for p in src.iterdir() if p.suffix in (".cc", ".h") and p.is_file())
+    return files
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not-installed"
+
+
+def build_key(source_dir: Path, python: str) -> str:
+    """Cache key: sha256 of the C++ sources, the tvm / tvm_ffi versions and the interpreter.
+
+    The interpreter is part of the key because the executable's rpath points into the
+    site-packages of the environment it was configured with.
+    """
+    digest = hashlib.sha256()
+    for path in _source_files(source_dir):
+        digest.update(path.relative_to(source_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    for dist in ("apache-tvm", "apache-tvm-ffi"):
+        digest.update(f"{dist}=={_package_version(dist)}\0".encode())
+    digest.update(f"python={python}\0".encode())
+    return digest.hexdigest()[:24]
+
+
+def _run_step(cmd: Sequence[str], what: str, timeout: float) -> None:
+    try:
+        proc = subprocess.run(
+            list(cmd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = exc.output if isinstance(exc.output, str) else (exc.output or b"").decode(errors="replace")
+        raise BuildError(f"C++ runner {what} timed out after {timeout:g} s:\n{_tail(output)}") from None
+    except OSError as exc:
+        raise BuildError(f"C++ runner {what} could not start ({cmd[0]}): {exc}") from exc
+    if proc.returncode != 0:
+        raise BuildError(
+            f"C++ runner {what} failed (exit code {proc.returncode}); command: {' '.join(cmd)}\n"
+            f"{_tail(proc.stdout)}\n(the temporary build folder has been removed)"
+        )
+
+
+def build_cpp_runner(
+    build_root: Path, *, python: str = sys.executable, source_dir: Path | None = None
+) -> Path:
+    """Configure and build ``tvm_cpp_check`` under ``build_root/<key>/``; return its path.
+
+    Reuses an existing build for the same key. Safe to call from several processes at once:
+    the build runs under a file lock in a temporary folder that is renamed into place.
+    """
+    source_dir = Path(source_dir) if source_dir is not None else default_source_dir()
+    if not (source_dir / "CMakeLists.txt").is_file() or not (source_dir / "src").is_dir():
+        raise BuildError(
+            f"C++ runner sources not found at {source_dir} (need CMakeLists.txt and src/); "
+            "they ship with the pytest-tvmdeploy source tree, not with the wheel"
+        )
+    reason = find_cpp_toolchain()
+    if reason is not None:
+        raise BuildError(f"cannot build the C++ runner: {reason}")
+    build_root = Path(build_root).resolve()
+    key = build_key(source_dir, python)
+    final_dir = build_root / key
+    executable = final_dir / EXECUTABLE_NAME
+    if executable.is_file():
+        return executable
+    build_root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(build_root / f"{key}.lock")):
+        if executable.is_file():  # another process built it while we waited
+            return executable
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=build_root))
+        try:
+            cmake = shutil.which("cmake") or "cmake"
+            configure = [
+                cmake, "-S", str(source_dir), "-B", str(tmp_dir),
+                f"-DPython_EXECUTABLE={python}", "-DCMAKE_BUILD_TYPE=Release",
+            ]
+            cxx = _find_cxx_compiler()
+            if cxx and not os.environ.get("CXX"):
+                configure.append(f"-DCMAKE_CXX_COMPILER={cxx}")
+            _run_step(configure, "configure (cmake)", _CONFIGURE_TIMEOUT)
+            jobs = str(max(1, os.cpu_count() or 1))
+            _run_step([cmake, "--build", str(tmp_dir), "--parallel", jobs], "build", _BUILD_TIMEOUT)
+            if not (tmp_dir / EXECUTABLE_NAME).is_file():
+                raise BuildError(f"C++ runner build finished but {tmp_dir / EXECUTABLE_NAME} is missing")
+            if final_dir.exists():  # leftover without an executable: replace it
+                shutil.rmtree(final_dir)
+            os.rename(tmp_dir, final_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+    return executable
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _write_input(path: Path, array: np.ndarray) -> None:
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    if not array.flags.c_contiguous:
+        array = np.copy(array, order="C")
+    np.save(path, array, allow_pickle=False)
+
+
+def run_cpp(
+    executable: Path,
+    module_path: Path,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    work_dir: Path,
+    repeat: int = 1,
+    timeout: float = 300.0,
+    by_name: bool = False,
+) -> RunResult:
+    """Run ``module_path``'s ``main`` in a ``tvm_cpp_check`` child process.
+
+    Inputs are written to ``work_dir`` as ``.npy`` and passed in the mapping's order (like the
+    Python VM runner); with ``by_name=True`` they are passed as ``NAME=PATH`` and the program
+    checks the names against ``main``'s parameters. Outputs come back flattened, named
+    ``output_0``, ``output_1``, ... Any failure raises :class:`RunnerError`.
+    """
+    if repeat < 1:
+        raise RunnerError(f"run_cpp: repeat must be >= 1, got {repeat}")
+    executable = Path(executable)
+    module_path = Path(module_path).resolve()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = work_dir / "cpp_out"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    cmd = [str(executable), "--module", str(module_path)]
+    for index, (name, array) in enumerate(inputs.items()):
+        path = (work_dir / f"input_{index}.npy").resolve()
+        try:
+            _write_input(path, array)
+        except (OSError, ValueError, TypeError) as exc:
+            raise RunnerError(f"cannot write input '{name}' to {path}: {exc}") from exc
+        cmd += ["--input", f"{name}={path}" if by_name else str(path)]
+    cmd += ["--out-dir", str(out_dir.resolve()), "--repeat", str(repeat)]
+
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=str(work_dir))
+    except subprocess.TimeoutExpired as exc:  # subprocess.run has killed the child
+        stderr = (exc.stderr or b"").decode(errors="replace")
+        detail = f"; stderr tail:\n{_tail(stderr)}" if stderr.strip() else ""
+        raise RunnerError(
+            f"C++ runner timed out after {timeout:g} s running {module_path} (child killed){detail}"
+        ) from None
+    except OSError as exc:
+        raise RunnerError(f"cannot start the C++ runner {executable}: {exc}") from exc
+
+    stderr = proc.stderr.decode(errors="replace")
+    if proc.returncode < 0:
+        name = _signal_name(-proc.returncode)
+        raise RunnerError(
+            f"C++ runner died with {name} (signal {-proc.returncode}) running {module_path}; "
+            f"stderr tail:\n{_tail(stderr)}"
+        )
+    if proc.returncode != 0:
+        meaning = EXIT_CODES.get(proc.returncode, "unexpected exit code")
+        raise RunnerError(
+            f"C++ runner failed with exit code {proc.returncode} ({meaning}) running "
+            f"{module_path}; stderr tail:\n{_tail(stderr)}"
+        )
+    return _read_results(out_dir, module_path)
+
+
+def _read_results(out_dir: Path, module_path: Path) -> RunResult:
+    result_path = out_dir / "result.json"
+    try:
+        result = json.loads(result_path.read_text())
+        names = list(result["outputs"])
+        load_seconds = float(result["load_seconds"])
+        call_seconds = tuple(float(s) for s in result["call_seconds"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunnerError(f"C++ runner on {module_path} exited 0 but {result_path} is unusable: {exc}") from exc
+    outputs: dict[str, np.ndarray] = {}
+    for index, file_name in enumerate(names):
+        try:
+            outputs[f"output_{index}"] = np.load(out_dir / file_name, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise RunnerError(f"cannot read C++ output {out_dir / file_name}: {exc}") from exc
+    return RunResult(RUNNER_NAME, outputs, load_seconds=load_seconds, call_seconds=call_seconds)
+
+
+__all__ = [
+    "EXIT_CODES",
+    "RUNNER_NAME",
+    "build_cpp_runner",
+    "build_key",
+    "default_source_dir",
+    "find_cpp_toolchain",
+    "run_cpp",
+]

@@ -1,0 +1,120 @@
+"""Command-line options, ini values and ``tvm_model`` marker arguments → one frozen settings object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
+from pytest_tvmdeploy.errors import ConfigError
+from pytest_tvmdeploy.tolerances import ToleranceRules
+
+MARKER = "tvm_model"
+
+#: Marker keyword → what it means (also the marker's help line).
+MARKER_ARGUMENTS: dict[str, str] = {
+    "model": "nn.Module, zero-argument callable returning one, or path (.onnx/.pt/.pt2) relative to the test file",
+    "inputs": "dict name -> array/tensor or (shape, dtype[, (low, high)]) spec, or a list in positional order",
+    "rtol": "relative tolerance for every floating output",
+    "atol": "absolute tolerance for every floating output",
+    "tolerances": "per-output overrides: {name or index: {'rtol': .., 'atol': ..}}",
+}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What the command line and ini file say for the whole session."""
+
+    targets: tuple[TargetSpec, ...]
+    rtol: float | None
+    atol: float | None
+    cache_dir: Path
+    repro_dir: Path
+
+
+@dataclass(frozen=True)
+class ModelTestSettings:
+    """Everything one marked test needs to deploy and check its model."""
+
+    model: Any
+    inputs: Any
+    tolerances: ToleranceRules
+    base_dir: Path
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def session_settings(
+    *,
+    cli_targets: list[str] | None,
+    ini_targets: list[str],
+    cli_rtol: float | None,
+    ini_rtol: str,
+    cli_atol: float | None,
+    ini_atol: str,
+    cache_dir: Path,
+    repro_dir: Path,
+) -> SessionSettings:
+    """Merge CLI and ini values (the command line wins) and parse the targets."""
+    texts = cli_targets or [t for t in ini_targets if t.strip()] or [DEFAULT_TARGET]
+    targets = tuple(parse_target(t) for t in texts)
+    labels = [t.label for t in targets]
+    if len(set(labels)) != len(labels):
+        # two targets that differ only in options the label leaves out: number them
+        targets = tuple(TargetSpec(t.json, f"{t.label}-{i}") for i, t in enumerate(targets))
+    return SessionSettings(
+        targets=targets,
+        rtol=cli_rtol if cli_rtol is not None else _float_or_none("tvm_rtol", ini_rtol),
+        atol=cli_atol if cli_atol is not None else _float_or_none("tvm_atol", ini_atol),
+        cache_dir=cache_dir,
+        repro_dir=repro_dir,
+    )
+
+
+def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettings, test_file: Path) -> ModelTestSettings:
+    """Validate the marker's arguments and apply session defaults (the marker wins)."""
+    unknown = set(marker_kwargs) - set(MARKER_ARGUMENTS)
+    if unknown:
+        raise ConfigError(
+            f"@pytest.mark.{MARKER}: unknown argument(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(MARKER_ARGUMENTS)}"
+        )
+    for required in ("model", "inputs"):
+        if required not in marker_kwargs:
+            raise ConfigError(f"@pytest.mark.{MARKER}: '{required}=' is required")
+    per_output = marker_kwargs.get("tolerances") or {}
+    if not isinstance(per_output, Mapping) or not all(isinstance(v, Mapping) for v in per_output.values()):
+        raise ConfigError(f"@pytest.mark.{MARKER}: tolerances= must map output name/index to {{'rtol':..,'atol':..}}")
+    rules = ToleranceRules(
+        rtol=_marker_float(marker_kwargs, "rtol", session.rtol),
+        atol=_marker_float(marker_kwargs, "atol", session.atol),
+        per_output=dict(per_output),
+    )
+    return ModelTestSettings(
+        model=marker_kwargs["model"],
+        inputs=marker_kwargs["inputs"],
+        tolerances=rules,
+        base_dir=test_file.parent,
+    )
+
+
+def _marker_float(kwargs: Mapping[str, Any], name: str, default: float | None) -> float | None:
+    if name not in kwargs or kwargs[name] is None:
+        return default
+    try:
+        value = float(kwargs[name])
+    except (TypeError, ValueError):
+        raise ConfigError(f"@pytest.mark.{MARKER}: {name}={kwargs[name]!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"@pytest.mark.{MARKER}: {name}={value} must be >= 0")
+    return value
+
+
+def _float_or_none(option: str, text: str) -> float | None:
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"ini option {option} = {text!r} is not a number") from None

@@ -1,0 +1,91 @@
+"""What every model source offers: input names, a reference run, a fingerprint, a Relax module."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pytest_tvmdeploy.errors import UnsupportedOperatorError
+from pytest_tvmdeploy.runners.base import RunResult
+
+if TYPE_CHECKING:
+    import tvm
+
+
+class ModelSource(abc.ABC):
+    """A model in one of the supported forms, loaded and ready to import into TVM.
+
+    Subclasses implement the four steps of the pipeline that depend on the form:
+    naming inputs, running the framework reference, fingerprinting the model,
+    and importing it as a Relax ``IRModule``.
+    """
+
+    #: Short name of the form (``torch``, ``torchscript``, ``exported_program``, ``onnx``).
+    kind: str = ""
+    #: Which framework computes the reference outputs.
+    reference_name: str = ""
+
+    def __init__(self, description: str, path: Path | None = None) -> None:
+        self.description = description
+        self.path = path
+
+    @abc.abstractmethod
+    def input_names(self) -> tuple[str, ...] | None:
+        """The model's input names in positional order, if the form records them."""
+
+    @abc.abstractmethod
+    def run_reference(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
+        """Run the model in its own framework; outputs are flattened and named."""
+
+    @abc.abstractmethod
+    def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:
+        """A hex digest that changes whenever the graph or any weight changes."""
+
+    @abc.abstractmethod
+    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> "tvm.IRModule":
+        """Import the model into a Relax ``IRModule`` specialised to these inputs."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_UNSUPPORTED_PATTERNS = (
+    re.compile(r"Unsupported function types? \[([^\]]*)\]"),
+    re.compile(r"not supported for frontend ONNX: ([^.\n]*)"),
+)
+
+
+def unsupported_operators(message: str) -> tuple[str, ...]:
+    """Operator names a TVM frontend error message says it cannot import (empty if none)."""
+    for pattern in _UNSUPPORTED_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            names = re.split(r"[,\s]+", match.group(1))
+            return tuple(n.strip("'\" ") for n in names if n.strip("'\" "))
+    return ()
+
+
+def raise_if_unsupported(exc: BaseException, source: ModelSource) -> None:
+    """Re-raise a frontend failure as :class:`UnsupportedOperatorError` when it names operators."""
+    operators = unsupported_operators(str(exc))
+    if operators:
+        raise UnsupportedOperatorError(
+            f"{source.description}: TVM's {source.kind} frontend cannot import "
+            f"operator(s) {', '.join(operators)}",
+            operators,
+        ) from exc

@@ -1,0 +1,41 @@
+"""Shared helpers: a pytester project pre-filled with the small fixture models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURE_FILES = ("models.py", "tiny_convnet.onnx", "tiny_convnet.pt", "tiny_convnet.pt2", "corrupt.onnx")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester folder holding ``models.py`` and the fixture model files next to its tests."""
+    for name in FIXTURE_FILES:
+        shutil.copy(FIXTURES / name, pytester.path / name)
+    pytester.syspathinsert()
+    return pytester
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _imports_outlive_pytester(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Import everything a deployment touches once, before any in-process pytester run.
+
+    In-process pytester runs drop modules first imported during the run; importing
+    TVM's modules a second time in one process re-registers its global functions and
+    crashes. Deploying each kind of source here puts them all in the preserved set.
+    """
+    from pytest_tvmdeploy import deploy
+
+    cache = tmp_path_factory.mktemp("warm-cache")
+    for name in ("tiny_convnet.pt", "tiny_convnet.pt2", "tiny_convnet.onnx"):
+        deploy(FIXTURES / name, {"x": ((1, 3, 16, 16), "float32")}, cache_dir=cache)
+    import pytest_tvmdeploy.plugin  # noqa: F401
