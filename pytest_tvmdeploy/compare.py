@@ -155,3 +155,30 @@ def compare_arrays(name: str, index: int, reference: np.ndarray, actual: np.ndar
 
 def _problem(name: str, index: int, tolerance: Tolerance, array: np.ndarray, problem: str) -> OutputComparison:
     return OutputComparison(name, index, tolerance, tuple(array.shape), str(array.dtype), problem=problem)
+
+
+def first_bitwise_difference(
+    expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], *, expected_name: str, actual_name: str
+) -> str | None:
+    """``None`` if both runners produced the same outputs bit for bit, else the first difference.
+
+    Outputs are matched by position; names come from ``expected``.
+    """
+    expected_items, actual_values = list(expected.items()), list(actual.values())
+    if len(expected_items) != len(actual_values):
+        return f"{expected_name} produced {len(expected_items)} output(s), {actual_name} {len(actual_values)}"
+    for (name, a), b in zip(expected_items, actual_values):
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return (f"{name}: {expected_name} gives {a.dtype}{list(a.shape)}, "
+                    f"{actual_name} gives {b.dtype}{list(b.shape)}")
+        if a.tobytes() == b.tobytes():
+            continue
+        unit = np.dtype(f"u{a.dtype.itemsize}") if a.dtype.itemsize in (1, 2, 4, 8) else None
+        if unit is None:
+            return f"{name}: bytes differ"
+        differs = a.view(unit) != b.view(unit)
+        index = tuple(int(i) for i in np.unravel_index(int(np.argmax(differs)), a.shape))
+        return (f"{name}: {int(differs.sum())} of {a.size} element(s) differ bitwise; first at "
+                f"{list(index)}: {expected_name}={a[index].item()!r}, {actual_name}={b[index].item()!r}")
+    return None

@@ -20,9 +20,10 @@ import numpy as np
 
 from pytest_tvmdeploy.build import TargetSpec, compile_module, export_library, parse_target, tvm_version
 from pytest_tvmdeploy.cache import ARTIFACT_NAME, Artifact, ArtifactCache, cache_key
-from pytest_tvmdeploy.errors import InputSpecError
+from pytest_tvmdeploy.errors import InputSpecError, TvmDeployError
 from pytest_tvmdeploy.inputs import make_inputs, signature
 from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.sources import ModelSource, open_source
 
@@ -64,6 +65,8 @@ class Timings:
     cached_compile: float = 0.0  # what the cached artifact took to build, when it was built
     vm_load: float = 0.0       # loading the .so into the Relax VM
     run: float = 0.0           # median call of main
+    cpp_load: float = 0.0      # C++ runner: loading the .so and creating the VM (0 if not run)
+    cpp_run: float = 0.0       # C++ runner: median call of main (0 if not run)
 
     def as_dict(self) -> dict[str, float]:
         return {name.rstrip("_"): getattr(self, name) for name in self.__dataclass_fields__}
@@ -85,6 +88,8 @@ class Deployment:
     outputs: NamedArrays
     timings: Timings
     runs: Mapping[str, RunResult] = field(default_factory=dict)
+    cpp_outputs: NamedArrays | None = None  # None when the C++ runner did not run
+    cpp_error: str | None = None            # why the C++ run failed (crash, timeout, error)
 
     @property
     def artifact_path(self) -> Path:
@@ -104,11 +109,15 @@ def deploy(
     seed: int = 0,
     base_dir: Path | None = None,
     repeat: int = 1,
+    cpp_runner: Path | None = None,
+    cpp_timeout: float = 600.0,
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model`` on ``target``; run its reference too.
 
     ``model`` and ``inputs`` take the same forms as the ``tvm_model`` marker. Without
-    ``cache_dir`` the artifact goes to a fresh temporary folder.
+    ``cache_dir`` the artifact goes to a fresh temporary folder. With ``cpp_runner`` (see
+    :func:`pytest_tvmdeploy.runners.cpp.build_cpp_runner`) the ``.so`` also runs from C++ in a
+    child process; a crash or timeout there is recorded in ``cpp_error``, not raised.
     """
     spec = target if isinstance(target, TargetSpec) else parse_target(target)
     start = time.perf_counter()
@@ -130,9 +139,14 @@ def deploy(
     stage: dict[str, float] = {}
     artifact, built = cache.get_or_build(key, lambda folder: _build(source, arrays, spec, folder, stage))
     result = run_python_vm(artifact.path, arrays, repeat=repeat)
-    outputs = dict(zip(reference.outputs, result.outputs.values()))
-    if len(result.outputs) != len(reference.outputs):
-        outputs = dict(result.outputs)  # keep everything: the comparison reports the count mismatch
+    outputs = _named_like(reference, result)
+    runs = {reference.runner: reference, result.runner: result}
+    cpp_outputs, cpp_error = None, None
+    if cpp_runner is not None:
+        cpp_result, cpp_error = _run_cpp(cpp_runner, artifact, arrays, repeat=repeat, timeout=cpp_timeout)
+        if cpp_result is not None:
+            runs[cpp_result.runner] = cpp_result
+            cpp_outputs = NamedArrays(_named_like(reference, cpp_result))
     timings = Timings(
         load=load_seconds,
         reference=reference.median_call_seconds,
@@ -141,6 +155,8 @@ def deploy(
         cached_compile=float(artifact.meta.get("compile_seconds", 0.0)),
         vm_load=result.load_seconds,
         run=result.median_call_seconds,
+        cpp_load=runs["cpp"].load_seconds if "cpp" in runs else 0.0,
+        cpp_run=runs["cpp"].median_call_seconds if "cpp" in runs else 0.0,
     )
     return Deployment(
         model=source.description,
@@ -154,8 +170,28 @@ def deploy(
         reference=NamedArrays(reference.outputs),
         outputs=NamedArrays(outputs),
         timings=timings,
-        runs={reference.runner: reference, result.runner: result},
+        runs=runs,
+        cpp_outputs=cpp_outputs,
+        cpp_error=cpp_error,
     )
+
+
+def _named_like(reference: RunResult, result: RunResult) -> dict[str, np.ndarray]:
+    """A runner's outputs under the reference's names (kept as they are if the counts differ)."""
+    if len(result.outputs) != len(reference.outputs):
+        return dict(result.outputs)  # the comparison reports the count mismatch
+    return dict(zip(reference.outputs, result.outputs.values()))
+
+
+def _run_cpp(
+    runner: Path, artifact: Artifact, arrays: Mapping[str, np.ndarray], *, repeat: int, timeout: float
+) -> tuple[RunResult | None, str | None]:
+    try:
+        artifact.verify()  # a damaged .so can crash the loader: refuse it before the child opens it
+        with tempfile.TemporaryDirectory(prefix="tvmdeploy-cpp-") as work_dir:
+            return run_cpp(runner, artifact.path, arrays, work_dir=Path(work_dir), repeat=repeat, timeout=timeout), None
+    except TvmDeployError as exc:
+        return None, str(exc)
 
 
 def _build(

@@ -9,13 +9,15 @@ from typing import Any
 import pytest
 
 from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec
-from pytest_tvmdeploy.compare import Comparison, compare
+from pytest_tvmdeploy.compare import compare, first_bitwise_difference
 from pytest_tvmdeploy.deployment import Deployment, deploy
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.report.reproducer import write_reproducer
 from pytest_tvmdeploy.report.terminal import format_table
+from pytest_tvmdeploy.runners.cpp import SessionCppRunner
 from pytest_tvmdeploy.settings import (
+    CPP_MODES,
     MARKER,
     MARKER_ARGUMENTS,
     ModelTestSettings,
@@ -28,6 +30,7 @@ SESSION_KEY = pytest.StashKey[SessionSettings]()
 DEPLOYMENT_KEY = pytest.StashKey[Deployment]()
 SETTINGS_KEY = pytest.StashKey[ModelTestSettings]()
 RECORD_KEY = pytest.StashKey[dict]()
+CPP_RUNNER_KEY = pytest.StashKey[SessionCppRunner]()
 PROPERTY = "tvmdeploy"
 
 
@@ -45,10 +48,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="absolute tolerance for floating outputs of tests whose marker sets none")
     group.addoption("--tvm-cache-dir", default=None, metavar="DIR",
                     help="artifact cache folder (default: ini tvm_cache_dir, else <pytest cache>/tvmdeploy)")
+    group.addoption("--tvm-cpp", default=None, choices=CPP_MODES,
+                    help="also run every .so from C++ (cpp_check/, linked to libtvm_runtime) in a child "
+                         "process: auto (default; skipped with a reason when CMake or a C++ compiler is "
+                         "missing), on (missing toolchain is an error), off")
+    group.addoption("--tvm-cpp-runner", default=None, metavar="PATH",
+                    help="a prebuilt tvm_cpp_check to use instead of building cpp_check/")
+    group.addoption("--tvm-cpp-timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="time limit of one C++ run (default 600)")
     parser.addini("tvm_target", "TVM target(s), one per line (see --tvm-target)", type="linelist", default=[])
     parser.addini("tvm_rtol", "default relative tolerance for floating outputs", default="")
     parser.addini("tvm_atol", "default absolute tolerance for floating outputs", default="")
     parser.addini("tvm_cache_dir", "artifact cache folder, relative to the rootdir", default="")
+    parser.addini("tvm_cpp", "C++ check: auto, on or off (see --tvm-cpp)", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -73,9 +85,16 @@ def pytest_configure(config: pytest.Config) -> None:
             ini_atol=config.getini("tvm_atol"),
             cache_dir=cache_dir,
             repro_dir=cache_root / "tvmdeploy-repro",
+            cli_cpp=config.getoption("tvm_cpp"),
+            ini_cpp=config.getini("tvm_cpp"),
+            cpp_timeout=config.getoption("tvm_cpp_timeout"),
         )
     except TvmDeployError as exc:
         raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
+    prebuilt = config.getoption("tvm_cpp_runner")
+    config.stash[CPP_RUNNER_KEY] = SessionCppRunner(
+        cache_dir / "cpp-runner", prebuilt=Path(prebuilt).resolve() if prebuilt else None
+    )
     config.pluginmanager.register(SummaryRecorder(), "tvmdeploy-summary")
 
 
@@ -120,6 +139,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
             raise TvmDeployError(f"@pytest.mark.{MARKER} takes keyword arguments only")
         settings = model_test_settings(marker.kwargs, session, Path(str(item.fspath)))
         item.stash[SETTINGS_KEY] = settings
+        cpp_runner = _cpp_runner(request.config, settings, record)
         deployment = deploy(
             settings.model,
             settings.inputs,
@@ -127,6 +147,8 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
             cache_dir=session.cache_dir,
             seed=seed_for(_seed_id(item)),
             base_dir=settings.base_dir,
+            cpp_runner=cpp_runner,
+            cpp_timeout=session.cpp_timeout,
         )
     except TvmDeployError as exc:
         error: TvmDeployError | None = exc
@@ -142,6 +164,21 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
     )
     item.stash[DEPLOYMENT_KEY] = deployment
     return deployment
+
+
+def _cpp_runner(config: pytest.Config, settings: ModelTestSettings, record: dict[str, Any]) -> Path | None:
+    """The C++ runner executable if this test runs the C++ check, else ``None`` (reason recorded)."""
+    if settings.cpp == "off":
+        record["cpp"] = "off"
+        return None
+    runner = config.stash[CPP_RUNNER_KEY]
+    missing = runner.missing_toolchain()
+    if missing is not None:
+        if settings.cpp == "on":
+            raise TvmDeployError(f"the C++ check is required (cpp=on) but {missing}")
+        record["cpp"] = f"skipped: {missing}"
+        return None
+    return runner.executable()
 
 
 def _seed_id(item: pytest.Item) -> str:
@@ -164,15 +201,42 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     problem = _tolerance_problem(settings, deployment)
     if problem is not None:
         pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
-    verdict = compare(
-        deployment.reference, deployment.outputs, settings.tolerances,
-        reference_name=deployment.reference_name, actual_name="tvm",
-    )
-    record["max_abs_error"] = verdict.max_abs_error
-    if not verdict:
+    failures, actual = _check(deployment, settings, record)
+    if failures:
         folder = _reproducer_folder(item)
-        write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances)
-        pytest.fail(_failure_message(item, deployment, verdict, folder), pytrace=False)
+        write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances, actual=actual)
+        pytest.fail(_failure_message(failures, deployment, folder), pytrace=False)
+
+
+def _check(
+    deployment: Deployment, settings: ModelTestSettings, record: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """The standard checks: Python VM vs reference; C++ vs Python VM (bitwise) and vs reference."""
+    failures = []
+    names = {"reference_name": deployment.reference_name}
+    verdict = compare(deployment.reference, deployment.outputs, settings.tolerances, **names, actual_name="tvm")
+    record["max_abs_error"] = verdict.max_abs_error
+    actual = {"tvm": deployment.outputs}
+    if not verdict:
+        failures.append(verdict.describe())
+    if deployment.cpp_error is not None:
+        record["cpp"] = "failed"
+        failures.append(f"C++ runner: {deployment.cpp_error}")
+    elif deployment.cpp_outputs is not None:
+        actual["tvm-cpp"] = deployment.cpp_outputs
+        difference = first_bitwise_difference(
+            deployment.outputs, deployment.cpp_outputs, expected_name="tvm", actual_name="tvm-cpp"
+        )
+        cpp_verdict = compare(deployment.reference, deployment.cpp_outputs, settings.tolerances, **names,
+                              actual_name="tvm-cpp")
+        record["cpp"] = "bitwise" if difference is None else "differs"
+        if difference is not None:  # identical outputs would only repeat the Python VM's verdict
+            failures.append(f"C++ outputs differ from the Python VM's: {difference}")
+            if not cpp_verdict:
+                failures.append(cpp_verdict.describe())
+        elif failures:
+            failures.append("tvm-cpp: bitwise identical to the Python VM's outputs (same differences)")
+    return failures, actual
 
 
 def _tolerance_problem(settings: ModelTestSettings, deployment: Deployment) -> str | None:
@@ -188,9 +252,9 @@ def _reproducer_folder(item: pytest.Item) -> Path:
     return item.config.stash[SESSION_KEY].repro_dir / name
 
 
-def _failure_message(item: pytest.Item, deployment: Deployment, verdict: Comparison, folder: Path) -> str:
+def _failure_message(failures: list[str], deployment: Deployment, folder: Path) -> str:
     return (
-        f"{verdict.describe()}\n"
+        "\n".join(failures) + "\n"
         f"  model: {deployment.model} ({deployment.source_kind}), target: {deployment.target.json}\n"
         f"  reproducer: {folder}\n"
         f"  replay it with: python -m pytest_tvmdeploy.replay {folder}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,11 @@ MARKER_ARGUMENTS: dict[str, str] = {
     "rtol": "relative tolerance for every floating output",
     "atol": "absolute tolerance for every floating output",
     "tolerances": "per-output overrides: {name or index: {'rtol': .., 'atol': ..}}",
+    "cpp": "also run the .so from C++: 'auto', 'on'/True, 'off'/False (default: --tvm-cpp)",
 }
+
+#: Values of --tvm-cpp / tvm_cpp / cpp=.
+CPP_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class SessionSettings:
     atol: float | None
     cache_dir: Path
     repro_dir: Path
+    cpp: str = "auto"
+    cpp_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class ModelTestSettings:
     inputs: Any
     tolerances: ToleranceRules
     base_dir: Path
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    cpp: str = "auto"
 
 
 def session_settings(
@@ -55,6 +61,9 @@ def session_settings(
     ini_atol: str,
     cache_dir: Path,
     repro_dir: Path,
+    cli_cpp: str | None = None,
+    ini_cpp: str = "",
+    cpp_timeout: float = 600.0,
 ) -> SessionSettings:
     """Merge CLI and ini values (the command line wins) and parse the targets."""
     texts = cli_targets or [t for t in ini_targets if t.strip()] or [DEFAULT_TARGET]
@@ -69,7 +78,19 @@ def session_settings(
         atol=cli_atol if cli_atol is not None else _float_or_none("tvm_atol", ini_atol),
         cache_dir=cache_dir,
         repro_dir=repro_dir,
+        cpp=cpp_mode(cli_cpp or ini_cpp or "auto", "--tvm-cpp / tvm_cpp"),
+        cpp_timeout=cpp_timeout,
     )
+
+
+def cpp_mode(value: Any, where: str) -> str:
+    """Normalise a C++ switch (``auto``/``on``/``off`` or a bool) or raise :class:`ConfigError`."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text not in CPP_MODES:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(CPP_MODES)}")
+    return text
 
 
 def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettings, test_file: Path) -> ModelTestSettings:
@@ -96,6 +117,7 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         inputs=marker_kwargs["inputs"],
         tolerances=rules,
         base_dir=test_file.parent,
+        cpp=cpp_mode(marker_kwargs["cpp"], f"@pytest.mark.{MARKER}(cpp=)") if "cpp" in marker_kwargs else session.cpp,
     )
 
 

@@ -30,11 +30,12 @@ def test_mismatch_is_a_failure_with_diagnostics_and_a_reproducer(project: pytest
         "*mismatched elements: * / 10 (*%) outside exact",
         "*max abs error: *    max rel error: *",
         "*worst element [[]0, *[]]: reference=*, tvm=*",
+        "tvm-cpp: bitwise identical to the Python VM's outputs (same differences)",
         "*target: {\"kind\": \"llvm\"}",
         "*reproducer: *",
     ])
     folder = Path(re.search(r"reproducer: (\S+)", result.stdout.str()).group(1))
-    assert sorted(p.name for p in folder.iterdir()) == ["inputs", "model.so", "reference", "reproducer.json", "tvm"]
+    assert sorted(p.name for p in folder.iterdir()) == ["inputs", "model.so", "reference", "reproducer.json", "tvm", "tvm-cpp"]
     # The reproducer replays outside pytest and reaches the same verdict.
     replay = subprocess.run([sys.executable, "-m", "pytest_tvmdeploy.replay", str(folder)],
                             capture_output=True, text=True, timeout=120)
@@ -119,7 +120,7 @@ def test_bad_input_gives_clear_errors_and_the_session_goes_on(project: pytest.Py
         "test_bad.py::test_unsupported_op: nn.Module UnsupportedOp: TVM's torch frontend cannot import operator(s)"
         " special_i0e.default",
         "test_bad.py::test_unknown_marker_argument: @pytest.mark.tvm_model: unknown argument(s) rtl;"
-        " known: model, inputs, rtol, atol, tolerances",
+        " known: model, inputs, rtol, atol, tolerances, cpp",
     ])
     assert "During handling of the above exception" not in result.stdout.str()
 

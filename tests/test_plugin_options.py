@@ -149,10 +149,11 @@ def test_no_marked_tests_changes_nothing(project: pytest.Pytester) -> None:
 
 def test_marker_is_registered_and_options_documented(pytester: pytest.Pytester) -> None:
     markers = pytester.runpytest("--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=)*"])
+    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=)*"])
     helptext = pytester.runpytest("--help")
     helptext.stdout.fnmatch_lines(["*--tvm-target=TARGET*", "*--tvm-rtol=R*", "*--tvm-atol=A*",
-                                   "*--tvm-cache-dir=DIR*", "*tvm_target (linelist)*"])
+                                   "*--tvm-cache-dir=DIR*", "*--tvm-cpp=*auto,on,off*",
+                                   "*--tvm-cpp-runner=PATH*", "*--tvm-cpp-timeout=SECONDS*", "*tvm_target (linelist)*"])
 
 
 def test_xdist_workers_share_the_cache_and_build_once(project: pytest.Pytester) -> None:

@@ -64,3 +64,25 @@ def test_ci_runs_the_readme_test_command() -> None:
     commands = re.findall(r"^(python3 -m venv .*)$", README.split("## Usage")[0], re.M)
     assert len(commands) == 2, "the README starts with exactly two set-up commands"
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_cpp_recipe_builds_and_runs_a_so_from_the_shell(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from pytest_tvmdeploy import deploy
+
+    block = re.search(r"### From C\+\+.*?```sh\n(.*?)```", README, re.S).group(1)
+    d = deploy(ROOT / "fixtures" / "tiny_convnet.onnx", {"x": ((1, 3, 16, 16), "float32")}, cache_dir=tmp_path / "cache")
+    np.save(tmp_path / "x.npy", d.inputs["x"])
+    script = (block.replace("$(pwd)/.venv/bin/python", sys.executable)
+                   .replace("build/cpp", str(tmp_path / "build"))
+                   .replace("model.so", str(d.artifact_path))
+                   .replace("x=x.npy", f"x={tmp_path / 'x.npy'}")
+                   .replace("--out-dir out", f"--out-dir {tmp_path / 'out'}"))
+    run = subprocess.run(["bash", "-euc", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "output_0.npy"), d.outputs["logits"])
+    assert "call_seconds" in (tmp_path / "out" / "result.json").read_text()

@@ -1,7 +1,7 @@
 """A self-contained folder that replays a failed deployment outside pytest.
 
 Layout: ``model.so``, ``inputs/<name>.npy``, ``reference/<name>.npy``, ``tvm/<name>.npy``
-and ``reproducer.json`` (target, tolerances, hashes). Replay with
+(and ``tvm-cpp/`` when the C++ runner ran) and ``reproducer.json`` (target, tolerances, hashes). Replay with
 ``python -m pytest_tvmdeploy.replay <folder>``.
 """
 
@@ -28,22 +28,25 @@ def write_reproducer(
     test_id: str,
     deployment: Any,
     rules: ToleranceRules,
-    actual: Mapping[str, np.ndarray] | None = None,
-    actual_name: str = "tvm",
+    actual: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Write (or replace) the reproducer for one failed check; returns ``folder``."""
+    """Write (or replace) the reproducer for one failed check; returns ``folder``.
+
+    ``actual`` maps runner name (``tvm``, ``tvm-cpp``) to its outputs; each gets a folder.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     shutil.copy2(deployment.artifact_path, staging / "model.so")
     _save_arrays(staging / "inputs", deployment.inputs)
     _save_arrays(staging / "reference", deployment.reference)
-    _save_arrays(staging / actual_name, actual if actual is not None else deployment.outputs)
+    for runner, outputs in (actual if actual is not None else {"tvm": deployment.outputs}).items():
+        _save_arrays(staging / runner, outputs)
     manifest = {
         "test": test_id,
         "model": deployment.model,
         "source_kind": deployment.source_kind,
         "reference": deployment.reference_name,
-        "actual": actual_name,
+        "runners": sorted(actual) if actual is not None else ["tvm"],
         "target": deployment.target.as_dict,
         "sha256": deployment.artifact.sha256,
         "size": deployment.artifact.size,

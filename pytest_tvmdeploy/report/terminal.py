@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "run ms", "ref ms", "max abs err", "result")
+COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "run ms", "cpp ms", "ref ms",
+           "cpp", "max abs err", "result")
 
 
 def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
@@ -20,7 +21,9 @@ def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
         f"{timings.get('import', 0.0):.2f}",
         f"{timings.get('compile', 0.0):.2f}",
         f"{1000 * timings.get('run', 0.0):.1f}",
+        f"{1000 * timings.get('cpp_run', 0.0):.1f}" if record.get("cpp") in ("bitwise", "differs") else "-",
         f"{1000 * timings.get('reference', 0.0):.1f}",
+        record.get("cpp", "-").split(":")[0],
         "-" if record.get("max_abs_error") is None else f"{record['max_abs_error']:.2e}",
         record.get("outcome", ""),
     )
@@ -34,4 +37,6 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
     built = sum(1 for r in records if r.get("cache_hit") is False)
     cached = sum(1 for r in records if r.get("cache_hit") is True)
     lines.append(f"artifacts: {built} built, {cached} from cache")
+    skipped = sorted({r["cpp"] for r in records if str(r.get("cpp", "")).startswith("skipped")})
+    lines.extend(f"C++ check {reason}" for reason in skipped)
     return lines

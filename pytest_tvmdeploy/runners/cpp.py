@@ -292,9 +292,51 @@ def _read_results(out_dir: Path, module_path: Path) -> RunResult:
     return RunResult(RUNNER_NAME, outputs, load_seconds=load_seconds, call_seconds=call_seconds)
 
 
+
+class SessionCppRunner:
+    """The C++ runner of one test session: checked and built on first use, then reused.
+
+    The toolchain check and the build happen at most once per process; a build failure is
+    remembered and raised again for every later test instead of rebuilding each time.
+    """
+
+    def __init__(self, build_root: Path, *, python: str = sys.executable, prebuilt: Path | None = None) -> None:
+        self.build_root = Path(build_root)
+        self.python = python
+        self._checked = False
+        self._missing: str | None = None
+        self._executable: Path | None = prebuilt
+        self._failure: BuildError | None = None
+        if prebuilt is not None and not prebuilt.is_file():
+            self._failure = BuildError(f"{prebuilt}: prebuilt C++ runner not found")
+
+    def missing_toolchain(self) -> str | None:
+        """Why the runner cannot be built here (``None`` if CMake and a compiler are present)."""
+        if self._executable is not None or self._failure is not None:
+            return None  # prebuilt (or a known failure to report): no toolchain needed
+        if not self._checked:
+            self._missing = find_cpp_toolchain()
+            if self._missing is None and not (default_source_dir() / "CMakeLists.txt").is_file():
+                self._missing = f"the C++ runner sources are not at {default_source_dir()}"
+            self._checked = True
+        return self._missing
+
+    def executable(self) -> Path:
+        """The built ``tvm_cpp_check`` (raises :class:`BuildError` with the compiler's output)."""
+        if self._failure is not None:
+            raise self._failure
+        if self._executable is None:
+            try:
+                self._executable = build_cpp_runner(self.build_root, python=self.python)
+            except BuildError as exc:
+                self._failure = exc
+                raise
+        return self._executable
+
 __all__ = [
     "EXIT_CODES",
     "RUNNER_NAME",
+    "SessionCppRunner",
     "build_cpp_runner",
     "build_key",
     "default_source_dir",

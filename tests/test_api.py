@@ -1,0 +1,58 @@
+"""The plain-Python API works without pytest and refuses damaged artifacts before any loader sees them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from pytest_tvmdeploy import compare, deploy
+from pytest_tvmdeploy.deployment import _run_cpp
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+SCRIPT = f"""
+import sys
+from pytest_tvmdeploy import deploy, compare
+d = deploy("tiny_convnet.onnx", {{"x": ((1, 3, 16, 16), "float32")}}, base_dir=r"{FIXTURES}", cache_dir=sys.argv[1])
+verdict = compare(d.reference, d.outputs, reference_name=d.reference_name)
+print(verdict.describe())
+print("cache_hit", d.cache_hit)
+assert "pytest" not in sys.modules, "the plain API must not import pytest"
+"""
+
+
+def test_deploy_runs_from_a_plain_script_without_pytest(tmp_path: Path) -> None:
+    run = lambda: subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)],  # noqa: E731
+                                 capture_output=True, text=True, timeout=300)
+    first, second = run(), run()
+    assert first.returncode == 0, first.stderr
+    assert "tvm matches onnxruntime on all 1 output(s)" in first.stdout
+    assert "cache_hit False" in first.stdout
+    assert second.returncode == 0 and "cache_hit True" in second.stdout
+
+
+def test_cpp_run_refuses_an_artifact_whose_hash_does_not_match(tmp_path: Path) -> None:
+    d = deploy(FIXTURES / "tiny_convnet.pt2", {"x": ((1, 3, 16, 16), "float32")}, cache_dir=tmp_path / "cache")
+    ran = tmp_path / "runner-was-started"
+    runner = tmp_path / "runner"
+    runner.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    runner.chmod(0o755)
+    tampered = replace(d.artifact, sha256="0" * 64)
+    result, error = _run_cpp(runner, tampered, dict(d.inputs), repeat=1, timeout=60)
+    assert result is None
+    assert error is not None and str(d.artifact_path) in error and "does not match recorded" in error
+    assert not ran.exists()  # refused before the child process ever started
+
+
+def test_deployment_exposes_plain_numbers_and_arrays(tmp_path: Path) -> None:
+    d = deploy(FIXTURES / "tiny_convnet.pt", {"x": ((1, 3, 16, 16), "float32")}, cache_dir=tmp_path, seed=3)
+    assert isinstance(d.outputs[0], np.ndarray) and d.outputs[0].shape == (1, 10)
+    assert d.outputs["out0"] is d.outputs[0]
+    assert set(d.timings.as_dict()) >= {"import", "compile", "run", "reference", "vm_load"}
+    assert d.timings.compile > 0 and not d.cache_hit
+    assert d.artifact_path.is_file() and d.artifact.size == d.artifact_path.stat().st_size
+    assert compare(d.reference, d.outputs)
