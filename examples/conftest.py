@@ -28,10 +28,11 @@ def _write_once(path: Path, write) -> None:
     if path.exists():
         return
     path.parent.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    write(tmp)
-    os.replace(tmp, path)  # atomic: parallel workers never see half a file
+    # Written under its final name (TorchScript and .pt2 archives record it), then moved
+    # into place atomically so parallel workers never see half a file.
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+        write(str(Path(staging) / path.name))
+        os.replace(Path(staging) / path.name, path)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,6 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from pytest_tvmdeploy.errors import ArtifactError
+from pytest_tvmdeploy.fingerprints import file_sha256
 
 ARTIFACT_NAME = "model.so"
 META_NAME = "meta.json"
@@ -53,13 +54,6 @@ def verify_file(path: Path, *, sha256: str, size: int) -> None:
     if actual != sha256:
         raise ArtifactError(f"{path}: artifact sha256 {actual[:16]}… does not match recorded {sha256[:16]}…: corrupted")
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

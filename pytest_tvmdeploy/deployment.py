@@ -21,6 +21,7 @@ import numpy as np
 from pytest_tvmdeploy.build import TargetSpec, compile_module, export_library, parse_target, tvm_version
 from pytest_tvmdeploy.cache import ARTIFACT_NAME, Artifact, ArtifactCache, cache_key
 from pytest_tvmdeploy.errors import InputSpecError, TvmDeployError
+from pytest_tvmdeploy.fingerprints import arrays_fingerprint
 from pytest_tvmdeploy.inputs import make_inputs, signature
 from pytest_tvmdeploy.runners.base import RunResult
 from pytest_tvmdeploy.runners.cpp import run_cpp
@@ -82,7 +83,9 @@ class Deployment:
     target: TargetSpec
     artifact: Artifact
     cache_hit: bool
-    fingerprint: str
+    fingerprint: str           # the artifact's cache key (model, inputs, target, TVM, recipe)
+    model_fingerprint: str     # graph + weights (or the file's bytes), target-independent
+    input_fingerprint: str     # the input values
     inputs: NamedArrays
     reference: NamedArrays
     outputs: NamedArrays
@@ -121,15 +124,16 @@ def deploy(
     """
     spec = target if isinstance(target, TargetSpec) else parse_target(target)
     start = time.perf_counter()
-    source = open_source(model, base_dir=base_dir)
+    source = open_source(model, base_dir=base_dir, seed=seed)
     load_seconds = time.perf_counter() - start
     try:
         arrays = make_inputs(inputs, seed=seed, names=source.input_names())
     except InputSpecError as exc:
         raise InputSpecError(f"{source.description}: {exc}") from None
     reference = source.run_reference(arrays)
+    model_fingerprint = source.fingerprint(arrays)
     key = cache_key({
-        "model": source.fingerprint(arrays),
+        "model": model_fingerprint,
         "inputs": signature(arrays),
         "target": spec.json,
         "tvm": tvm_version(),
@@ -166,6 +170,8 @@ def deploy(
         artifact=artifact,
         cache_hit=not built,
         fingerprint=key,
+        model_fingerprint=model_fingerprint,
+        input_fingerprint=arrays_fingerprint(arrays),
         inputs=NamedArrays(arrays),
         reference=NamedArrays(reference.outputs),
         outputs=NamedArrays(outputs),

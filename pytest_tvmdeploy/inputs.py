@@ -122,3 +122,4 @@ def _random_array(name: str, spec: tuple, rng: np.random.Generator) -> np.ndarra
 def signature(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], str]]:
     """``(name, shape, dtype)`` per input: what a compiled artifact depends on."""
     return [(name, tuple(a.shape), str(a.dtype)) for name, a in arrays.items()]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.report.reproducer import write_reproducer
 from pytest_tvmdeploy.report.terminal import format_table
 from pytest_tvmdeploy.runners.cpp import SessionCppRunner
+from pytest_tvmdeploy.snapshots import check_snapshot
 from pytest_tvmdeploy.settings import (
     CPP_MODES,
     MARKER,
@@ -30,6 +32,7 @@ SESSION_KEY = pytest.StashKey[SessionSettings]()
 DEPLOYMENT_KEY = pytest.StashKey[Deployment]()
 SETTINGS_KEY = pytest.StashKey[ModelTestSettings]()
 RECORD_KEY = pytest.StashKey[dict]()
+SNAPSHOT_KEY = pytest.StashKey[Any]()
 CPP_RUNNER_KEY = pytest.StashKey[SessionCppRunner]()
 PROPERTY = "tvmdeploy"
 
@@ -52,6 +55,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="also run every .so from C++ (cpp_check/, linked to libtvm_runtime) in a child "
                          "process: auto (default; skipped with a reason when CMake or a C++ compiler is "
                          "missing), on (missing toolchain is an error), off")
+    group.addoption("--tvm-snapshot", default=None, choices=("on", "off"),
+                    help="keep each marked test's reference outputs as a syrupy snapshot under "
+                         "__snapshots__/ and check PyTorch and TVM against it (default on; "
+                         "--snapshot-update writes them)")
     group.addoption("--tvm-cpp-runner", default=None, metavar="PATH",
                     help="a prebuilt tvm_cpp_check to use instead of building cpp_check/")
     group.addoption("--tvm-cpp-timeout", type=float, default=600.0, metavar="SECONDS",
@@ -61,6 +68,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("tvm_atol", "default absolute tolerance for floating outputs", default="")
     parser.addini("tvm_cache_dir", "artifact cache folder, relative to the rootdir", default="")
     parser.addini("tvm_cpp", "C++ check: auto, on or off (see --tvm-cpp)", default="")
+    parser.addini("tvm_snapshot", "snapshots of reference outputs: on or off (see --tvm-snapshot)", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,6 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
             cli_cpp=config.getoption("tvm_cpp"),
             ini_cpp=config.getini("tvm_cpp"),
             cpp_timeout=config.getoption("tvm_cpp_timeout"),
+            cli_snapshot=config.getoption("tvm_snapshot"),
+            ini_snapshot=config.getini("tvm_snapshot"),
         )
     except TvmDeployError as exc:
         raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
@@ -105,16 +115,20 @@ def _pytest_cache_dir(config: pytest.Config) -> Path:
     return config.rootpath / ".pytest_cache" / "d"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """A marked test uses ``tvm_deployment`` even when its signature does not ask for it."""
+    marks = getattr(obj, "pytestmark", [])
+    marked = any(getattr(m, "name", None) == MARKER for m in marks) or collector.get_closest_marker(MARKER)
+    if marked and inspect.isfunction(obj) and collector.funcnamefilter(name):
+        pytest.mark.usefixtures("tvm_deployment")(obj)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # A marker on the function, or a test asking for the fixture (the marker may then sit on
-    # a pytest.param of its parametrization, which the definition does not show).
-    if metafunc.definition.get_closest_marker(MARKER) is None and "tvm_deployment" not in metafunc.fixturenames:
-        return
-    for name in ("tvm_deployment", "tvm_target"):
-        if name not in metafunc.fixturenames:
-            metafunc.fixturenames.append(name)
+    # Every test that uses tvm_deployment (directly, through the marker, or with the marker on
+    # one pytest.param of its parametrization) runs once per target.
     targets = metafunc.config.stash[SESSION_KEY].targets
-    if len(targets) > 1:
+    if "tvm_target" in metafunc.fixturenames and len(targets) > 1:
         metafunc.parametrize("tvm_target", targets, ids=[t.label for t in targets], indirect=True)
 
 
@@ -126,7 +140,7 @@ def tvm_target(request: pytest.FixtureRequest) -> TargetSpec:
 
 
 @pytest.fixture
-def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> Deployment:
+def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snapshot: Any) -> Deployment:
     """The deployed model of a ``tvm_model`` test: artifact, inputs, reference, TVM outputs, timings."""
     item = request.node
     marker = item.get_closest_marker(MARKER)
@@ -163,6 +177,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
         artifact=str(deployment.artifact_path),
     )
     item.stash[DEPLOYMENT_KEY] = deployment
+    item.stash[SNAPSHOT_KEY] = snapshot
     return deployment
 
 
@@ -182,12 +197,18 @@ def _cpp_runner(config: pytest.Config, settings: ModelTestSettings, record: dict
 
 
 def _seed_id(item: pytest.Item) -> str:
-    """The test id without the target part, so every target sees the same input data."""
+    """What the seeded data derive from: file name and test id, without folders or the target.
+
+    Without folders, the data stay the same when pytest runs from another directory; without
+    the target, every target sees the same data.
+    """
+    path, _, test = item.nodeid.partition("::")
+    seed_id = f"{Path(path).name}::{test}"
     callspec = getattr(item, "callspec", None)
     if callspec is None or "tvm_target" not in callspec.params:
-        return item.nodeid
+        return seed_id
     label = callspec.params["tvm_target"].label
-    return re.sub(rf"(?<=[\[-]){re.escape(label)}(?=[\]-])", "", item.nodeid)
+    return re.sub(rf"(?<=[\[-]){re.escape(label)}(?=[\]-])", "", seed_id)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -202,6 +223,12 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     if problem is not None:
         pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
     failures, actual = _check(deployment, settings, record)
+    if settings.snapshot:
+        snapshot_failures, record["snapshot"] = check_snapshot(
+            item.stash[SNAPSHOT_KEY], deployment, settings.tolerances,
+            updating=bool(item.config.getoption("update_snapshots", False)), test_id=item.nodeid,
+        )
+        failures += snapshot_failures
     if failures:
         folder = _reproducer_folder(item)
         write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances, actual=actual)

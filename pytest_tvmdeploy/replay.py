@@ -14,8 +14,9 @@ from pathlib import Path
 from pytest_tvmdeploy.cache import verify_file
 from pytest_tvmdeploy.compare import Comparison, compare
 from pytest_tvmdeploy.errors import TvmDeployError
-from pytest_tvmdeploy.report.reproducer import MANIFEST, load_arrays, rules_from_json
+from pytest_tvmdeploy.report.reproducer import MANIFEST, load_arrays
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
+from pytest_tvmdeploy.tolerances import ToleranceRules
 
 
 def replay(folder: Path) -> Comparison:
@@ -29,7 +30,7 @@ def replay(folder: Path) -> Comparison:
     return compare(
         reference,
         result.outputs,
-        rules_from_json(manifest["tolerances"]),
+        ToleranceRules.from_json(manifest["tolerances"]),
         reference_name=manifest["reference"],
         actual_name="tvm",
     )

@@ -21,6 +21,7 @@ MARKER_ARGUMENTS: dict[str, str] = {
     "atol": "absolute tolerance for every floating output",
     "tolerances": "per-output overrides: {name or index: {'rtol': .., 'atol': ..}}",
     "cpp": "also run the .so from C++: 'auto', 'on'/True, 'off'/False (default: --tvm-cpp)",
+    "snapshot": "keep the reference outputs as a syrupy snapshot: True/False (default: --tvm-snapshot)",
 }
 
 #: Values of --tvm-cpp / tvm_cpp / cpp=.
@@ -38,6 +39,7 @@ class SessionSettings:
     repro_dir: Path
     cpp: str = "auto"
     cpp_timeout: float = 600.0
+    snapshot: bool = True
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ModelTestSettings:
     tolerances: ToleranceRules
     base_dir: Path
     cpp: str = "auto"
+    snapshot: bool = True
 
 
 def session_settings(
@@ -64,6 +67,8 @@ def session_settings(
     cli_cpp: str | None = None,
     ini_cpp: str = "",
     cpp_timeout: float = 600.0,
+    cli_snapshot: str | None = None,
+    ini_snapshot: str = "",
 ) -> SessionSettings:
     """Merge CLI and ini values (the command line wins) and parse the targets."""
     texts = cli_targets or [t for t in ini_targets if t.strip()] or [DEFAULT_TARGET]
@@ -80,7 +85,20 @@ def session_settings(
         repro_dir=repro_dir,
         cpp=cpp_mode(cli_cpp or ini_cpp or "auto", "--tvm-cpp / tvm_cpp"),
         cpp_timeout=cpp_timeout,
+        snapshot=switch(cli_snapshot or ini_snapshot or "on", "--tvm-snapshot / tvm_snapshot"),
     )
+
+
+def switch(value: Any, where: str) -> bool:
+    """``on``/``off`` (or true/false, a bool) → bool, or :class:`ConfigError`."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{where}: {value!r} is not on or off")
 
 
 def cpp_mode(value: Any, where: str) -> str:
@@ -118,6 +136,8 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         tolerances=rules,
         base_dir=test_file.parent,
         cpp=cpp_mode(marker_kwargs["cpp"], f"@pytest.mark.{MARKER}(cpp=)") if "cpp" in marker_kwargs else session.cpp,
+        snapshot=(switch(marker_kwargs["snapshot"], f"@pytest.mark.{MARKER}(snapshot=)")
+                  if "snapshot" in marker_kwargs else session.snapshot),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,22 @@ class ToleranceRules:
             rtol = float(override.get("rtol", rtol))
             atol = float(override.get("atol", atol))
         return Tolerance(float(rtol), float(atol))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form (integer output keys survive, unlike JSON object keys)."""
+        return {
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "per_output": [[key, dict(value)] for key, value in self.per_output.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ToleranceRules":
+        return cls(
+            rtol=data.get("rtol"),
+            atol=data.get("atol"),
+            per_output={key: value for key, value in data.get("per_output", [])},
+        )
 
     def check_names(self, names: list[str]) -> None:
         """Reject overrides naming an output the model does not have."""

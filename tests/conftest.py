@@ -11,13 +11,28 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIXTURE_FILES = ("models.py", "tiny_convnet.onnx", "tiny_convnet.pt", "tiny_convnet.pt2", "corrupt.onnx")
 
 
+#: The ini of a ``project``: snapshots are on by default, but only their own tests want them.
+PROJECT_INI = "[pytest]\ntvm_snapshot = off\n"
+
+
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
+def snapshot_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A pytester folder holding ``models.py`` and the fixture model files next to its tests."""
+    # Under `pytest -n`, the inner session would inherit the worker's variables and believe it
+    # is an xdist worker too (syrupy then keeps its report for a controller that never comes).
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
     for name in FIXTURE_FILES:
         shutil.copy(FIXTURES / name, pytester.path / name)
     pytester.syspathinsert()
     return pytester
+
+
+@pytest.fixture
+def project(snapshot_project: pytest.Pytester) -> pytest.Pytester:
+    """Like ``snapshot_project``, with snapshots switched off in its ini file."""
+    snapshot_project.makeini(PROJECT_INI)
+    return snapshot_project
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def test_target_from_ini_and_same_inputs_for_every_target(project: pytest.Pytest
     project.makeini(
         """
         [pytest]
+        tvm_snapshot = off
         tvm_target =
             llvm
             llvm -mcpu=x86-64-v2
@@ -105,7 +106,7 @@ def test_tolerances_from_cli_and_ini_and_marker_precedence(project: pytest.Pytes
     strict = project.runpytest("--tvm-rtol=0", "--tvm-atol=0")
     strict.assert_outcomes(passed=1, failed=1)
     strict.stdout.fnmatch_lines(["*test_defaults*", "*outside exact*"])
-    project.makeini("[pytest]\ntvm_rtol = 0\ntvm_atol = 0\n")
+    project.makeini("[pytest]\ntvm_snapshot = off\ntvm_rtol = 0\ntvm_atol = 0\n")
     project.runpytest().assert_outcomes(passed=1, failed=1)
     project.runpytest("--tvm-rtol=1e-3", "--tvm-atol=1e-3").assert_outcomes(passed=2)  # CLI beats ini
 
@@ -149,7 +150,7 @@ def test_no_marked_tests_changes_nothing(project: pytest.Pytester) -> None:
 
 def test_marker_is_registered_and_options_documented(pytester: pytest.Pytester) -> None:
     markers = pytester.runpytest("--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=)*"])
+    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=, snapshot=)*"])
     helptext = pytester.runpytest("--help")
     helptext.stdout.fnmatch_lines(["*--tvm-target=TARGET*", "*--tvm-rtol=R*", "*--tvm-atol=A*",
                                    "*--tvm-cache-dir=DIR*", "*--tvm-cpp=*auto,on,off*",

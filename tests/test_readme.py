@@ -38,6 +38,7 @@ def resnet18_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_readme_usage_example_passes(pytester: pytest.Pytester, resnet18_files: Path) -> None:
     shutil.copytree(resnet18_files, pytester.path / "models")
     pytester.makepyfile(test_deploy=readme_usage_example())
+    pytester.runpytest("--snapshot-update").assert_outcomes(passed=3)  # the README's first run
     result = pytester.runpytest("-v", "--tvm-target=llvm")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines_random([
@@ -48,7 +49,7 @@ def test_readme_usage_example_passes(pytester: pytest.Pytester, resnet18_files: 
 def test_readme_example_fails_with_diagnostics_at_zero_tolerance(pytester: pytest.Pytester, resnet18_files: Path) -> None:
     shutil.copytree(resnet18_files, pytester.path / "models")
     pytester.makepyfile(test_deploy=readme_usage_example())
-    result = pytester.runpytest("--tvm-rtol=0", "--tvm-atol=0")
+    result = pytester.runpytest("--tvm-rtol=0", "--tvm-atol=0", "--tvm-snapshot=off")
     # the first test sets its own tolerance in the marker and keeps it; the two files fail
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines_random([

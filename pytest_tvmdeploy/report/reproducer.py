@@ -52,7 +52,7 @@ def write_reproducer(
         "size": deployment.artifact.size,
         "inputs": list(deployment.inputs),
         "outputs": list(deployment.reference),
-        "tolerances": rules_to_json(rules),
+        "tolerances": rules.to_json(),
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if folder.exists():
@@ -61,20 +61,8 @@ def write_reproducer(
     return folder
 
 
-def rules_to_json(rules: ToleranceRules) -> dict[str, Any]:
-    return {
-        "rtol": rules.rtol,
-        "atol": rules.atol,
-        "per_output": [[key, dict(value)] for key, value in rules.per_output.items()],
-    }
 
 
-def rules_from_json(data: Mapping[str, Any]) -> ToleranceRules:
-    return ToleranceRules(
-        rtol=data.get("rtol"),
-        atol=data.get("atol"),
-        per_output={key: value for key, value in data.get("per_output", [])},
-    )
 
 
 def load_arrays(folder: Path, names: list[str]) -> dict[str, np.ndarray]:

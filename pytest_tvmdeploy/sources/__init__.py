@@ -24,10 +24,12 @@ FILE_SOURCES: dict[str, type[ModelSource]] = {
 }
 
 
-def open_source(model: Any, *, base_dir: Path | None = None) -> ModelSource:
+def open_source(model: Any, *, base_dir: Path | None = None, seed: int = 0) -> ModelSource:
     """Load ``model`` — an ``nn.Module``, a callable returning one, or a path — as a source.
 
-    Relative paths are resolved against ``base_dir`` (the test file's folder).
+    Relative paths are resolved against ``base_dir`` (the test file's folder). A callable is
+    called with torch's random generator seeded from ``seed``, so a factory that builds a
+    randomly initialised network builds the same one every time.
     """
     import torch
 
@@ -40,7 +42,9 @@ def open_source(model: Any, *, base_dir: Path | None = None) -> ModelSource:
     if callable(model):
         name = getattr(model, "__qualname__", repr(model))
         try:
-            built = model()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                built = model()
         except Exception as exc:  # noqa: BLE001
             raise ModelSourceError(
                 f"model factory {name}: raised {type(exc).__name__}: {exc}"

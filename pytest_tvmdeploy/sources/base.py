@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,14 +53,6 @@ class ModelSource(abc.ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
 
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 _UNSUPPORTED_PATTERNS = (

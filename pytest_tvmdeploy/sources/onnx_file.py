@@ -12,7 +12,8 @@ import numpy as np
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError
 from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.runners.base import RunResult
-from pytest_tvmdeploy.sources.base import ModelSource, file_digest, raise_if_unsupported
+from pytest_tvmdeploy.fingerprints import file_sha256
+from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:
     import tvm
@@ -37,7 +38,7 @@ class OnnxSource(ModelSource):
             ) from exc
         initializers = {init.name for init in self.model.graph.initializer}
         self._inputs = tuple(i.name for i in self.model.graph.input if i.name not in initializers)
-        self._digest = file_digest(path)
+        self._digest = file_sha256(path)
         self._session = None
 
     def input_names(self) -> tuple[str, ...] | None:
@@ -76,7 +77,7 @@ class OnnxSource(ModelSource):
         external = sorted(p for p in self.path.parent.glob(self.path.name + ".data"))
         if not external:
             return self._digest
-        return self._digest + "".join(file_digest(p)[:16] for p in external)
+        return self._digest + "".join(file_sha256(p)[:16] for p in external)
 
     def to_relax(self, inputs: Mapping[str, np.ndarray]) -> "tvm.IRModule":
         from tvm.relax.frontend.onnx import from_onnx

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import inspect
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ import numpy as np
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError, brief
 from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.runners.base import RunResult
-from pytest_tvmdeploy.sources.base import ModelSource, file_digest, raise_if_unsupported
+from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +147,6 @@ class TorchScriptSource(ExportedProgramSource):
             raise ModelSourceError(
                 f"{path}: not a loadable TorchScript file: {type(exc).__name__}: {brief(exc)}"
             ) from exc
-        self._digest = file_digest(path)
 
     def input_names(self) -> tuple[str, ...] | None:
         arguments = self.module.forward.schema.arguments[1:]  # [0] is self
@@ -164,7 +164,13 @@ class TorchScriptSource(ExportedProgramSource):
             return TS2EPConverter(self.module, args).convert()
 
     def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:
-        return self._digest
+        # The graph and the weights, not the file's bytes: a re-saved file records its own
+        # name and the process's type-mangling counters, which say nothing about the model.
+        graph = self.module.inlined_graph.str(False)  # without source locations
+        digest = hashlib.sha256(re.sub(r"___torch_mangle_\d+\.", "", graph).encode())
+        for name, tensor in sorted(self.module.state_dict().items()):
+            _update_with_tensor(digest, name, tensor)
+        return digest.hexdigest()
 
 
 class SavedExportedProgramSource(ExportedProgramSource):
@@ -182,7 +188,6 @@ class SavedExportedProgramSource(ExportedProgramSource):
             raise ModelSourceError(
                 f"{path}: not a loadable ExportedProgram (.pt2): {type(exc).__name__}: {brief(exc)}"
             ) from exc
-        self._digest = file_digest(path)
 
     def input_names(self) -> tuple[str, ...] | None:
         return tuple(self.program.graph_signature.user_inputs)
@@ -200,9 +205,6 @@ class SavedExportedProgramSource(ExportedProgramSource):
                 f"got {given}"
             )
         return self.program
-
-    def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:
-        return self._digest
 
 
 def _quiet_structured_trace() -> None:

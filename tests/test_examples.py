@@ -1,0 +1,45 @@
+"""The demo suite passes against the snapshots it ships, and notices a changed weight."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def demo(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A copy of examples/ (tests, conftest, shipped snapshots), without generated model files."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+    shutil.copytree(EXAMPLES, pytester.path, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("models", "__pycache__", ".pytest_cache"))
+    return pytester
+
+
+def test_demo_suite_passes_against_its_shipped_snapshots(demo: pytest.Pytester) -> None:
+    result = demo.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=7)
+    result.stdout.fnmatch_lines(["*7 snapshots passed.*"])
+    assert "C++ check skipped" not in result.stdout.str()
+    assert result.stdout.str().count(" bitwise ") == 7  # every model also ran from C++, identical bits
+
+
+def test_perturbed_weight_is_a_model_change_until_the_snapshot_is_updated(demo: pytest.Pytester) -> None:
+    tests = demo.path / "test_torchvision_models.py"
+    tests.write_text(
+        tests.read_text().replace('model=lambda: seeded("mobilenet_v2")', "model=lambda: perturbed(seeded('mobilenet_v2'))")
+        + "\n\ndef perturbed(model):\n"
+          "    import torch\n"
+          "    with torch.no_grad():\n"
+          "        model.features[0][0].weight[0, 0, 0, 0] += 0.01\n"
+          "    return model\n"
+    )
+    changed = demo.runpytest("-k", "mobilenet_v2 and not onnx")
+    changed.assert_outcomes(failed=1)
+    changed.stdout.fnmatch_lines(["snapshot test_mobilenet_v2.tensors: the model changed since the snapshot was taken *"])
+    demo.runpytest("-k", "mobilenet_v2 and not onnx", "--snapshot-update").assert_outcomes(passed=1)
+    demo.runpytest("-k", "mobilenet_v2 and not onnx").assert_outcomes(passed=1)
