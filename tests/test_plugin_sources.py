@@ -132,22 +132,3 @@ def test_seeded_inputs_are_reproducible_per_test_id(project: pytest.Pytester) ->
     assert sums(first) == sums(second)
     assert len(set(sums(first))) == 2  # different tests get different data
 
-
-def test_real_torchvision_resnet18(project: pytest.Pytester) -> None:
-    # The contract example from the README, verbatim.
-    project.makepyfile(
-        """
-        import pytest, torchvision
-
-        @pytest.mark.tvm_model(
-            model=lambda: torchvision.models.resnet18().eval(),
-            inputs={"x": ((1, 3, 224, 224), "float32")},
-            rtol=1e-4, atol=1e-4,
-        )
-        def test_resnet18(tvm_deployment):
-            assert tvm_deployment.outputs[0].shape == (1, 1000)
-            assert tvm_deployment.timings.run > 0
-            assert tvm_deployment.artifact_path.suffix == ".so"
-        """
-    )
-    project.runpytest().assert_outcomes(passed=1)
