@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,11 @@ import numpy as np
 
 from pytest_tvmdeploy.build import TargetSpec, compile_module, export_library, parse_target, tvm_version
 from pytest_tvmdeploy.cache import ARTIFACT_NAME, Artifact, ArtifactCache, cache_key
-from pytest_tvmdeploy.errors import InputSpecError, TvmDeployError
+from pytest_tvmdeploy.errors import ConfigError, InputSpecError, TvmDeployError
 from pytest_tvmdeploy.fingerprints import arrays_fingerprint
 from pytest_tvmdeploy.inputs import make_inputs, signature
+from pytest_tvmdeploy.quantize import QuantConfig
+from pytest_tvmdeploy.quantize import quantize as quantize_module
 from pytest_tvmdeploy.runners.base import RunResult
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
@@ -62,6 +64,7 @@ class Timings:
     load: float = 0.0          # opening the model source (file load / module construction)
     reference: float = 0.0     # one reference run (PyTorch / ONNX Runtime)
     import_: float = 0.0       # export + TVM frontend (0 on a cache hit)
+    quantize: float = 0.0      # calibration + int8 rewrite (0 unless quantized and built)
     compile: float = 0.0       # tvm.compile + export_library (0 on a cache hit)
     cached_compile: float = 0.0  # what the cached artifact took to build, when it was built
     vm_load: float = 0.0       # loading the .so into the Relax VM
@@ -93,6 +96,7 @@ class Deployment:
     runs: Mapping[str, RunResult] = field(default_factory=dict)
     cpp_outputs: NamedArrays | None = None  # None when the C++ runner did not run
     cpp_error: str | None = None            # why the C++ run failed (crash, timeout, error)
+    quantization: Mapping[str, Any] | None = None  # int8 config and per-site scales, if quantized
 
     @property
     def artifact_path(self) -> Path:
@@ -114,13 +118,17 @@ def deploy(
     repeat: int = 1,
     cpp_runner: Path | None = None,
     cpp_timeout: float = 600.0,
+    quantize: QuantConfig | str | Mapping[str, Any] | None = None,
+    calibration: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model`` on ``target``; run its reference too.
 
     ``model`` and ``inputs`` take the same forms as the ``tvm_model`` marker. Without
     ``cache_dir`` the artifact goes to a fresh temporary folder. With ``cpp_runner`` (see
     :func:`pytest_tvmdeploy.runners.cpp.build_cpp_runner`) the ``.so`` also runs from C++ in a
-    child process; a crash or timeout there is recorded in ``cpp_error``, not raised.
+    child process; a crash or timeout there is recorded in ``cpp_error``, not raised. With
+    ``quantize`` (a :class:`QuantConfig`, a mode name or a dict) the artifact is the int8 model,
+    calibrated on ``calibration`` (input dicts, or a callable returning them) when the mode needs it.
     """
     spec = target if isinstance(target, TargetSpec) else parse_target(target)
     start = time.perf_counter()
@@ -130,6 +138,13 @@ def deploy(
         arrays = make_inputs(inputs, seed=seed, names=source.input_names())
     except InputSpecError as exc:
         raise InputSpecError(f"{source.description}: {exc}") from None
+    quant = QuantConfig.from_value(quantize) if quantize is not None else None
+    samples = calibration_samples(calibration) if quant is not None and quant.needs_calibration else None
+    if quant is not None and quant.needs_calibration and not samples:
+        raise ConfigError(
+            f"{source.description}: quantize calibrate_mode={quant.calibrate_mode!r} needs calibration data "
+            f"(calibration= in the marker, or the tvm_calibration_data fixture); none was given"
+        )
     reference = source.run_reference(arrays)
     model_fingerprint = source.fingerprint(arrays)
     key = cache_key({
@@ -138,10 +153,14 @@ def deploy(
         "target": spec.json,
         "tvm": tvm_version(),
         "recipe": BUILD_RECIPE,
+        "quantize": quant.to_json() if quant is not None else None,
+        "calibration": [arrays_fingerprint(s) for s in samples] if samples else None,
     })
     cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
     stage: dict[str, float] = {}
-    artifact, built = cache.get_or_build(key, lambda folder: _build(source, arrays, spec, folder, stage))
+    artifact, built = cache.get_or_build(
+        key, lambda folder: _build(source, arrays, spec, folder, stage, quant, samples)
+    )
     result = run_python_vm(artifact.path, arrays, repeat=repeat)
     outputs = _named_like(reference, result)
     runs = {reference.runner: reference, result.runner: result}
@@ -155,6 +174,7 @@ def deploy(
         load=load_seconds,
         reference=reference.median_call_seconds,
         import_=stage.get("import", 0.0),
+        quantize=stage.get("quantize", 0.0),
         compile=stage.get("compile", 0.0),
         cached_compile=float(artifact.meta.get("compile_seconds", 0.0)),
         vm_load=result.load_seconds,
@@ -179,7 +199,22 @@ def deploy(
         runs=runs,
         cpp_outputs=cpp_outputs,
         cpp_error=cpp_error,
+        quantization=artifact.meta.get("quantization"),
     )
+
+
+def calibration_samples(calibration: Iterable[Any] | Callable[[], Iterable[Any]] | None) -> list[dict[str, np.ndarray]] | None:
+    """Materialize calibration data (a callable is called first) as a list of name -> array dicts."""
+    if calibration is None:
+        return None
+    data = calibration() if callable(calibration) else calibration
+    samples = []
+    for index, sample in enumerate(data):
+        if not isinstance(sample, Mapping):
+            raise ConfigError(f"calibration sample {index}: expected a dict input name -> array, got {type(sample).__name__}")
+        samples.append({str(k): np.ascontiguousarray(np.asarray(v.detach().numpy() if hasattr(v, "detach") else v))
+                        for k, v in sample.items()})
+    return samples
 
 
 def _named_like(reference: RunResult, result: RunResult) -> dict[str, np.ndarray]:
@@ -201,16 +236,35 @@ def _run_cpp(
 
 
 def _build(
-    source: ModelSource, arrays: Mapping[str, np.ndarray], spec: TargetSpec, folder: Path, stage: dict[str, float]
+    source: ModelSource,
+    arrays: Mapping[str, np.ndarray],
+    spec: TargetSpec,
+    folder: Path,
+    stage: dict[str, float],
+    quant: QuantConfig | None,
+    samples: list[dict[str, np.ndarray]] | None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     module = source.to_relax(arrays)
     stage["import"] = time.perf_counter() - start
+    meta: dict[str, Any] = {}
+    if quant is not None:
+        start = time.perf_counter()
+        quantized = quantize_module(module, quant, calibration=samples)
+        module = quantized.module
+        stage["quantize"] = time.perf_counter() - start
+        meta["quantization"] = {
+            "config": quant.to_json(),
+            "calibration_samples": quantized.calibration_samples,
+            "quantized_sites": quantized.quantized_sites,
+            "sites": list(quantized.sites),
+        }
     start = time.perf_counter()
     executable = compile_module(module, spec)
     export_library(executable, folder / ARTIFACT_NAME)
     stage["compile"] = time.perf_counter() - start
     return {
+        **meta,
         "model": source.description,
         "source_kind": source.kind,
         "target": spec.as_dict,

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec
-from pytest_tvmdeploy.compare import compare, first_bitwise_difference
+from pytest_tvmdeploy.compare import first_bitwise_difference
+from pytest_tvmdeploy.judging import output_judge, verdict_summary
 from pytest_tvmdeploy.deployment import Deployment, deploy
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
@@ -59,6 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep each marked test's reference outputs as a syrupy snapshot under "
                          "__snapshots__/ and check PyTorch and TVM against it (default on; "
                          "--snapshot-update writes them)")
+    group.addoption("--tvm-quantize", default=None, metavar="MODE",
+                    help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
+                         "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
+                         "outputs are then judged by the quantization budget, not elementwise")
     group.addoption("--tvm-cpp-runner", default=None, metavar="PATH",
                     help="a prebuilt tvm_cpp_check to use instead of building cpp_check/")
     group.addoption("--tvm-cpp-timeout", type=float, default=600.0, metavar="SECONDS",
@@ -98,6 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
             cpp_timeout=config.getoption("tvm_cpp_timeout"),
             cli_snapshot=config.getoption("tvm_snapshot"),
             ini_snapshot=config.getini("tvm_snapshot"),
+            cli_quantize=config.getoption("tvm_quantize"),
         )
     except TvmDeployError as exc:
         raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
@@ -163,6 +169,8 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
             base_dir=settings.base_dir,
             cpp_runner=cpp_runner,
             cpp_timeout=session.cpp_timeout,
+            quantize=settings.quantize,
+            calibration=_calibration(request, settings),
         )
     except TvmDeployError as exc:
         error: TvmDeployError | None = exc
@@ -179,6 +187,21 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
     item.stash[DEPLOYMENT_KEY] = deployment
     item.stash[SNAPSHOT_KEY] = snapshot
     return deployment
+
+
+@pytest.fixture
+def tvm_calibration_data() -> Any:
+    """Calibration data for quantized tests that give no ``calibration=``: override it in your
+    conftest.py to return an iterable of input dicts (or a callable returning one)."""
+    return None
+
+
+def _calibration(request: pytest.FixtureRequest, settings: ModelTestSettings) -> Any:
+    if settings.quantize is None or not settings.quantize.needs_calibration:
+        return None
+    if settings.calibration is not None:
+        return settings.calibration
+    return request.getfixturevalue("tvm_calibration_data")
 
 
 def _cpp_runner(config: pytest.Config, settings: ModelTestSettings, record: dict[str, Any]) -> Path | None:
@@ -226,12 +249,14 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     if settings.snapshot:
         snapshot_failures, record["snapshot"] = check_snapshot(
             item.stash[SNAPSHOT_KEY], deployment, settings.tolerances,
+            judge=output_judge(settings.tolerances, settings.quant_budget if settings.quantize else None),
             updating=bool(item.config.getoption("update_snapshots", False)), test_id=item.nodeid,
         )
         failures += snapshot_failures
     if failures:
         folder = _reproducer_folder(item)
-        write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances, actual=actual)
+        write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances, actual=actual,
+                         budget=settings.quant_budget if settings.quantize else None)
         pytest.fail(_failure_message(failures, deployment, folder), pytrace=False)
 
 
@@ -240,9 +265,9 @@ def _check(
 ) -> tuple[list[str], dict[str, Any]]:
     """The standard checks: Python VM vs reference; C++ vs Python VM (bitwise) and vs reference."""
     failures = []
-    names = {"reference_name": deployment.reference_name}
-    verdict = compare(deployment.reference, deployment.outputs, settings.tolerances, **names, actual_name="tvm")
-    record["max_abs_error"] = verdict.max_abs_error
+    judge = output_judge(settings.tolerances, settings.quant_budget if settings.quantize else None)
+    verdict = judge(deployment.reference, deployment.outputs, deployment.reference_name, "tvm")
+    record.update(verdict_summary(verdict))
     actual = {"tvm": deployment.outputs}
     if not verdict:
         failures.append(verdict.describe())
@@ -254,11 +279,10 @@ def _check(
         difference = first_bitwise_difference(
             deployment.outputs, deployment.cpp_outputs, expected_name="tvm", actual_name="tvm-cpp"
         )
-        cpp_verdict = compare(deployment.reference, deployment.cpp_outputs, settings.tolerances, **names,
-                              actual_name="tvm-cpp")
         record["cpp"] = "bitwise" if difference is None else "differs"
         if difference is not None:  # identical outputs would only repeat the Python VM's verdict
             failures.append(f"C++ outputs differ from the Python VM's: {difference}")
+            cpp_verdict = judge(deployment.reference, deployment.cpp_outputs, deployment.reference_name, "tvm-cpp")
             if not cpp_verdict:
                 failures.append(cpp_verdict.describe())
         elif failures:

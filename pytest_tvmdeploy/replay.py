@@ -12,14 +12,15 @@ import sys
 from pathlib import Path
 
 from pytest_tvmdeploy.cache import verify_file
-from pytest_tvmdeploy.compare import Comparison, compare
+from pytest_tvmdeploy.compare_quantized import QuantBudget
+from pytest_tvmdeploy.judging import Verdict, output_judge
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.report.reproducer import MANIFEST, load_arrays
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.tolerances import ToleranceRules
 
 
-def replay(folder: Path) -> Comparison:
+def replay(folder: Path) -> Verdict:
     """Re-run the reproducer in ``folder`` and compare with its stored reference."""
     manifest = json.loads((folder / MANIFEST).read_text())
     so_path = folder / "model.so"
@@ -27,13 +28,10 @@ def replay(folder: Path) -> Comparison:
     inputs = load_arrays(folder / "inputs", manifest["inputs"])
     reference = load_arrays(folder / "reference", manifest["outputs"])
     result = run_python_vm(so_path, inputs)
-    return compare(
-        reference,
-        result.outputs,
-        ToleranceRules.from_json(manifest["tolerances"]),
-        reference_name=manifest["reference"],
-        actual_name="tvm",
-    )
+    budget = manifest.get("quant_budget")
+    judge = output_judge(ToleranceRules.from_json(manifest["tolerances"]),
+                         QuantBudget.from_value(budget) if budget is not None else None)
+    return judge(reference, result.outputs, manifest["reference"], "tvm")
 
 
 def main(argv: list[str] | None = None) -> int:

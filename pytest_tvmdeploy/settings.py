@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
+from pytest_tvmdeploy.compare_quantized import QuantBudget
 from pytest_tvmdeploy.errors import ConfigError
+from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.tolerances import ToleranceRules
 
 MARKER = "tvm_model"
@@ -22,6 +24,9 @@ MARKER_ARGUMENTS: dict[str, str] = {
     "tolerances": "per-output overrides: {name or index: {'rtol': .., 'atol': ..}}",
     "cpp": "also run the .so from C++: 'auto', 'on'/True, 'off'/False (default: --tvm-cpp)",
     "snapshot": "keep the reference outputs as a syrupy snapshot: True/False (default: --tvm-snapshot)",
+    "quantize": "deploy the int8 model: a calibrate mode name, a QuantConfig or a dict of its fields (default: --tvm-quantize)",
+    "calibration": "calibration data for quantize=: an iterable of input dicts, or a callable returning one",
+    "quant_budget": "budgets of a quantized model against fp32: a QuantBudget or a dict of its fields",
 }
 
 #: Values of --tvm-cpp / tvm_cpp / cpp=.
@@ -40,6 +45,7 @@ class SessionSettings:
     cpp: str = "auto"
     cpp_timeout: float = 600.0
     snapshot: bool = True
+    quantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class ModelTestSettings:
     base_dir: Path
     cpp: str = "auto"
     snapshot: bool = True
+    quantize: QuantConfig | None = None
+    calibration: Any = None
+    quant_budget: QuantBudget = QuantBudget()
 
 
 def session_settings(
@@ -69,6 +78,7 @@ def session_settings(
     cpp_timeout: float = 600.0,
     cli_snapshot: str | None = None,
     ini_snapshot: str = "",
+    cli_quantize: str | None = None,
 ) -> SessionSettings:
     """Merge CLI and ini values (the command line wins) and parse the targets."""
     texts = cli_targets or [t for t in ini_targets if t.strip()] or [DEFAULT_TARGET]
@@ -86,7 +96,15 @@ def session_settings(
         cpp=cpp_mode(cli_cpp or ini_cpp or "auto", "--tvm-cpp / tvm_cpp"),
         cpp_timeout=cpp_timeout,
         snapshot=switch(cli_snapshot or ini_snapshot or "on", "--tvm-snapshot / tvm_snapshot"),
+        quantize=_checked_quantize(cli_quantize),
     )
+
+
+def _checked_quantize(value: str | None) -> str | None:
+    if value is None or value.strip().lower() in ("", "off", "none"):
+        return None
+    QuantConfig.from_value(value.strip())  # a bad mode is a usage error at start-up
+    return value.strip()
 
 
 def switch(value: Any, where: str) -> bool:
@@ -138,7 +156,16 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         cpp=cpp_mode(marker_kwargs["cpp"], f"@pytest.mark.{MARKER}(cpp=)") if "cpp" in marker_kwargs else session.cpp,
         snapshot=(switch(marker_kwargs["snapshot"], f"@pytest.mark.{MARKER}(snapshot=)")
                   if "snapshot" in marker_kwargs else session.snapshot),
+        quantize=_quant_config(marker_kwargs["quantize"] if "quantize" in marker_kwargs else session.quantize),
+        calibration=marker_kwargs.get("calibration"),
+        quant_budget=QuantBudget.from_value(marker_kwargs.get("quant_budget") or {}),
     )
+
+
+def _quant_config(value: Any) -> QuantConfig | None:
+    if value is None or value is False:
+        return None
+    return QuantConfig.from_value(value)
 
 
 def _marker_float(kwargs: Mapping[str, Any], name: str, default: float | None) -> float | None:

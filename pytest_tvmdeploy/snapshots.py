@@ -26,7 +26,7 @@ import os
 import shlex
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,13 +245,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def check_snapshot(
-    assertion: Any, deployment: Any, rules: ToleranceRules, *, updating: bool, test_id: str
+    assertion: Any, deployment: Any, rules: ToleranceRules, *, updating: bool, test_id: str,
+    judge: Callable[..., Any] | None = None,
 ) -> tuple[list[str], str]:
     """Check a deployment against its stored snapshot through syrupy's ``snapshot`` assertion.
 
     Returns ``(failures, status)``. Without ``updating``: a changed model or input fingerprint is
     reported as such; under the same fingerprints the fresh reference and every TVM runner must
-    match the stored outputs within ``rules``. The syrupy assertion always runs, so syrupy's
+    match the stored outputs within ``rules`` (TVM runners by ``judge`` when given, e.g. the
+    quantization budget of an int8 deployment). The syrupy assertion always runs, so syrupy's
     report (written/updated/unused) and ``--snapshot-update`` work as usual. A damaged snapshot
     file is reported (or, when updating, moved aside and rewritten): it is never silently lost.
     """
@@ -271,7 +273,7 @@ def check_snapshot(
         if not same_origin(fresh, stored):
             failures.append(f"snapshot {location.name}: " + origin_changed_message(stored, fresh, test_id))
         else:
-            failures += _drift(stored, deployment, rules, location.name)
+            failures += _drift(stored, deployment, rules, location.name, judge)
     if not (assertion == fresh) and not failures:
         lines = [f"  {line}" for line in assertion.get_assert_diff()]
         if stored_data is None:
@@ -281,13 +283,20 @@ def check_snapshot(
     return failures, status
 
 
-def _drift(stored: TensorSnapshot, deployment: Any, rules: ToleranceRules, name: str) -> list[str]:
+def _drift(stored: TensorSnapshot, deployment: Any, rules: ToleranceRules, name: str,
+           judge: Callable[..., Any] | None) -> list[str]:
     """Outputs that left the stored golden values although model and inputs are the same."""
-    runs = {deployment.reference_name: deployment.reference, "tvm": deployment.outputs}
+    golden = f"snapshot {name}"
+    verdicts = [compare(stored.arrays, deployment.reference, rules, reference_name=golden,
+                        actual_name=deployment.reference_name)]
+    runners = {"tvm": deployment.outputs}
     if deployment.cpp_outputs is not None:
-        runs["tvm-cpp"] = deployment.cpp_outputs
-    verdicts = [compare(stored.arrays, outputs, rules, reference_name=f"snapshot {name}", actual_name=runner)
-                for runner, outputs in runs.items()]
+        runners["tvm-cpp"] = deployment.cpp_outputs
+    for runner, outputs in runners.items():
+        if judge is None:
+            verdicts.append(compare(stored.arrays, outputs, rules, reference_name=golden, actual_name=runner))
+        else:
+            verdicts.append(judge(stored.arrays, outputs, golden, runner))
     failed = [v.describe() for v in verdicts if not v]
     if not failed:
         return []

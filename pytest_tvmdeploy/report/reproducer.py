@@ -29,6 +29,7 @@ def write_reproducer(
     deployment: Any,
     rules: ToleranceRules,
     actual: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    budget: Any = None,
 ) -> Path:
     """Write (or replace) the reproducer for one failed check; returns ``folder``.
 
@@ -53,6 +54,7 @@ def write_reproducer(
         "inputs": list(deployment.inputs),
         "outputs": list(deployment.reference),
         "tolerances": rules.to_json(),
+        "quant_budget": budget.to_json() if budget is not None else None,
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if folder.exists():

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "run ms", "cpp ms", "ref ms",
-           "cpp", "max abs err", "result")
+           "cpp", "max abs err", "int8 cos/sqnr", "result")
 
 
 def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
@@ -25,8 +25,15 @@ def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
         f"{1000 * timings.get('reference', 0.0):.1f}",
         record.get("cpp", "-").split(":")[0],
         "-" if record.get("max_abs_error") is None else f"{record['max_abs_error']:.2e}",
+        _quant_cell(record.get("quant")),
         record.get("outcome", ""),
     )
+
+
+def _quant_cell(quant: Mapping[str, Any] | None) -> str:
+    if not quant or quant.get("cosine") is None:
+        return "-"
+    return f"{quant['cosine']:.4f}/{quant['sqnr_db']:.1f}dB"
 
 
 def format_table(records: Sequence[Mapping[str, Any]]) -> list[str]:

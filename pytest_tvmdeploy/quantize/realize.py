@@ -1,0 +1,271 @@
+"""Rewrite a Relax module to real integer arithmetic at every enabled site.
+
+Each quantized conv2d / matmul reads int8 data (quantized from float at a boundary, or passed on
+directly from the previous quantized op), multiplies with int8 weights into an int32
+accumulator, adds an int32 bias and requantizes to int8 with integer arithmetic only: a shift
+when every scale is a power of two (``weight_scale="power2"``), otherwise a fixed-point
+multiply (int64 product with a 31-bit mantissa, then a rounding shift). int8 values flow on
+through ops that commute with a positive scale (relu, clip, max pooling, reshapes); any other
+op gets float inputs through an explicit dequantize (int8 -> float32, times the scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from pytest_tvmdeploy.quantize.config import QuantConfig
+from pytest_tvmdeploy.quantize.graph import (
+    Site,
+    activation_bounds,
+    bias_shape,
+    float_site,
+    main_block,
+    site_call,
+    substitute,
+)
+from pytest_tvmdeploy.quantize.scales import (
+    QMAX,
+    fixed_point_multiplier,
+    power2_exponent,
+    quantize_bias,
+    quantize_to_int8,
+    weight_scales,
+)
+
+#: Ops through which int8 data pass unchanged in meaning (they commute with x -> x * s, s > 0).
+INT8_TRANSPARENT = {"nn.relu", "nn.max_pool2d", "reshape", "permute_dims", "squeeze", "expand_dims", "flatten"}
+
+
+@dataclass(frozen=True)
+class SiteScales:
+    """Step sizes of a site's int8 input (used when it arrives as float) and int8 output."""
+
+    input: float
+    output: float
+
+
+def site_enabled(site: Site, config: QuantConfig) -> bool:
+    """Whether the config quantizes this site (skip lists, dense switch, debug op filter)."""
+    if config.debug_enabled_ops is not None and site.kind not in config.debug_enabled_ops:
+        return False
+    if site.kind == "matmul":
+        return not config.skip_dense_layer
+    return site.ordinal not in config.skip_conv_layers
+
+
+def realize(mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig) -> tvm.IRModule:
+    """The integer module: ``mod`` must be the prepared module ``sites`` were found in."""
+    return _Realizer(mod, sites, scales, config).run()
+
+
+class _Realizer:
+    def __init__(self, mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig) -> None:
+        self.func, self.bindings = main_block(mod)
+        self.sites = {site.call: site for site in sites}
+        self.replaced = {var for site in sites for var in (*site.chain, site.output)}
+        self.scales = scales
+        self.config = config
+        self.int8_readers = _int8_readers(self.bindings, self.func.body.body, self.sites, config)
+        self.bb = relax.BlockBuilder()
+        self.floats: dict[Any, relax.Expr] = {}
+        self.int8: dict[Any, tuple[relax.Expr, float]] = {}
+
+    def run(self) -> tvm.IRModule:
+        bb = self.bb
+        with bb.function("main", list(self.func.params)):
+            with bb.dataflow():
+                for binding in self.bindings:
+                    self._visit(binding)
+                result = substitute(self.func.body.body, self._float)
+                result = bb.emit_output(result) if not isinstance(result, relax.Var) else result
+            bb.emit_func_output(result)
+        return bb.get()
+
+    def _visit(self, binding: relax.Binding) -> None:
+        site = self.sites.get(binding.value)
+        if site is not None:
+            ndim = site.output.ty.ndim
+            if site_enabled(site, self.config):
+                quantized = self._quantized_site(site, ndim)
+                if quantized is not None:
+                    self.int8[site.output] = quantized
+            else:
+                self.floats[site.output] = self._float_site(site, ndim)
+            return
+        if binding.var in self.replaced:
+            return  # folded into its site
+        value = binding.value
+        passed_on = self._int8_pass_through(value)
+        if passed_on is not None:
+            self.int8[binding.var] = passed_on
+            return
+        emitted = substitute(value, self._float)
+        self.floats[binding.var] = self.bb.emit_output(emitted) if not isinstance(binding.var, relax.DataflowVar) else self.bb.emit(emitted)
+
+    # -- values in either domain -------------------------------------------------------------
+
+    def _float(self, var: relax.Var) -> relax.Expr:
+        """The float value of ``var``, dequantizing it (once) if it only exists as int8."""
+        if var in self.floats:
+            return self.floats[var]
+        if var in self.int8:
+            data, scale = self.int8[var]
+            self.floats[var] = self.bb.emit(R.multiply(R.astype(data, "float32"), relax.const(scale, "float32")))
+            return self.floats[var]
+        return var
+
+    def _int8_input(self, site: Site) -> tuple[relax.Expr, float]:
+        data = site.input
+        if isinstance(data, relax.Var) and data in self.int8:
+            return self.int8[data]
+        scale = self.scales[site.index].input
+        quantized = R.astype(R.clip(R.round(R.divide(self._float(data), relax.const(scale, "float32"))), -QMAX, QMAX), "int8")
+        return self.bb.emit(quantized), scale
+
+    # -- sites --------------------------------------------------------------------------------
+
+    def _quantized_site(self, site: Site, ndim: int) -> tuple[relax.Expr, float] | None:
+        config = self.config
+        data, input_scale = self._int8_input(site)
+        axis = site.channel_axis
+        w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
+        weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
+        accumulator_scales = input_scale * np.asarray(w_scales, dtype=np.float64)
+        acc = self.bb.emit(site_call(site, data, weights, "int32"))
+        bias = quantize_bias(site.bias, np.broadcast_to(accumulator_scales, site.bias.shape))
+        acc = self.bb.emit(R.add(acc, relax.const(bias.reshape(bias_shape(site, ndim)).astype("int32"))))
+        if site.output not in self.int8_readers:
+            # Only float ops read this result: dequantize the int32 accumulator itself, which
+            # keeps its full precision, instead of rounding it to int8 first.
+            out = R.multiply(R.astype(acc, "float32"), _float32(accumulator_scales, bias_shape(site, ndim)))
+            if site.activation is not None:
+                out = relax.Call(site.activation.op, [self.bb.emit(out), *site.activation.args[1:]],
+                                 site.activation.attrs, site.activation.ty_args)
+            self.floats[site.output] = self.bb.emit(out)
+            return None
+        output_scale = self.scales[site.index].output
+        ratio = accumulator_scales / output_scale
+        low, high = activation_bounds(site.activation) if site.activation is not None else (-np.inf, np.inf)
+        return self._requantize(acc, ratio, site, ndim, int8_bounds(low, high, output_scale)), output_scale
+
+    def _float_site(self, site: Site, ndim: int) -> relax.Expr:
+        return self.bb.emit(float_site(self.bb, site, self._float(site.input)))
+
+    def _requantize(self, acc: relax.Expr, ratio: np.ndarray, site: Site, ndim: int,
+                    bounds: tuple[int, int] = (-QMAX, QMAX)) -> relax.Expr:
+        """int32 accumulator at scale ``ratio * output`` -> int8 at the output scale, integers only;
+        ``bounds`` clamp the result (an absorbed activation's interval in int8 steps)."""
+        shape = bias_shape(site, ndim) if np.ndim(ratio) else ()
+        # A channel whose ratio is below 2**-31 cannot reach half a step from any int32
+        # accumulator: its output is 0. (Per-channel scales of near-empty channels get there.)
+        dead = np.asarray(ratio) < 2.0 ** -31
+        ratio = np.where(dead, 1.0, ratio)
+        wide = self.bb.emit(R.astype(acc, "int64"))
+        if self.config.power2:
+            exponent = np.asarray(power2_exponent(ratio), dtype=np.int64)
+            left, right = np.maximum(exponent, 0), np.maximum(-exponent, 0)
+            if left.any():
+                wide = self.bb.emit(R.left_shift(wide, _int64(left, shape)))
+            rounded = self._rounding_shift(wide, right, shape, enabled=self.config.round_for_shift)
+        else:
+            mantissa, shift = fixed_point_multiplier(ratio)
+            product = self.bb.emit(R.multiply(wide, _int64(mantissa, shape)))
+            rounded = self._rounding_shift(product, np.asarray(shift, dtype=np.int64), shape, enabled=True)
+        if dead.any():
+            rounded = self.bb.emit(R.multiply(rounded, _int64((~dead).astype(np.int64), shape)))
+        return self.bb.emit(R.astype(R.clip(rounded, *bounds), "int8"))
+
+    def _rounding_shift(self, value: relax.Expr, shift: np.ndarray, shape: tuple[int, ...], *, enabled: bool) -> relax.Expr:
+        """``value >> shift`` rounding as configured: UPWARD adds half a step (ties go up),
+        TONEAREST adds one less for negative values (ties go away from zero)."""
+        if not shift.any():
+            return value
+        if enabled:
+            half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+            value = self.bb.emit(R.add(value, _int64(half, shape)))
+            if self.config.rounding == "TONEAREST":
+                negative = R.astype(R.less(value, relax.const(0, "int64")), "int64")
+                value = self.bb.emit(R.subtract(value, R.multiply(negative, _int64((shift > 0).astype(np.int64), shape))))
+        return self.bb.emit(R.right_shift(value, _int64(shift, shape)))
+
+    # -- int8 pass-through ----------------------------------------------------------------------
+
+    def _int8_pass_through(self, value: relax.Expr) -> tuple[relax.Expr, float] | None:
+        """Apply an order-preserving op to int8 data directly (None if it does not apply)."""
+        if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or not value.args:
+            return None
+        data = value.args[0]
+        if not (isinstance(data, relax.Var) and data in self.int8):
+            return None
+        name = value.op.name.removeprefix("relax.")
+        quantized, scale = self.int8[data]
+        if name in INT8_TRANSPARENT:
+            call = relax.Call(value.op, [quantized, *value.args[1:]], value.attrs, value.ty_args)
+            return self.bb.emit(call), scale
+        if name == "clip":
+            bounds = int8_bounds(*activation_bounds(value), scale)
+            return self.bb.emit(R.clip(quantized, *bounds)), scale
+        return None
+
+
+def _int8_readers(bindings: list[relax.Binding], result: relax.Expr, sites: dict[Any, Site],
+                  config: QuantConfig) -> set[Any]:
+    """Vars every reader of which takes int8: an enabled site's data input, or an int8-transparent
+    op whose own result has only such readers. Only these are requantized to int8."""
+    readers: dict[Any, list[tuple[str, Any]]] = {}
+    for var in _vars_of(result):
+        readers.setdefault(var, []).append(("float", None))
+    for binding in bindings:
+        value = binding.value
+        site = sites.get(value)
+        for index, var in enumerate(_vars_of(value)):
+            if site is not None and index == 0 and site_enabled(site, config) and var.same_as(site.input):
+                kind = "site"
+            elif isinstance(value, relax.Call) and getattr(value.op, "name", "").removeprefix("relax.") in (
+                    INT8_TRANSPARENT | {"clip"}) and value.args and var.same_as(value.args[0]):
+                kind = "transparent"
+            else:
+                kind = "float"
+            readers.setdefault(var, []).append((kind, binding.var))
+    int8: set[Any] = set()
+    for binding in reversed(bindings):  # readers come after what they read
+        var = sites[binding.value].output if binding.value in sites else binding.var
+        uses = readers.get(var, [])
+        if uses and all(kind == "site" or (kind == "transparent" and out in int8) for kind, out in uses):
+            int8.add(var)
+    return int8
+
+
+def _vars_of(expr: relax.Expr) -> list[Any]:
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in _vars_of(f)]
+    if isinstance(expr, relax.TupleGetItem):
+        return _vars_of(expr.tuple_value)
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args for v in _vars_of(a)]
+    return []
+
+
+def _float32(values: np.ndarray, shape: tuple[int, ...]) -> relax.Expr:
+    array = np.asarray(values, dtype=np.float32)
+    return relax.const(array.reshape(shape) if array.ndim else array, "float32")
+
+
+def int8_bounds(low: float, high: float, scale: float) -> tuple[int, int]:
+    """The int8 steps inside ``[low, high]`` at ``scale``, within [-127, 127]."""
+    low_q = -QMAX if low == -np.inf else int(np.clip(np.ceil(low / scale), -QMAX, QMAX))
+    high_q = QMAX if high == np.inf else int(np.clip(np.floor(high / scale), -QMAX, QMAX))
+    return low_q, high_q
+
+
+def _int64(values: np.ndarray, shape: tuple[int, ...]) -> relax.Expr:
+    array = np.asarray(values, dtype=np.int64)
+    return relax.const(array.reshape(shape) if array.ndim else array, "int64")
