@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,22 +100,30 @@ def compare(
     actual_name: str = "tvm",
 ) -> Comparison:
     """Compare ``actual`` with ``reference`` output by output (matched by position)."""
-    ref_items = list(reference.items())
-    act_names = list(actual)
-    act_values = list(actual.values())
     results = []
-    for index, (name, ref) in enumerate(ref_items):
-        ref = np.asarray(ref)
-        tolerance = rules.for_output(name, index, ref.dtype)
-        if index >= len(act_values):
-            results.append(_problem(name, index, tolerance, ref, f"missing: {actual_name} produced only {len(act_values)} output(s)"))
+    for index, name, ref, act in paired_outputs(reference, actual):
+        if ref is None:
+            results.append(_problem(name, index, Tolerance(0, 0), act, f"unexpected: {reference_name} has only {index} output(s)"))
             continue
-        results.append(compare_arrays(name, index, ref, np.asarray(act_values[index]), tolerance))
-    for index in range(len(ref_items), len(act_values)):
-        extra = np.asarray(act_values[index])
-        results.append(_problem(act_names[index], index, Tolerance(0, 0), extra,
-                                f"unexpected: {reference_name} has only {len(ref_items)} output(s)"))
+        tolerance = rules.for_output(name, index, ref.dtype)
+        if act is None:
+            results.append(_problem(name, index, tolerance, ref, f"missing: {actual_name} produced only {index} output(s)"))
+        else:
+            results.append(compare_arrays(name, index, ref, act, tolerance))
     return Comparison(reference_name, actual_name, tuple(results))
+
+
+def paired_outputs(
+    reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]
+) -> Iterator[tuple[int, str, np.ndarray | None, np.ndarray | None]]:
+    """``(index, name, reference, actual)`` matched by position; ``None`` where one side has no
+    output at that position. The name is the reference's, or the actual one's for extras."""
+    ref_items, act_items = list(reference.items()), list(actual.items())
+    for index in range(max(len(ref_items), len(act_items))):
+        ref = np.asarray(ref_items[index][1]) if index < len(ref_items) else None
+        act = np.asarray(act_items[index][1]) if index < len(act_items) else None
+        name = ref_items[index][0] if index < len(ref_items) else act_items[index][0]
+        yield index, name, ref, act
 
 
 def compare_arrays(name: str, index: int, reference: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputComparison:

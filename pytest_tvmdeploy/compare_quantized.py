@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_tvmdeploy.compare import compare_arrays
+from pytest_tvmdeploy.compare import compare_arrays, paired_outputs
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.tolerances import Tolerance
 
@@ -260,19 +260,14 @@ def compare_quantized(
     actual_name: str = "tvm",
 ) -> QuantComparison:
     """Measure ``actual`` (quantized) against ``reference`` (fp32) output by output (matched by position)."""
-    ref_items = list(reference.items())
-    act_names = list(actual)
-    act_values = list(actual.values())
     results = []
-    for index, (name, ref) in enumerate(ref_items):
-        ref = np.asarray(ref)
-        if index >= len(act_values):
-            results.append(_problem(name, ref, f"missing: {actual_name} produced only {len(act_values)} output(s)"))
+    for index, name, ref, act in paired_outputs(reference, actual):
+        if ref is None:
+            results.append(_problem(name, act, f"unexpected: {reference_name} has only {index} output(s)"))
+        elif act is None:
+            results.append(_problem(name, ref, f"missing: {actual_name} produced only {index} output(s)"))
         else:
-            results.append(quant_metrics(name, ref, np.asarray(act_values[index]), budget, index=index))
-    for index in range(len(ref_items), len(act_values)):
-        results.append(_problem(act_names[index], np.asarray(act_values[index]),
-                                f"unexpected: {reference_name} has only {len(ref_items)} output(s)"))
+            results.append(quant_metrics(name, ref, act, budget, index=index))
     return QuantComparison(reference_name, actual_name, budget, tuple(results))
 
 

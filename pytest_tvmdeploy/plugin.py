@@ -90,20 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
         cache_dir = config.rootpath / cache_dir
     try:
         config.stash[SESSION_KEY] = session_settings(
-            cli_targets=config.getoption("tvm_target"),
-            ini_targets=config.getini("tvm_target"),
-            cli_rtol=config.getoption("tvm_rtol"),
-            ini_rtol=config.getini("tvm_rtol"),
-            cli_atol=config.getoption("tvm_atol"),
-            ini_atol=config.getini("tvm_atol"),
-            cache_dir=cache_dir,
-            repro_dir=cache_root / "tvmdeploy-repro",
-            cli_cpp=config.getoption("tvm_cpp"),
-            ini_cpp=config.getini("tvm_cpp"),
-            cpp_timeout=config.getoption("tvm_cpp_timeout"),
-            cli_snapshot=config.getoption("tvm_snapshot"),
-            ini_snapshot=config.getini("tvm_snapshot"),
-            cli_quantize=config.getoption("tvm_quantize"),
+            config.getoption, config.getini, cache_dir=cache_dir, repro_dir=cache_root / "tvmdeploy-repro"
         )
     except TvmDeployError as exc:
         raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc

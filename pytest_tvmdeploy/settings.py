@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,24 +64,16 @@ class ModelTestSettings:
 
 
 def session_settings(
-    *,
-    cli_targets: list[str] | None,
-    ini_targets: list[str],
-    cli_rtol: float | None,
-    ini_rtol: str,
-    cli_atol: float | None,
-    ini_atol: str,
-    cache_dir: Path,
-    repro_dir: Path,
-    cli_cpp: str | None = None,
-    ini_cpp: str = "",
-    cpp_timeout: float = 600.0,
-    cli_snapshot: str | None = None,
-    ini_snapshot: str = "",
-    cli_quantize: str | None = None,
+    option: Callable[[str], Any], ini: Callable[[str], Any], *, cache_dir: Path, repro_dir: Path
 ) -> SessionSettings:
-    """Merge CLI and ini values (the command line wins) and parse the targets."""
-    texts = cli_targets or [t for t in ini_targets if t.strip()] or [DEFAULT_TARGET]
+    """Merge command-line options and ini values (the command line wins) and parse the targets.
+
+    ``option`` and ``ini`` look values up by name (pytest's ``config.getoption`` / ``getini``).
+    """
+    def either(name: str, default: str) -> str:
+        return option(name) or ini(name) or default
+
+    texts = option("tvm_target") or [t for t in ini("tvm_target") if t.strip()] or [DEFAULT_TARGET]
     targets = tuple(parse_target(t) for t in texts)
     labels = [t.label for t in targets]
     if len(set(labels)) != len(labels):
@@ -89,15 +81,20 @@ def session_settings(
         targets = tuple(TargetSpec(t.json, f"{t.label}-{i}") for i, t in enumerate(targets))
     return SessionSettings(
         targets=targets,
-        rtol=cli_rtol if cli_rtol is not None else _float_or_none("tvm_rtol", ini_rtol),
-        atol=cli_atol if cli_atol is not None else _float_or_none("tvm_atol", ini_atol),
+        rtol=_tolerance("tvm_rtol", option, ini),
+        atol=_tolerance("tvm_atol", option, ini),
         cache_dir=cache_dir,
         repro_dir=repro_dir,
-        cpp=cpp_mode(cli_cpp or ini_cpp or "auto", "--tvm-cpp / tvm_cpp"),
-        cpp_timeout=cpp_timeout,
-        snapshot=switch(cli_snapshot or ini_snapshot or "on", "--tvm-snapshot / tvm_snapshot"),
-        quantize=_checked_quantize(cli_quantize),
+        cpp=cpp_mode(either("tvm_cpp", "auto"), "--tvm-cpp / tvm_cpp"),
+        cpp_timeout=option("tvm_cpp_timeout"),
+        snapshot=switch(either("tvm_snapshot", "on"), "--tvm-snapshot / tvm_snapshot"),
+        quantize=_checked_quantize(option("tvm_quantize")),
     )
+
+
+def _tolerance(name: str, option: Callable[[str], Any], ini: Callable[[str], Any]) -> float | None:
+    value = option(name)
+    return value if value is not None else _float_or_none(name, ini(name))
 
 
 def _checked_quantize(value: str | None) -> str | None:
