@@ -5,7 +5,7 @@
 For each calibrate_mode x weight_scale it quantizes the model (calibrating on crops of some
 skimage photos), runs it on held-out photos and crops, and prints top-1 agreement with fp32,
 top-1 agreement on the images fp32 is sure about (top-1 probability > 0.3: "sure agr"),
-mean/min cosine and SQNR; JSON goes to benchmarks/results/quantization_accuracy.json.
+mean/min cosine and SQNR; JSON goes to benchmarks/results/quantization_accuracy[_per_channel].json.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
               f"{row['top1_agreement_confident'] or 0:8.3f} {row['cosine_mean']:8.4f} "
               f"{row['cosine_min']:8.4f} {row['sqnr_db_mean']:8.2f} {row['sqnr_db_min']:7.2f} {row['quantize_and_build_seconds']:7.1f}",
               flush=True)
-    out = ROOT / "benchmarks" / "results" / "quantization_accuracy.json"
+    out = ROOT / "benchmarks" / "results" / f"quantization_accuracy{'_per_channel' if args.per_channel else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": "efficientnet-lite0", "calibration": len(calibration),
                                "evaluation": len(evaluation), "per_channel": args.per_channel, "rows": rows}, indent=2))
