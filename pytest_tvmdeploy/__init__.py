@@ -5,9 +5,11 @@ The plain-Python API mirrors what the pytest plugin does for each ``tvm_model`` 
 
 from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
 from pytest_tvmdeploy.compare import Comparison, OutputComparison, compare
+from pytest_tvmdeploy.compare_quantized import QuantBudget, QuantComparison, compare_quantized
 from pytest_tvmdeploy.deployment import Deployment, NamedArrays, Timings, deploy
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import make_inputs
+from pytest_tvmdeploy.quantize import QuantConfig, quantize
 from pytest_tvmdeploy.sources import ModelSource, open_source
 from pytest_tvmdeploy.tolerances import Tolerance, ToleranceRules
 
@@ -20,14 +22,19 @@ __all__ = [
     "ModelSource",
     "NamedArrays",
     "OutputComparison",
+    "QuantBudget",
+    "QuantComparison",
+    "QuantConfig",
     "TargetSpec",
     "Timings",
     "Tolerance",
     "ToleranceRules",
     "TvmDeployError",
     "compare",
+    "compare_quantized",
     "deploy",
     "make_inputs",
     "open_source",
     "parse_target",
+    "quantize",
 ]

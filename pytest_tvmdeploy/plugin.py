@@ -11,14 +11,13 @@ import pytest
 
 from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec
 from pytest_tvmdeploy.compare import first_bitwise_difference
-from pytest_tvmdeploy.judging import output_judge, verdict_summary
 from pytest_tvmdeploy.deployment import Deployment, deploy
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
+from pytest_tvmdeploy.judging import output_judge, verdict_summary
 from pytest_tvmdeploy.report.reproducer import write_reproducer
 from pytest_tvmdeploy.report.terminal import format_table
 from pytest_tvmdeploy.runners.cpp import SessionCppRunner
-from pytest_tvmdeploy.snapshots import check_snapshot
 from pytest_tvmdeploy.settings import (
     CPP_MODES,
     MARKER,
@@ -28,6 +27,7 @@ from pytest_tvmdeploy.settings import (
     model_test_settings,
     session_settings,
 )
+from pytest_tvmdeploy.snapshots import check_snapshot
 
 SESSION_KEY = pytest.StashKey[SessionSettings]()
 DEPLOYMENT_KEY = pytest.StashKey[Deployment]()

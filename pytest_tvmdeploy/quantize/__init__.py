@@ -18,20 +18,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import tvm
+from typing import TYPE_CHECKING
 
-from pytest_tvmdeploy.quantize.calibrate import site_scales
+import numpy as np
+
 from pytest_tvmdeploy.quantize.config import QuantConfig
-from pytest_tvmdeploy.quantize.graph import find_sites, prepare
-from pytest_tvmdeploy.quantize.realize import SiteScales, realize, site_enabled
+
+if TYPE_CHECKING:  # TVM is imported when a model is quantized, not when the plugin loads
+    import tvm
 
 
 @dataclass(frozen=True)
 class QuantizedModule:
     """The integer module and what was done to each site."""
 
-    module: tvm.IRModule
+    module: "tvm.IRModule"
     config: QuantConfig
     sites: tuple[dict[str, Any], ...]
     calibration_samples: int
@@ -42,12 +43,16 @@ class QuantizedModule:
 
 
 def quantize(
-    module: tvm.IRModule,
+    module: "tvm.IRModule",
     config: QuantConfig | str | Mapping[str, Any] = "int8",
     *,
     calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
 ) -> QuantizedModule:
     """Quantize every enabled conv2d / matmul of ``module`` (a frontend's Relax output) to int8."""
+    from pytest_tvmdeploy.quantize.calibrate import site_scales
+    from pytest_tvmdeploy.quantize.graph import find_sites, prepare
+    from pytest_tvmdeploy.quantize.realize import realize
+
     config = QuantConfig.from_value(config)
     prepared = prepare(module)
     sites = find_sites(prepared)
@@ -56,7 +61,9 @@ def quantize(
     return QuantizedModule(realize(prepared, sites, scales, config), config, report, samples)
 
 
-def _describe(site: Any, scales: SiteScales, config: QuantConfig) -> dict[str, Any]:
+def _describe(site: Any, scales: Any, config: QuantConfig) -> dict[str, Any]:
+    from pytest_tvmdeploy.quantize.realize import site_enabled
+
     return {
         "site": site.index,
         "op": site.kind,
