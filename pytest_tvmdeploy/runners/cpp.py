@@ -46,8 +46,11 @@ _BUILD_TIMEOUT = 900.0
 
 
 def default_source_dir() -> Path:
-    """``cpp_check/`` in the repository: the parent of the ``pytest_tvmdeploy`` folder."""
-    return Path(__file__).resolve().parent.parent.parent / "cpp_check"
+    """The C++ runner's sources: inside the installed package (a wheel), else ``cpp_check/``
+    beside the ``pytest_tvmdeploy`` folder (a source tree or an editable install)."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "cpp_check"
+    return installed if (installed / "CMakeLists.txt").is_file() else package.parent / "cpp_check"
 
 
 def _tail(text: str, lines: int = _TAIL_LINES) -> str:
