@@ -16,6 +16,7 @@ from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.judging import output_judge, verdict_summary
 from pytest_tvmdeploy.report.reproducer import write_reproducer
+from pytest_tvmdeploy.report.properties import junit_properties
 from pytest_tvmdeploy.report.terminal import format_table
 from pytest_tvmdeploy.runners.cpp import SessionCppRunner
 from pytest_tvmdeploy.settings import (
@@ -306,6 +307,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if record is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
         record["outcome"] = report.outcome if report.when == "call" else "error"
         report.user_properties.append((PROPERTY, dict(record)))
+        item.user_properties.extend(junit_properties(record))  # what --junitxml writes
     return report
 
 

@@ -173,3 +173,17 @@ def test_xdist_workers_share_the_cache_and_build_once(project: pytest.Pytester) 
     result.assert_outcomes(passed=4)
     # Inputs differ per test id but the artifact depends only on their signature: built once.
     result.stdout.fnmatch_lines(["artifacts: 1 built, 3 from cache"])
+
+
+def test_junit_xml_carries_each_tests_numbers_as_properties(project: pytest.Pytester) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    project.makepyfile(test_two=TWO_MODELS)
+    project.runpytest("--junitxml=report.xml").assert_outcomes(passed=2)
+    cases = ElementTree.parse(project.path / "report.xml").getroot().iter("testcase")
+    by_test = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")} for c in cases}
+    convnet = by_test["test_convnet"]
+    assert convnet["tvm_target"] == "llvm" and convnet["tvm_source"] == "torch" and convnet["tvm_artifact"] == "built"
+    assert float(convnet["tvm_compile_s"]) > 0 and float(convnet["tvm_run_ms"]) > 0
+    assert convnet["tvm_cpp"] == "bitwise" and float(convnet["tvm_max_abs_error"]) < 1e-4
+    assert by_test["test_onnx"]["tvm_source"] == "onnx"
