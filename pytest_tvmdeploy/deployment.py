@@ -135,7 +135,7 @@ def deploy(
     source = open_source(model, base_dir=base_dir, seed=seed)
     load_seconds = time.perf_counter() - start
     try:
-        arrays = make_inputs(inputs, seed=seed, names=source.input_names())
+        arrays = make_inputs(inputs, seed=seed, names=source.input_names(), optional=source.optional_inputs())
     except InputSpecError as exc:
         raise InputSpecError(f"{source.description}: {exc}") from None
     quant = QuantConfig.from_value(quantize) if quantize is not None else None

@@ -41,22 +41,25 @@ def make_inputs(
     *,
     seed: int,
     names: Sequence[str] | None = None,
+    optional: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """Materialize ``inputs`` into ``name -> array`` (in positional order).
 
     ``names`` gives the model's input names, used when ``inputs`` is a list;
-    without them the names are ``input0``, ``input1``, ...
+    without them the names are ``input0``, ``input1``, ... Names in ``optional``
+    (parameters with defaults) may be left out.
     """
     if isinstance(inputs, Mapping):
         items = list(inputs.items())
         if names is not None:
-            if set(inputs) != set(names):
+            if not set(names) - optional <= set(inputs) <= set(names):
                 raise InputSpecError(
                     f"inputs {sorted(map(str, inputs))} do not match the model's inputs {list(names)}"
                 )
-            items = [(name, inputs[name]) for name in names]
+            items = [(name, inputs[name]) for name in names if name in inputs]
     elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
-        if names is not None and len(names) != len(inputs):
+        required = len([n for n in names if n not in optional]) if names is not None else 0
+        if names is not None and not required <= len(inputs) <= len(names):
             raise InputSpecError(
                 f"inputs: {len(inputs)} values given but the model takes {len(names)} "
                 f"inputs ({', '.join(names)})"

@@ -15,6 +15,7 @@ from pytest_tvmdeploy.deployment import Deployment, deploy
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.judging import output_judge, verdict_summary
+from pytest_tvmdeploy.kit.catalogue import select as select_kit_models
 from pytest_tvmdeploy.report.reproducer import write_reproducer
 from pytest_tvmdeploy.report.properties import junit_properties
 from pytest_tvmdeploy.report.terminal import format_table
@@ -65,6 +66,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
                          "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
                          "outputs are then judged by the quantization budget, not elementwise")
+    group.addoption("--tvm-kit-models", default="default", metavar="NAMES",
+                    help="models of the conformance kit (pytest --pyargs pytest_tvmdeploy.kit): "
+                         "default (a quick subset), all, or comma-separated catalogue names")
+    group.addoption("--tvm-kit-expected", default=None, metavar="JSON",
+                    help="the kit's expected failures per target (default: the one shipped with the kit)")
     group.addoption("--tvm-cpp-runner", default=None, metavar="PATH",
                     help="a prebuilt tvm_cpp_check to use instead of building cpp_check/")
     group.addoption("--tvm-cpp-timeout", type=float, default=600.0, metavar="SECONDS",
@@ -94,6 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
             config.getoption, config.getini, cache_dir=cache_dir, repro_dir=cache_root / "tvmdeploy-repro"
         )
     except TvmDeployError as exc:
+        raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
+    try:
+        select_kit_models(config.getoption("tvm_kit_models"))
+    except ValueError as exc:
         raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
     prebuilt = config.getoption("tvm_cpp_runner")
     config.stash[CPP_RUNNER_KEY] = SessionCppRunner(
@@ -305,7 +315,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     report = yield
     record = item.stash.get(RECORD_KEY, None)
     if record is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
-        record["outcome"] = report.outcome if report.when == "call" else "error"
+        record["outcome"] = "xfailed" if hasattr(report, "wasxfail") else (
+            report.outcome if report.when == "call" else "error")
         report.user_properties.append((PROPERTY, dict(record)))
         item.user_properties.extend(junit_properties(record))  # what --junitxml writes
     return report

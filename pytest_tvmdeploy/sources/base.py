@@ -38,6 +38,10 @@ class ModelSource(abc.ABC):
     def input_names(self) -> tuple[str, ...] | None:
         """The model's input names in positional order, if the form records them."""
 
+    def optional_inputs(self) -> frozenset[str]:
+        """Inputs that may be left out (parameters with defaults); the rest are required."""
+        return frozenset()
+
     @abc.abstractmethod
     def run_reference(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
         """Run the model in its own framework; outputs are flattened and named."""

@@ -45,12 +45,12 @@ class ExportedProgramSource(ModelSource):
         import torch
 
         names = self.input_names()
-        if names is not None and set(inputs) != set(names):
+        if names is not None and not set(names) - self.optional_inputs() <= set(inputs) <= set(names):
             raise InputSpecError(
                 f"{self.description}: inputs {sorted(inputs)} do not match the model's "
                 f"inputs {list(names)}"
             )
-        ordered = [inputs[n] for n in names] if names is not None else list(inputs.values())
+        ordered = [inputs[n] for n in names if n in inputs] if names is not None else list(inputs.values())
         return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in ordered)
 
     def run_reference(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
@@ -119,6 +119,10 @@ class TorchModuleSource(ExportedProgramSource):
         if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
             return None
         return tuple(p.name for p in params)
+
+    def optional_inputs(self) -> frozenset[str]:
+        params = inspect.signature(self.module.forward).parameters.values()
+        return frozenset(p.name for p in params if p.default is not inspect.Parameter.empty)
 
     def _callable(self) -> Callable[..., Any]:
         return self.module

