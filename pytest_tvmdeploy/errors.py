@@ -4,19 +4,30 @@ from __future__ import annotations
 
 
 class TvmDeployError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    ``stage`` names the pipeline step that failed, as reports and expected-failure lists say it.
+    """
+
+    stage = "setup"
 
 
 class ModelSourceError(TvmDeployError):
     """A model could not be loaded: missing or corrupt file, unknown kind, failing reference run."""
 
+    stage = "import"
+
 
 class InputSpecError(TvmDeployError):
     """The ``inputs`` given do not describe valid data, or do not match the model."""
 
+    stage = "inputs"
+
 
 class UnsupportedOperatorError(TvmDeployError):
     """The TVM frontend cannot import one or more operators of the model."""
+
+    stage = "import"
 
     def __init__(self, message: str, operators: tuple[str, ...] = ()) -> None:
         super().__init__(message)
@@ -26,21 +37,31 @@ class UnsupportedOperatorError(TvmDeployError):
 class ConfigError(TvmDeployError):
     """A marker argument, option or ini value that cannot be used."""
 
+    stage = "config"
+
 
 class TargetError(TvmDeployError):
     """A ``--tvm-target`` value TVM does not understand."""
+
+    stage = "build"
 
 
 class BuildError(TvmDeployError):
     """``tvm.compile`` or ``export_library`` failed."""
 
+    stage = "build"
+
 
 class ArtifactError(TvmDeployError):
     """A stored artifact is missing, truncated or does not match its recorded hash."""
 
+    stage = "run"
+
 
 class RunnerError(TvmDeployError):
     """Running a built artifact failed (Python VM or C++ child process)."""
+
+    stage = "run"
 
 
 def brief(exc: BaseException) -> str:

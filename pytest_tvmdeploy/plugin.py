@@ -17,6 +17,7 @@ from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.judging import output_judge, verdict_summary
 from pytest_tvmdeploy.kit.catalogue import select as select_kit_models
 from pytest_tvmdeploy.report.reproducer import write_reproducer
+from pytest_tvmdeploy.report.json_report import write_json_report
 from pytest_tvmdeploy.report.properties import junit_properties
 from pytest_tvmdeploy.report.terminal import format_table
 from pytest_tvmdeploy.runners.cpp import SessionCppRunner
@@ -66,6 +67,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
                          "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
                          "outputs are then judged by the quantization budget, not elementwise")
+    group.addoption("--tvm-report", default=None, metavar="DIR",
+                    help="write DIR/report.json: every marked test's record (target, source, stage, "
+                         "reason, times, errors), merged from all xdist workers")
     group.addoption("--tvm-kit-models", default="default", metavar="NAMES",
                     help="models of the conformance kit (pytest --pyargs pytest_tvmdeploy.kit): "
                          "default (a quick subset), all, or comma-separated catalogue names")
@@ -175,6 +179,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
     else:
         error = None
     if error is not None:  # failing outside the except block keeps the report to our message
+        record.update(stage=error.stage, reason=_first_line(str(error)))
         pytest.fail(f"{item.nodeid}: {error}", pytrace=False)
     record.update(
         source=deployment.source_kind,
@@ -252,6 +257,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
         )
         failures += snapshot_failures
     if failures:
+        record.update(stage="compare", reason=_first_line(failures[0]))
         folder = _reproducer_folder(item)
         write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances, actual=actual,
                          budget=settings.quant_budget if settings.quantize else None)
@@ -288,6 +294,11 @@ def _check(
     return failures, actual
 
 
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def _tolerance_problem(settings: ModelTestSettings, deployment: Deployment) -> str | None:
     try:
         settings.tolerances.check_names(deployment.output_names)
@@ -315,8 +326,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     report = yield
     record = item.stash.get(RECORD_KEY, None)
     if record is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
-        record["outcome"] = "xfailed" if hasattr(report, "wasxfail") else (
-            report.outcome if report.when == "call" else "error")
+        if hasattr(report, "wasxfail"):
+            record["outcome"] = "xfailed"
+        elif report.failed and str(report.longrepr).startswith("[XPASS(strict)]"):
+            record["outcome"] = "xpassed"  # expected to fail, but every check passed
+        else:
+            record["outcome"] = report.outcome if report.when == "call" else "error"
         report.user_properties.append((PROPERTY, dict(record)))
         item.user_properties.extend(junit_properties(record))  # what --junitxml writes
     return report
@@ -330,6 +345,11 @@ class SummaryRecorder:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.records.extend(value for name, value in report.user_properties if name == PROPERTY)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        folder = session.config.getoption("tvm_report")
+        if folder and not hasattr(session.config, "workerinput"):  # the controller has every record
+            write_json_report(Path(folder), self.records, session.config.stash[SESSION_KEY].targets)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.records:
