@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("tvm-fp32", "tvm-int8", "pytorch", "onnxruntime")

@@ -22,6 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from pytest_tvmdeploy.errors import ArtifactError
+from pytest_tvmdeploy.files import write_atomic
 from pytest_tvmdeploy.fingerprints import file_sha256
 
 ARTIFACT_NAME = "model.so"
@@ -111,7 +112,7 @@ class ArtifactCache:
                     "size": so_path.stat().st_size,
                     "created": time.time(),
                 }
-                _write_atomic(staging / META_NAME, json.dumps(meta, indent=2, sort_keys=True, default=str))
+                write_atomic(staging / META_NAME, json.dumps(meta, indent=2, sort_keys=True, default=str))
                 final = self.entry_dir(key)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 if not final.exists():
@@ -132,9 +133,3 @@ class ArtifactCache:
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)
         return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -176,7 +176,7 @@ class QuantMetrics:
                                         f"({_budget('>=', budget.min_top_k_agreement)}; reference top-1 within "
                                         f"top-{budget.top_k} in {agreeing} of {rows} row(s))", "top_k_agreement"))
             elif budget.min_top_k_agreement is not None:
-                lines.append(f"    top_k_agreement n/a (not a 2-D (batch, classes) output)")
+                lines.append("    top_k_agreement n/a (not a 2-D (batch, classes) output)")
         if self.worst_index is not None and self.max_abs_error > 0:
             lines.append(f"    max abs error {_num(self.max_abs_error)} at {list(self.worst_index)}: "
                          f"reference={_num(self.worst_reference)}, {actual_name}={_num(self.worst_actual)}")

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import shlex
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from pytest_tvmdeploy.compare import Comparison, compare
 from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.files import write_atomic
 from pytest_tvmdeploy.tolerances import ToleranceRules
 
 FORMAT_VERSION = 1
@@ -201,7 +201,7 @@ class TensorSnapshotExtension(SingleFileSnapshotExtension):
     @classmethod
     def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: Any = None) -> None:
         data = next(iter(snapshot_collection)).data
-        _write_atomic(Path(snapshot_collection.location), data.encode())
+        write_atomic(Path(snapshot_collection.location), data)
 
 
 def read_snapshot_file(location: Path) -> str | None:
@@ -232,16 +232,6 @@ def _update_command(test_id: str) -> str:
     return f"pytest --snapshot-update {shlex.quote(test_id)}".rstrip() if test_id else "pytest --snapshot-update"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_snapshot(

@@ -18,12 +18,16 @@ PROJECT_INI = "[pytest]\ntvm_snapshot = off\n"
 
 
 @pytest.fixture
-def snapshot_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester folder holding ``models.py`` and the fixture model files next to its tests."""
-    # Under `pytest -n`, the inner session would inherit the worker's variables and believe it
-    # is an xdist worker too (syrupy then keeps its report for a controller that never comes).
+def not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `pytest -n`, an inner pytester session would inherit the worker's variables and
+    believe it is an xdist worker too (syrupy then keeps its report for a controller that never comes)."""
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def snapshot_project(pytester: pytest.Pytester, not_an_xdist_worker: None) -> pytest.Pytester:
+    """A pytester folder holding ``models.py`` and the fixture model files next to its tests."""
     for name in FIXTURE_FILES:
         shutil.copy(FIXTURES / name, pytester.path / name)
     pytester.syspathinsert()

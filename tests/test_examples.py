@@ -11,10 +11,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture
-def demo(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+def demo(pytester: pytest.Pytester, not_an_xdist_worker: None) -> pytest.Pytester:
     """A copy of examples/ (tests, conftest, shipped snapshots), without generated model files."""
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
-        monkeypatch.delenv(name, raising=False)
     shutil.copytree(EXAMPLES, pytester.path, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("models", "__pycache__", ".pytest_cache"))
     return pytester

@@ -70,12 +70,12 @@ def main_block(mod: tvm.IRModule) -> tuple[relax.Function, list[relax.Binding]]:
     blocks = func.body.blocks
     if len(blocks) != 1 or not isinstance(blocks[0], relax.DataflowBlock):
         raise ValueError(f"expected main to hold one dataflow block, found {len(blocks)} block(s)")
-    live = set(_vars_in(func.body.body))
+    live = set(vars_in(func.body.body))
     kept = []
     for binding in reversed(list(blocks[0].bindings)):
         if binding.var in live or not isinstance(binding.var, relax.DataflowVar):
             kept.append(binding)
-            live.update(_vars_in(binding.value))
+            live.update(vars_in(binding.value))
     return func, kept[::-1]
 
 
@@ -86,7 +86,7 @@ def find_sites(mod: tvm.IRModule) -> list[Site]:
     producer = {b.var: b.value for b in bindings}
     consumers: dict[relax.Var, list[relax.Binding]] = {}
     for binding in bindings:
-        for var in _vars_in(binding.value):
+        for var in vars_in(binding.value):
             consumers.setdefault(var, []).append(binding)
     sites: list[Site] = []
     counts: Counter[str] = Counter()
@@ -217,23 +217,23 @@ def _scale_weight(weight: np.ndarray, scale: np.ndarray, kind: str) -> np.ndarra
 def _use_counts(bindings: list[relax.Binding], result: relax.Expr) -> Counter:
     counts: Counter = Counter()
     for binding in bindings:
-        counts.update(_vars_in(binding.value))
-    counts.update(_vars_in(result))
+        counts.update(vars_in(binding.value))
+    counts.update(vars_in(result))
     return counts
 
 
-def _vars_in(expr: relax.Expr) -> Iterator[relax.Var]:
+def vars_in(expr: relax.Expr) -> Iterator[relax.Var]:
     """Vars an expression refers to directly (the forms the frontends emit)."""
     if isinstance(expr, relax.Var):
         yield expr
     elif isinstance(expr, relax.Tuple):
         for field_ in expr.fields:
-            yield from _vars_in(field_)
+            yield from vars_in(field_)
     elif isinstance(expr, relax.TupleGetItem):
-        yield from _vars_in(expr.tuple_value)
+        yield from vars_in(expr.tuple_value)
     elif isinstance(expr, relax.Call):
         for arg in expr.args:
-            yield from _vars_in(arg)
+            yield from vars_in(arg)
 
 
 def substitute(expr: relax.Expr, lookup: Callable[[relax.Var], relax.Expr]) -> relax.Expr:

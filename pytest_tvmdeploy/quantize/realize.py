@@ -28,6 +28,7 @@ from pytest_tvmdeploy.quantize.graph import (
     main_block,
     site_call,
     substitute,
+    vars_in,
 )
 from pytest_tvmdeploy.quantize.scales import (
     QMAX,
@@ -143,7 +144,7 @@ class _Realizer:
         if site.output not in self.int8_readers:
             # Only float ops read this result: dequantize the int32 accumulator itself, which
             # keeps its full precision, instead of rounding it to int8 first.
-            out = R.multiply(R.astype(acc, "float32"), _float32(accumulator_scales, bias_shape(site, ndim)))
+            out = R.multiply(R.astype(acc, "float32"), _const(accumulator_scales, bias_shape(site, ndim), "float32"))
             if site.activation is not None:
                 out = relax.Call(site.activation.op, [self.bb.emit(out), *site.activation.args[1:]],
                                  site.activation.attrs, site.activation.ty_args)
@@ -171,14 +172,14 @@ class _Realizer:
             exponent = np.asarray(power2_exponent(ratio), dtype=np.int64)
             left, right = np.maximum(exponent, 0), np.maximum(-exponent, 0)
             if left.any():
-                wide = self.bb.emit(R.left_shift(wide, _int64(left, shape)))
+                wide = self.bb.emit(R.left_shift(wide, _const(left, shape)))
             rounded = self._rounding_shift(wide, right, shape, enabled=self.config.round_for_shift)
         else:
             mantissa, shift = fixed_point_multiplier(ratio)
-            product = self.bb.emit(R.multiply(wide, _int64(mantissa, shape)))
+            product = self.bb.emit(R.multiply(wide, _const(mantissa, shape)))
             rounded = self._rounding_shift(product, np.asarray(shift, dtype=np.int64), shape, enabled=True)
         if dead.any():
-            rounded = self.bb.emit(R.multiply(rounded, _int64((~dead).astype(np.int64), shape)))
+            rounded = self.bb.emit(R.multiply(rounded, _const((~dead).astype(np.int64), shape)))
         return self.bb.emit(R.astype(R.clip(rounded, *bounds), "int8"))
 
     def _rounding_shift(self, value: relax.Expr, shift: np.ndarray, shape: tuple[int, ...], *, enabled: bool) -> relax.Expr:
@@ -188,11 +189,11 @@ class _Realizer:
             return value
         if enabled:
             half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
-            value = self.bb.emit(R.add(value, _int64(half, shape)))
+            value = self.bb.emit(R.add(value, _const(half, shape)))
             if self.config.rounding == "TONEAREST":
                 negative = R.astype(R.less(value, relax.const(0, "int64")), "int64")
-                value = self.bb.emit(R.subtract(value, R.multiply(negative, _int64((shift > 0).astype(np.int64), shape))))
-        return self.bb.emit(R.right_shift(value, _int64(shift, shape)))
+                value = self.bb.emit(R.subtract(value, R.multiply(negative, _const((shift > 0).astype(np.int64), shape))))
+        return self.bb.emit(R.right_shift(value, _const(shift, shape)))
 
     # -- int8 pass-through ----------------------------------------------------------------------
 
@@ -219,12 +220,12 @@ def _int8_readers(bindings: list[relax.Binding], result: relax.Expr, sites: dict
     """Vars every reader of which takes int8: an enabled site's data input, or an int8-transparent
     op whose own result has only such readers. Only these are requantized to int8."""
     readers: dict[Any, list[tuple[str, Any]]] = {}
-    for var in _vars_of(result):
+    for var in vars_in(result):
         readers.setdefault(var, []).append(("float", None))
     for binding in bindings:
         value = binding.value
         site = sites.get(value)
-        for index, var in enumerate(_vars_of(value)):
+        for index, var in enumerate(vars_in(value)):
             if site is not None and index == 0 and site_enabled(site, config) and var.same_as(site.input):
                 kind = "site"
             elif isinstance(value, relax.Call) and getattr(value.op, "name", "").removeprefix("relax.") in (
@@ -242,21 +243,6 @@ def _int8_readers(bindings: list[relax.Binding], result: relax.Expr, sites: dict
     return int8
 
 
-def _vars_of(expr: relax.Expr) -> list[Any]:
-    if isinstance(expr, relax.Var):
-        return [expr]
-    if isinstance(expr, relax.Tuple):
-        return [v for f in expr.fields for v in _vars_of(f)]
-    if isinstance(expr, relax.TupleGetItem):
-        return _vars_of(expr.tuple_value)
-    if isinstance(expr, relax.Call):
-        return [v for a in expr.args for v in _vars_of(a)]
-    return []
-
-
-def _float32(values: np.ndarray, shape: tuple[int, ...]) -> relax.Expr:
-    array = np.asarray(values, dtype=np.float32)
-    return relax.const(array.reshape(shape) if array.ndim else array, "float32")
 
 
 def int8_bounds(low: float, high: float, scale: float) -> tuple[int, int]:
@@ -266,6 +252,7 @@ def int8_bounds(low: float, high: float, scale: float) -> tuple[int, int]:
     return low_q, high_q
 
 
-def _int64(values: np.ndarray, shape: tuple[int, ...]) -> relax.Expr:
-    array = np.asarray(values, dtype=np.int64)
-    return relax.const(array.reshape(shape) if array.ndim else array, "int64")
+def _const(values: np.ndarray, shape: tuple[int, ...], dtype: str = "int64") -> relax.Expr:
+    """A per-channel (reshaped to ``shape``) or scalar constant of ``dtype``."""
+    array = np.asarray(values, dtype=dtype)
+    return relax.const(array.reshape(shape) if array.ndim else array, dtype)
