@@ -120,6 +120,7 @@ def deploy(
     cpp_timeout: float = 600.0,
     quantize: QuantConfig | str | Mapping[str, Any] | None = None,
     calibration: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model`` on ``target``; run its reference too.
 
@@ -129,8 +130,13 @@ def deploy(
     child process; a crash or timeout there is recorded in ``cpp_error``, not raised. With
     ``quantize`` (a :class:`QuantConfig`, a mode name or a dict) the artifact is the int8 model,
     calibrated on ``calibration`` (input dicts, or a callable returning them) when the mode needs it.
+    ``repeat`` times every run (TVM, C++ and the reference; the median is reported).
+    ``progress`` is called with each phase's name (load, reference, import, quantize, compile,
+    run, cpp) as it starts.
     """
+    phase = progress or (lambda name: None)
     spec = target if isinstance(target, TargetSpec) else parse_target(target)
+    phase("load")
     start = time.perf_counter()
     source = open_source(model, base_dir=base_dir, seed=seed)
     load_seconds = time.perf_counter() - start
@@ -145,7 +151,8 @@ def deploy(
             f"{source.description}: quantize calibrate_mode={quant.calibrate_mode!r} needs calibration data "
             f"(calibration= in the marker, or the tvm_calibration_data fixture); none was given"
         )
-    reference = source.run_reference(arrays)
+    phase("reference")
+    reference = source.run_reference(arrays, repeat=repeat)
     model_fingerprint = source.fingerprint(arrays)
     key = cache_key({
         "model": model_fingerprint,
@@ -159,13 +166,15 @@ def deploy(
     cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
     stage: dict[str, float] = {}
     artifact, built = cache.get_or_build(
-        key, lambda folder: _build(source, arrays, spec, folder, stage, quant, samples)
+        key, lambda folder: _build(source, arrays, spec, folder, stage, quant, samples, phase)
     )
+    phase("run")
     result = run_python_vm(artifact.path, arrays, repeat=repeat)
     outputs = _named_like(reference, result)
     runs = {reference.runner: reference, result.runner: result}
     cpp_outputs, cpp_error = None, None
     if cpp_runner is not None:
+        phase("cpp")
         cpp_result, cpp_error = _run_cpp(cpp_runner, artifact, arrays, repeat=repeat, timeout=cpp_timeout)
         if cpp_result is not None:
             runs[cpp_result.runner] = cpp_result
@@ -243,12 +252,15 @@ def _build(
     stage: dict[str, float],
     quant: QuantConfig | None,
     samples: list[dict[str, np.ndarray]] | None,
+    phase: Callable[[str], None],
 ) -> dict[str, Any]:
+    phase("import")
     start = time.perf_counter()
     module = source.to_relax(arrays)
     stage["import"] = time.perf_counter() - start
     meta: dict[str, Any] = {}
     if quant is not None:
+        phase("quantize")
         start = time.perf_counter()
         quantized = quantize_module(module, quant, calibration=samples)
         module = quantized.module
@@ -259,6 +271,7 @@ def _build(
             "quantized_sites": quantized.quantized_sites,
             "sites": list(quantized.sites),
         }
+    phase("compile")
     start = time.perf_counter()
     executable = compile_module(module, spec)
     export_library(executable, folder / ARTIFACT_NAME)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,14 @@ import pytest
 from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec
 from pytest_tvmdeploy.compare import first_bitwise_difference
 from pytest_tvmdeploy.deployment import Deployment, deploy
+from pytest_tvmdeploy.error_histogram import error_histogram
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.judging import output_judge, verdict_summary
 from pytest_tvmdeploy.kit.catalogue import select as select_kit_models
 from pytest_tvmdeploy.report.reproducer import write_reproducer
-from pytest_tvmdeploy.report.json_report import write_json_report
+from pytest_tvmdeploy.report.html import write_html_report
+from pytest_tvmdeploy.report.json_report import report_document, write_json_report
 from pytest_tvmdeploy.report.properties import junit_properties
 from pytest_tvmdeploy.report.terminal import format_table
 from pytest_tvmdeploy.runners.cpp import SessionCppRunner
@@ -67,9 +70,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
                          "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
                          "outputs are then judged by the quantization budget, not elementwise")
+    group.addoption("--tvm-repeat", default=None, metavar="N",
+                    help="time N calls of every runner (TVM Python, C++, the reference) and report the "
+                         "median (default: ini tvm_repeat, else 1)")
     group.addoption("--tvm-report", default=None, metavar="DIR",
-                    help="write DIR/report.json: every marked test's record (target, source, stage, "
-                         "reason, times, errors), merged from all xdist workers")
+                    help="write DIR/report.json (every marked test's record: target, source, stage, "
+                         "reason, times, errors; merged from all xdist workers) and DIR/report.html "
+                         "(the same as a table with plots)")
     group.addoption("--tvm-kit-models", default="default", metavar="NAMES",
                     help="models of the conformance kit (pytest --pyargs pytest_tvmdeploy.kit): "
                          "default (a quick subset), all, or comma-separated catalogue names")
@@ -84,6 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("tvm_atol", "default absolute tolerance for floating outputs", default="")
     parser.addini("tvm_cache_dir", "artifact cache folder, relative to the rootdir", default="")
     parser.addini("tvm_cpp", "C++ check: auto, on or off (see --tvm-cpp)", default="")
+    parser.addini("tvm_repeat", "timed calls per runner (see --tvm-repeat)", default="")
     parser.addini("tvm_snapshot", "snapshots of reference outputs: on or off (see --tvm-snapshot)", default="")
 
 
@@ -161,6 +169,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
             raise TvmDeployError(f"@pytest.mark.{MARKER} takes keyword arguments only")
         settings = model_test_settings(marker.kwargs, session, Path(str(item.fspath)))
         item.stash[SETTINGS_KEY] = settings
+        record["model"] = settings.name or model_name(settings.model)
         cpp_runner = _cpp_runner(request.config, settings, record)
         deployment = deploy(
             settings.model,
@@ -173,6 +182,8 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
             cpp_timeout=session.cpp_timeout,
             quantize=settings.quantize,
             calibration=_calibration(request, settings),
+            repeat=session.repeat,
+            progress=_progress_writer(request.config),
         )
     except TvmDeployError as exc:
         error: TvmDeployError | None = exc
@@ -183,6 +194,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
         pytest.fail(f"{item.nodeid}: {error}", pytrace=False)
     record.update(
         source=deployment.source_kind,
+        reference_name=deployment.reference_name,
         cache_hit=deployment.cache_hit,
         timings=deployment.timings.as_dict(),
         artifact=str(deployment.artifact_path),
@@ -222,6 +234,33 @@ def _cpp_runner(config: pytest.Config, settings: ModelTestSettings, record: dict
     return runner.executable()
 
 
+def _progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
+    """With ``-v``, the phase a marked test is in, written after its name as it starts."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if terminal is None or config.getoption("verbose") < 1 or hasattr(config, "workerinput"):
+        return None
+
+    def write(phase: str) -> None:
+        if capture is None:
+            terminal.write(f"{phase}… ", flush=True)
+            return
+        with capture.global_and_fixture_disabled():  # outside the test's captured output
+            terminal.write(f"{phase}… ", flush=True)
+
+    return write
+
+
+def model_name(model: Any) -> str:
+    """A report name for a marker's ``model=``: a file's name without suffix, a module's class,
+    a factory's name."""
+    if isinstance(model, (str, Path)):
+        return Path(model).stem
+    if callable(model) and not hasattr(model, "forward"):
+        return getattr(model, "__qualname__", type(model).__name__)
+    return type(model).__name__
+
+
 def _seed_id(item: pytest.Item) -> str:
     """What the seeded data derive from: file name and test id, without folders or the target.
 
@@ -252,7 +291,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     if settings.snapshot:
         snapshot_failures, record["snapshot"] = check_snapshot(
             item.stash[SNAPSHOT_KEY], deployment, settings.tolerances,
-            judge=output_judge(settings.tolerances, settings.quant_budget if settings.quantize else None),
+            judge=output_judge(settings.tolerances, settings.budget),
             updating=bool(item.config.getoption("update_snapshots", False)), test_id=item.nodeid,
         )
         failures += snapshot_failures
@@ -260,7 +299,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
         record.update(stage="compare", reason=_first_line(failures[0]))
         folder = _reproducer_folder(item)
         write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances, actual=actual,
-                         budget=settings.quant_budget if settings.quantize else None)
+                         budget=settings.budget)
         pytest.fail(_failure_message(failures, deployment, folder), pytrace=False)
 
 
@@ -269,9 +308,12 @@ def _check(
 ) -> tuple[list[str], dict[str, Any]]:
     """The standard checks: Python VM vs reference; C++ vs Python VM (bitwise) and vs reference."""
     failures = []
-    judge = output_judge(settings.tolerances, settings.quant_budget if settings.quantize else None)
+    judge = output_judge(settings.tolerances, settings.budget)
     verdict = judge(deployment.reference, deployment.outputs, deployment.reference_name, "tvm")
     record.update(verdict_summary(verdict))
+    histogram = error_histogram(deployment.reference, deployment.outputs)
+    if histogram is not None:
+        record["error_histogram"] = histogram
     actual = {"tvm": deployment.outputs}
     if not verdict:
         failures.append(verdict.describe())
@@ -349,7 +391,9 @@ class SummaryRecorder:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         folder = session.config.getoption("tvm_report")
         if folder and not hasattr(session.config, "workerinput"):  # the controller has every record
-            write_json_report(Path(folder), self.records, session.config.stash[SESSION_KEY].targets)
+            report = report_document(self.records, session.config.stash[SESSION_KEY].targets)
+            write_json_report(Path(folder), report)
+            write_html_report(Path(folder), report)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.records:

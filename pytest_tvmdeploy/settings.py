@@ -26,7 +26,9 @@ MARKER_ARGUMENTS: dict[str, str] = {
     "snapshot": "keep the reference outputs as a syrupy snapshot: True/False (default: --tvm-snapshot)",
     "quantize": "deploy the int8 model: a calibrate mode name, a QuantConfig or a dict of its fields (default: --tvm-quantize)",
     "calibration": "calibration data for quantize=: an iterable of input dicts, or a callable returning one",
-    "quant_budget": "budgets of a quantized model against fp32: a QuantBudget or a dict of its fields",
+    "quant_budget": "budgets of a quantized model against fp32: a QuantBudget or a dict of its fields; "
+                    "given without quantize= (an int8 model file), outputs are judged by it, not elementwise",
+    "name": "the model's name in reports (default: the file name or the module's class)",
 }
 
 #: Values of --tvm-cpp / tvm_cpp / cpp=.
@@ -46,6 +48,7 @@ class SessionSettings:
     cpp_timeout: float = 600.0
     snapshot: bool = True
     quantize: str | None = None
+    repeat: int = 1
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,13 @@ class ModelTestSettings:
     quantize: QuantConfig | None = None
     calibration: Any = None
     quant_budget: QuantBudget = QuantBudget()
+    name: str | None = None
+    budget_given: bool = False
+
+    @property
+    def budget(self) -> QuantBudget | None:
+        """The budget that judges the outputs, or ``None`` when they are judged elementwise."""
+        return self.quant_budget if self.quantize is not None or self.budget_given else None
 
 
 def session_settings(
@@ -89,7 +99,18 @@ def session_settings(
         cpp_timeout=option("tvm_cpp_timeout"),
         snapshot=switch(either("tvm_snapshot", "on"), "--tvm-snapshot / tvm_snapshot"),
         quantize=_checked_quantize(option("tvm_quantize")),
+        repeat=_repeat(option("tvm_repeat") or ini("tvm_repeat") or "1"),
     )
+
+
+def _repeat(value: Any) -> int:
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise ConfigError(f"--tvm-repeat / tvm_repeat: {value!r} is not a positive whole number")
+    return count
 
 
 def _tolerance(name: str, option: Callable[[str], Any], ini: Callable[[str], Any]) -> float | None:
@@ -156,6 +177,8 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         quantize=_quant_config(marker_kwargs["quantize"] if "quantize" in marker_kwargs else session.quantize),
         calibration=marker_kwargs.get("calibration"),
         quant_budget=QuantBudget.from_value(marker_kwargs.get("quant_budget") or {}),
+        name=str(marker_kwargs["name"]) if marker_kwargs.get("name") else None,
+        budget_given=marker_kwargs.get("quant_budget") is not None,
     )
 
 

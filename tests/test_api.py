@@ -56,3 +56,15 @@ def test_deployment_exposes_plain_numbers_and_arrays(tmp_path: Path) -> None:
     assert d.timings.compile > 0 and not d.cache_hit
     assert d.artifact_path.is_file() and d.artifact.size == d.artifact_path.stat().st_size
     assert compare(d.reference, d.outputs)
+
+
+def test_repeat_times_every_runner_and_progress_names_each_phase(tmp_path: Path) -> None:
+    phases: list[str] = []
+    spec = {"x": ((1, 3, 16, 16), "float32")}
+    d = deploy(FIXTURES / "tiny_convnet.onnx", spec, cache_dir=tmp_path, repeat=4, progress=phases.append)
+    assert phases == ["load", "reference", "import", "compile", "run"]
+    assert [len(d.runs[name].call_seconds) for name in ("onnxruntime", "tvm-python")] == [4, 4]
+    assert d.timings.run == float(np.median(d.runs["tvm-python"].call_seconds)) > 0
+    phases.clear()
+    deploy(FIXTURES / "tiny_convnet.onnx", spec, cache_dir=tmp_path, progress=phases.append)
+    assert phases == ["load", "reference", "run"]  # cached: nothing imported or compiled

@@ -286,3 +286,17 @@ def test_describe_success_summary():
                       {"a": np.array([2.0625]), "b": np.array([1, 2])}, ToleranceRules(rtol=0.1))
     assert verdict
     assert verdict.describe() == "tvm matches reference on all 2 output(s) (max abs error 0.0625)"
+
+
+def test_error_histogram_counts_every_element_once():
+    from pytest_tvmdeploy.error_histogram import LOG10_EDGES, error_histogram
+
+    reference = {"a": np.zeros((2, 5), np.float32), "ids": np.arange(3)}
+    actual = {"a": np.array([[0, 1e-7, 1e-7, 3e-3, 1e-20], [0, 0, np.nan, 5e4, 1.5e-5]], np.float32), "ids": np.arange(3)}
+    histogram = error_histogram(reference, actual)
+    assert histogram["total"] == 10 and histogram["exact"] == 3 and histogram["nonfinite"] == 1
+    counts = dict(zip(LOG10_EDGES, histogram["counts"]))
+    assert counts[-7.0] == 2 and counts[-3.0] == 1 and counts[-5.0] == 1
+    assert counts[-12.0] == 1 and counts[2.5] == 1  # below and above the range: clipped into the end bins
+    assert sum(histogram["counts"]) + histogram["exact"] + histogram["nonfinite"] == histogram["total"]
+    assert error_histogram({"ids": np.arange(3)}, {"ids": np.arange(3)}) is None  # integers only

@@ -54,10 +54,10 @@ def test_several_targets_run_each_test_per_target(project: pytest.Pytester) -> N
     )
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines_random([
-        "*test_convnet[[]llvm[]] PASSED*",
-        "*test_convnet[[]llvm-x86-64-v2[]] PASSED*",
-        "*test_onnx[[]llvm[]] PASSED*",
-        "*test_onnx[[]llvm-x86-64-v2[]] PASSED*",
+        "*test_convnet[[]llvm[]] *PASSED*",
+        "*test_convnet[[]llvm-x86-64-v2[]] *PASSED*",
+        "*test_onnx[[]llvm[]] *PASSED*",
+        "*test_onnx[[]llvm-x86-64-v2[]] *PASSED*",
         "artifacts: 4 built, 0 from cache",
     ])
 
@@ -150,11 +150,12 @@ def test_no_marked_tests_changes_nothing(project: pytest.Pytester) -> None:
 
 def test_marker_is_registered_and_options_documented(pytester: pytest.Pytester) -> None:
     markers = pytester.runpytest("--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=, snapshot=, quantize=, calibration=, quant_budget=)*"])
+    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=, snapshot=, quantize=, calibration=, quant_budget=, name=)*"])
     helptext = pytester.runpytest("--help")
     helptext.stdout.fnmatch_lines(["*--tvm-target=TARGET*", "*--tvm-rtol=R*", "*--tvm-atol=A*",
-                                   "*--tvm-cache-dir=DIR*", "*--tvm-cpp=*auto,on,off*",
-                                   "*--tvm-cpp-runner=PATH*", "*--tvm-cpp-timeout=SECONDS*", "*tvm_target (linelist)*"])
+                                   "*--tvm-cache-dir=DIR*", "*--tvm-cpp=*auto,on,off*", "*--tvm-repeat=N*",
+                                   "*--tvm-cpp-runner=PATH*", "*--tvm-cpp-timeout=SECONDS*",
+                                   "*tvm_target (linelist)*"])
 
 
 def test_xdist_workers_share_the_cache_and_build_once(project: pytest.Pytester) -> None:
@@ -187,3 +188,30 @@ def test_junit_xml_carries_each_tests_numbers_as_properties(project: pytest.Pyte
     assert float(convnet["tvm_compile_s"]) > 0 and float(convnet["tvm_run_ms"]) > 0
     assert convnet["tvm_cpp"] == "bitwise" and float(convnet["tvm_max_abs_error"]) < 1e-4
     assert by_test["test_onnx"]["tvm_source"] == "onnx"
+
+
+def test_verbose_shows_the_phase_and_the_report_names_models_and_frameworks(project: pytest.Pytester) -> None:
+    import json
+
+    project.makepyfile(test_two=TWO_MODELS.replace('inputs={"x": ((1, 3, 16, 16), "float32")})\ndef test_convnet',
+                                                   'inputs={"x": ((1, 3, 16, 16), "float32")}, name="tiny-net")\ndef test_convnet'))
+    first = project.runpytest("-v", "--tvm-report=out", "--tvm-repeat=3")
+    first.assert_outcomes(passed=2)
+    first.stdout.fnmatch_lines(["*::test_convnet load… reference… import… compile… run… cpp… PASSED*"])
+    first.stdout.fnmatch_lines(["test *tvm ms*cpp ms*torch ms*ort ms*", "*test_convnet *torch *built *[0-9] *- *bitwise*"])
+    records = {r["test"].rsplit("::", 1)[1]: r for r in json.loads((project.path / "out" / "report.json").read_text())["tests"]}
+    assert records["test_convnet"]["model"] == "tiny-net" and records["test_convnet"]["reference_name"] == "pytorch"
+    assert records["test_onnx"]["model"] == "tiny_convnet" and records["test_onnx"]["reference_name"] == "onnxruntime"
+    for record in records.values():
+        histogram = record["error_histogram"]
+        assert histogram["total"] == 10 and sum(histogram["counts"]) + histogram["exact"] == 10
+    second = project.runpytest("-v")
+    second.stdout.fnmatch_lines(["*::test_convnet load… reference… run… cpp… PASSED*"])
+    quiet = project.runpytest()
+    assert "reference…" not in quiet.stdout.str()
+
+
+def test_bad_repeat_count_is_a_usage_error(project: pytest.Pytester) -> None:
+    result = project.runpytest("--tvm-repeat=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tvm-repeat / tvm_repeat: '0' is not a positive whole number*"])

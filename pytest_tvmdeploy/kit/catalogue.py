@@ -8,6 +8,12 @@ from typing import Any
 
 #: Every way a model reaches TVM: the module itself, and the three files teams receive.
 SOURCES = ("torch", "torchscript", "onnx", "pt2")
+#: The ONNX file after ONNX Runtime's static int8 quantizer (QDQ format); ONNX Runtime runs it as
+#: the reference, so TVM is judged against ORT's own int8 execution.
+QDQ = "onnx_qdq"
+#: How close TVM must come to ONNX Runtime on a QDQ model: both run the same int8 graph, but ORT
+#: fuses it into integer kernels while TVM dequantizes around float ops, so roundings differ.
+QDQ_BUDGET = {"min_cosine": 0.999, "min_sqnr_db": 25.0, "max_error_vs_range": 0.05}
 IMAGE = {"x": ((1, 3, 224, 224), "float32")}
 
 
@@ -23,6 +29,11 @@ class CatalogueEntry:
     atol: float | None = None
     tags: frozenset[str] = field(default_factory=frozenset)  # "default": in the quick subset
     note: str = ""
+
+    @property
+    def cases(self) -> tuple[str, ...]:
+        """The source forms checked for this model (``onnx_qdq`` when it is tagged ``qdq``)."""
+        return self.sources + ((QDQ,) if "qdq" in self.tags else ())
 
 
 def _torchvision(name: str, **kwargs: Any) -> Callable[[], Any]:
@@ -87,14 +98,15 @@ def _efficientnet_lite0() -> Any:
 
 
 DEFAULT = frozenset({"default"})
+WITH_QDQ = frozenset({"qdq"})
 
 CATALOGUE: tuple[CatalogueEntry, ...] = (
-    CatalogueEntry("squeezenet1_1", _torchvision("squeezenet1_1"), IMAGE, tags=DEFAULT),
+    CatalogueEntry("squeezenet1_1", _torchvision("squeezenet1_1"), IMAGE, tags=DEFAULT | WITH_QDQ),
     CatalogueEntry("transformer_encoder", _transformer_encoder, {"src": ((1, 16, 64), "float32")}, tags=DEFAULT),
     CatalogueEntry("gru", _recurrent("GRU"), {"x": ((1, 12, 16), "float32")}, tags=DEFAULT),
     CatalogueEntry("lstm", _recurrent("LSTM"), {"x": ((1, 12, 16), "float32")}),
-    CatalogueEntry("resnet18", _torchvision("resnet18"), IMAGE),
-    CatalogueEntry("mobilenet_v2", _torchvision("mobilenet_v2"), IMAGE),
+    CatalogueEntry("resnet18", _torchvision("resnet18"), IMAGE, tags=WITH_QDQ),
+    CatalogueEntry("mobilenet_v2", _torchvision("mobilenet_v2"), IMAGE, tags=WITH_QDQ),
     CatalogueEntry("mobilenet_v3_small", _torchvision("mobilenet_v3_small"), IMAGE),
     CatalogueEntry("efficientnet_b0", _torchvision("efficientnet_b0"), IMAGE),
     CatalogueEntry("shufflenet_v2_x1_0", _torchvision("shufflenet_v2_x1_0"), IMAGE),
@@ -103,7 +115,8 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry("convnext_tiny", _torchvision("convnext_tiny"), IMAGE),
     CatalogueEntry("vit_b_16", _torchvision("vit_b_16"), IMAGE),
     CatalogueEntry("lraspp_mobilenet_v3_large", _segmentation("lraspp_mobilenet_v3_large"), IMAGE),
-    CatalogueEntry("efficientnet_lite0_pretrained", _efficientnet_lite0, {"inputs": ((1, 3, 224, 224), "float32", (-1, 1))}),
+    CatalogueEntry("efficientnet_lite0_pretrained", _efficientnet_lite0, {"inputs": ((1, 3, 224, 224), "float32", (-1, 1))},
+                   tags=WITH_QDQ),
 )
 
 

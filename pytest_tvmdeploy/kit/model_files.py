@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 import warnings
 from pathlib import Path
 
 from pytest_tvmdeploy.inputs import make_inputs
-from pytest_tvmdeploy.kit.catalogue import CatalogueEntry
+from pytest_tvmdeploy.kit.catalogue import QDQ, CatalogueEntry
 
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2", QDQ: ".qdq.onnx"}
+#: Seeded inputs ONNX Runtime's static quantizer calibrates QDQ models on.
+QDQ_CALIBRATION_SAMPLES = 8
 
 
 def model_file(entry: CatalogueEntry, source: str, folder: Path) -> Path:
@@ -21,6 +26,8 @@ def model_file(entry: CatalogueEntry, source: str, folder: Path) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    if source == QDQ:
+        return _quantized_onnx(entry, model_file(entry, "onnx", folder), path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         module = entry.build()
@@ -38,3 +45,35 @@ def model_file(entry: CatalogueEntry, source: str, folder: Path) -> Path:
             torch.export.save(torch.export.export(module, example), str(staged))
         os.replace(staged, path)
     return path
+
+
+def _quantized_onnx(entry: CatalogueEntry, float_model: Path, path: Path) -> Path:
+    """ONNX Runtime's static quantizer on ``float_model``: QDQ format, int8 activations and
+    per-channel int8 weights (its recommended setting for x86 CPUs), calibrated on seeded inputs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class SeededInputs(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._samples = iter(make_inputs(entry.inputs, seed=seed) for seed in range(1, QDQ_CALIBRATION_SAMPLES + 1))
+
+        def get_next(self) -> dict | None:
+            return next(self._samples, None)
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging, _quiet_root_logger():
+        staged = Path(staging) / path.name
+        quantize_static(str(float_model), str(staged), SeededInputs(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        os.replace(staged, path)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantizer logs advice through the root logger at WARNING; keep it out of test output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tvmdeploy.kit.catalogue import CatalogueEntry, select
+from pytest_tvmdeploy.kit.catalogue import QDQ, QDQ_BUDGET, CatalogueEntry, select
 from pytest_tvmdeploy.kit.model_files import model_file
 from pytest_tvmdeploy.plugin import SESSION_KEY
 
@@ -32,12 +32,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     expected = json.loads(Path(config.getoption("tvm_kit_expected") or EXPECTED_FAILURES).read_text())
     params = []
     for entry in entries:
-        for source in entry.sources:
+        for source in entry.cases:
             factory = partial(_model, entry, source, folder)
             factory.__qualname__ = f"kit model {entry.name} ({source})"  # how errors name it
             marks = [pytest.mark.tvm_model(
                 model=factory, inputs=entry.inputs,
-                rtol=entry.rtol, atol=entry.atol, snapshot=False,
+                rtol=entry.rtol, atol=entry.atol, snapshot=False, name=entry.name,
+                quant_budget=QDQ_BUDGET if source == QDQ else None,
             )]
             reason = _expected_failure(expected, config, f"{entry.name}/{source}")
             if reason:
@@ -59,4 +60,4 @@ def test_model(kit_case: tuple[str, str], tvm_deployment) -> None:
     """The standard checks (Python VM and C++ vs the framework) decide; the body checks the form."""
     _, source = kit_case
     assert tvm_deployment.source_kind == {"torch": "torch", "torchscript": "torchscript", "onnx": "onnx",
-                                          "pt2": "exported_program"}[source]
+                                          "pt2": "exported_program", QDQ: "onnx"}[source]

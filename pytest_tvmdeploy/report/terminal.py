@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "run ms", "cpp ms", "ref ms",
-           "cpp", "max abs err", "int8 cos/sqnr", "result")
+COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "tvm ms", "cpp ms", "torch ms",
+           "ort ms", "cpp", "max abs err", "int8 cos/sqnr", "result")
+#: Which latency column the reference's time goes to.
+REFERENCE_COLUMNS = {"pytorch": "torch ms", "onnxruntime": "ort ms"}
 
 
 def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
@@ -22,12 +24,25 @@ def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
         f"{timings.get('compile', 0.0):.2f}",
         f"{1000 * timings.get('run', 0.0):.1f}",
         f"{1000 * timings.get('cpp_run', 0.0):.1f}" if record.get("cpp") in ("bitwise", "differs") else "-",
-        f"{1000 * timings.get('reference', 0.0):.1f}",
+        *(_reference_cell(record, column) for column in REFERENCE_COLUMNS.values()),
         record.get("cpp", "-").split(":")[0],
         "-" if record.get("max_abs_error") is None else f"{record['max_abs_error']:.2e}",
         _quant_cell(record.get("quant")),
-        record.get("outcome", ""),
+        _result_cell(record),
     )
+
+
+def _reference_cell(record: Mapping[str, Any], column: str) -> str:
+    if REFERENCE_COLUMNS.get(record.get("reference_name", "")) != column or "timings" not in record:
+        return "-"
+    return f"{1000 * record['timings'].get('reference', 0.0):.1f}"
+
+
+def _result_cell(record: Mapping[str, Any]) -> str:
+    """The outcome, and for a test that did not pass, the stage that stopped it."""
+    outcome = record.get("outcome", "")
+    stage = record.get("stage")
+    return f"{outcome} ({stage})" if stage and outcome != "passed" else outcome
 
 
 def _quant_cell(quant: Mapping[str, Any] | None) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pytest_tvmdeploy.errors import RunnerError, brief
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.runners.base import RunResult, timed_calls
 
 RUNNER_NAME = "tvm-python"
 
@@ -30,21 +30,16 @@ def run_python_vm(module_path: Path, inputs: Mapping[str, np.ndarray], *, repeat
     except Exception as exc:  # noqa: BLE001
         raise RunnerError(f"{module_path}: loading into the Relax VM failed: {brief(exc)}") from exc
     load_seconds = time.perf_counter() - start
-    calls = []
-    result: Any = None
-    for _ in range(max(1, repeat)):
-        start = time.perf_counter()
-        try:
-            result = vm["main"](*args)
-        except Exception as exc:  # noqa: BLE001
-            raise RunnerError(f"{module_path}: main({', '.join(inputs)}) failed: {brief(exc)}") from exc
-        calls.append(time.perf_counter() - start)
+    try:
+        result, calls = timed_calls(lambda: vm["main"](*args), repeat)
+    except Exception as exc:  # noqa: BLE001
+        raise RunnerError(f"{module_path}: main({', '.join(inputs)}) failed: {brief(exc)}") from exc
     arrays = flatten_tvm_outputs(result)
     return RunResult(
         RUNNER_NAME,
         {f"output_{i}": a for i, a in enumerate(arrays)},
         load_seconds=load_seconds,
-        call_seconds=tuple(calls),
+        call_seconds=calls,
     )
 
 

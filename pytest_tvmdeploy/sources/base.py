@@ -43,8 +43,8 @@ class ModelSource(abc.ABC):
         return frozenset()
 
     @abc.abstractmethod
-    def run_reference(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
-        """Run the model in its own framework; outputs are flattened and named."""
+    def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
+        """Run the model in its own framework (``repeat`` timed calls); outputs are flattened and named."""
 
     @abc.abstractmethod
     def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ import numpy as np
 
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError
 from pytest_tvmdeploy.inputs import signature
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.runners.base import RunResult, timed_calls
 from pytest_tvmdeploy.fingerprints import file_sha256
 from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
 
@@ -51,7 +50,7 @@ class OnnxSource(ModelSource):
                 f"inputs {list(self._inputs)}"
             )
 
-    def run_reference(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
+    def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
         import onnxruntime
 
         self._check_names(inputs)
@@ -63,15 +62,14 @@ class OnnxSource(ModelSource):
                     str(self.path), options, providers=["CPUExecutionProvider"]
                 )
             names = [o.name for o in self._session.get_outputs()]
-            start = time.perf_counter()
-            values = self._session.run(None, dict(inputs))
-            seconds = time.perf_counter() - start
+            session, feed = self._session, dict(inputs)
+            values, seconds = timed_calls(lambda: session.run(None, feed), repeat)
         except Exception as exc:  # noqa: BLE001
             raise InputSpecError(
                 f"{self.description}: the inputs {signature(inputs)} do not fit the model; "
                 f"ONNX Runtime raised {type(exc).__name__}: {str(exc).strip()[:500]}"
             ) from exc
-        return RunResult(self.reference_name, dict(zip(names, values)), call_seconds=(seconds,))
+        return RunResult(self.reference_name, dict(zip(names, values)), call_seconds=seconds)
 
     def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:
         external = sorted(p for p in self.path.parent.glob(self.path.name + ".data"))

@@ -6,7 +6,6 @@ import abc
 import hashlib
 import inspect
 import re
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError, brief
 from pytest_tvmdeploy.inputs import signature
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.runners.base import RunResult, timed_calls
 from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:
@@ -53,22 +52,20 @@ class ExportedProgramSource(ModelSource):
         ordered = [inputs[n] for n in names if n in inputs] if names is not None else list(inputs.values())
         return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in ordered)
 
-    def run_reference(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
+    def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
         import torch
 
         args = self._positional(inputs)
         model = self._callable()
         try:
             with torch.no_grad():
-                start = time.perf_counter()
-                result = model(*args)
-                seconds = time.perf_counter() - start
+                result, seconds = timed_calls(lambda: model(*args), repeat)
         except Exception as exc:  # noqa: BLE001 - the model's own error, shown to the user
             raise InputSpecError(
                 f"{self.description}: the inputs {signature(inputs)} do not fit the model; "
                 f"PyTorch raised {type(exc).__name__}: {exc}"
             ) from exc
-        return RunResult(self.reference_name, flatten_torch_outputs(result), call_seconds=(seconds,))
+        return RunResult(self.reference_name, flatten_torch_outputs(result), call_seconds=seconds)
 
     def exported_program(self, inputs: Mapping[str, np.ndarray]) -> "torch.export.ExportedProgram":
         """The ExportedProgram for these inputs' shapes and dtypes (exported once)."""
