@@ -9,6 +9,7 @@ from pytest_tvmdeploy.compare_quantized import QuantBudget, QuantComparison, com
 from pytest_tvmdeploy.deployment import Deployment, NamedArrays, Timings, deploy
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import make_inputs
+from pytest_tvmdeploy.localize import Divergence, localize_divergence
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
 from pytest_tvmdeploy.sources import ModelSource, open_source
 from pytest_tvmdeploy.tolerances import Tolerance, ToleranceRules
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "Comparison",
     "Deployment",
+    "Divergence",
     "ModelSource",
     "NamedArrays",
     "OutputComparison",
@@ -33,6 +35,7 @@ __all__ = [
     "compare",
     "compare_quantized",
     "deploy",
+    "localize_divergence",
     "make_inputs",
     "open_source",
     "parse_target",

@@ -97,6 +97,7 @@ class Deployment:
     cpp_outputs: NamedArrays | None = None  # None when the C++ runner did not run
     cpp_error: str | None = None            # why the C++ run failed (crash, timeout, error)
     quantization: Mapping[str, Any] | None = None  # int8 config and per-site scales, if quantized
+    source: ModelSource | None = field(default=None, compare=False, repr=False)  # the opened model
 
     @property
     def artifact_path(self) -> Path:
@@ -209,6 +210,7 @@ def deploy(
         cpp_outputs=cpp_outputs,
         cpp_error=cpp_error,
         quantization=artifact.meta.get("quantization"),
+        source=source,
     )
 
 

@@ -70,6 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
                          "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
                          "outputs are then judged by the quantization budget, not elementwise")
+    group.addoption("--tvm-localize", default=None, choices=("on", "off"),
+                    help="when a float model's TVM outputs leave tolerance, compare every intermediate "
+                         "result with the framework's and name the first operator that diverges "
+                         "(default on; costs one or two extra builds per failing test)")
     group.addoption("--tvm-repeat", default=None, metavar="N",
                     help="time N calls of every runner (TVM Python, C++, the reference) and report the "
                          "median (default: ini tvm_repeat, else 1)")
@@ -91,6 +95,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("tvm_atol", "default absolute tolerance for floating outputs", default="")
     parser.addini("tvm_cache_dir", "artifact cache folder, relative to the rootdir", default="")
     parser.addini("tvm_cpp", "C++ check: auto, on or off (see --tvm-cpp)", default="")
+    parser.addini("tvm_localize", "name the first diverging operator of a failing test: on or off", default="")
     parser.addini("tvm_repeat", "timed calls per runner (see --tvm-repeat)", default="")
     parser.addini("tvm_snapshot", "snapshots of reference outputs: on or off (see --tvm-snapshot)", default="")
 
@@ -317,6 +322,8 @@ def _check(
     actual = {"tvm": deployment.outputs}
     if not verdict:
         failures.append(verdict.describe())
+        if settings.localize and settings.budget is None:
+            failures.append(_localize(deployment, settings, record))
     if deployment.cpp_error is not None:
         record["cpp"] = "failed"
         failures.append(f"C++ runner: {deployment.cpp_error}")
@@ -334,6 +341,21 @@ def _check(
         elif failures:
             failures.append("tvm-cpp: bitwise identical to the Python VM's outputs (same differences)")
     return failures, actual
+
+
+def _localize(deployment: Deployment, settings: ModelTestSettings, record: dict[str, Any]) -> str:
+    """Where the outputs start to diverge, as a paragraph of the failure (also put in the record)."""
+    from pytest_tvmdeploy.localize import localize_divergence
+
+    try:
+        divergence = localize_divergence(deployment.source, deployment.inputs, deployment.target, settings.tolerances)
+    except TvmDeployError as exc:
+        record["divergence"] = {"error": str(exc)}
+        return f"could not localise the divergence: {exc}"
+    if divergence is None:
+        return "no intermediate result leaves tolerance in an instrumented (unfused, untuned) build"
+    record["divergence"] = divergence.to_json()
+    return divergence.describe()
 
 
 def _first_line(text: str, limit: int = 300) -> str:

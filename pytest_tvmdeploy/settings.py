@@ -49,6 +49,7 @@ class SessionSettings:
     snapshot: bool = True
     quantize: str | None = None
     repeat: int = 1
+    localize: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ModelTestSettings:
     quant_budget: QuantBudget = QuantBudget()
     name: str | None = None
     budget_given: bool = False
+    localize: bool = True
 
     @property
     def budget(self) -> QuantBudget | None:
@@ -100,6 +102,7 @@ def session_settings(
         snapshot=switch(either("tvm_snapshot", "on"), "--tvm-snapshot / tvm_snapshot"),
         quantize=_checked_quantize(option("tvm_quantize")),
         repeat=_repeat(option("tvm_repeat") or ini("tvm_repeat") or "1"),
+        localize=switch(either("tvm_localize", "on"), "--tvm-localize / tvm_localize"),
     )
 
 
@@ -179,6 +182,7 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         quant_budget=QuantBudget.from_value(marker_kwargs.get("quant_budget") or {}),
         name=str(marker_kwargs["name"]) if marker_kwargs.get("name") else None,
         budget_given=marker_kwargs.get("quant_budget") is not None,
+        localize=session.localize,
     )
 
 

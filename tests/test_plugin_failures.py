@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,42 @@ def test_damaged_cache_entry_is_set_aside_and_rebuilt(project: pytest.Pytester) 
     result.stdout.fnmatch_lines(["*cache entry * is damaged (*sha256*corrupted); moved to *damaged* and rebuilding*",
                                  "artifacts: 1 built, 0 from cache"])
     assert len(list((cache / "damaged").iterdir())) == 1  # the damaged entry is kept for inspection
+
+
+FAULTY_RELU_CONFTEST = """
+import pytest
+from faults import drop_nth
+import pytest_tvmdeploy.deployment as deployment
+from pytest_tvmdeploy.localize import search
+
+@pytest.fixture(autouse=True)
+def tvm_drops_the_second_relu(monkeypatch):
+    # The fault: TVM computes the first relu as identity, in the deployed .so and in every probe.
+    rewrite = drop_nth("relax.nn.relu", 1)
+    for module, name in ((deployment, "compile_module"), (search, "build_probe")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda mod, target, original=original: original(rewrite(mod), target))
+"""
+
+
+def test_a_diverging_model_names_the_first_wrong_operator(project: pytest.Pytester, fixtures_dir: Path) -> None:
+    import json
+
+    shutil.copy(fixtures_dir / "faults.py", project.path / "faults.py")
+    project.makeconftest(FAULTY_RELU_CONFTEST)
+    project.makepyfile(test_relu="""
+        import pytest
+        from models import ConvReluPoolConv, seeded
+
+        @pytest.mark.tvm_model(model=seeded(ConvReluPoolConv()), inputs={"x": ((1, 3, 16, 16), "float32")})
+        def test_model(tvm_deployment): pass
+    """)
+    result = project.runpytest("--tvm-report=out", "--tvm-cache-dir=cache")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*tvm output differs from pytorch*", "*first diverging operator: relu (aten.relu.default*"])
+    (record,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
+    assert record["divergence"]["node"] == "relu" and record["divergence"]["max_abs_error"] > 0.01
+    assert record["divergence"]["previous_node"] is not None
+    off = project.runpytest("--tvm-localize=off", "--tvm-cache-dir=cache")
+    off.assert_outcomes(failed=1)
+    assert "diverging operator" not in off.stdout.str()
