@@ -67,4 +67,11 @@ class RunnerError(TvmDeployError):
 def brief(exc: BaseException) -> str:
     """The informative line of an exception's text: TVM puts its message after a traceback."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    start = len(lines) - 1
+    while start > 0 and lines[start - 1].endswith(":"):  # "Offending call:" / the call on the next line
+        start -= 1
+    if start > 0 and start < len(lines) - 1:
+        start -= 1  # and the sentence that introduces them
+    return " ".join(lines[start:])
