@@ -31,7 +31,7 @@ from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.sources import ModelSource, open_source
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
-BUILD_RECIPE = 1
+BUILD_RECIPE = 2
 
 
 class NamedArrays(Mapping[str, np.ndarray]):

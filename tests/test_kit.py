@@ -85,3 +85,17 @@ def test_kit_under_xdist_merges_every_workers_records(pytester: pytest.Pytester,
     assert all(r["model"] == "gru" for r in records)
     page = (report / "report.html").read_text()
     assert page.count('<tr class="passed"') == 3 and page.count('<tr class="xfailed"') == 1
+
+
+def test_expected_failures_name_each_source_form_including_qdq() -> None:
+    from pytest_tvmdeploy.kit.update_expected import updated
+
+    records = [
+        {"test": "test_kit.py::test_model[vit-onnx_qdq]", "target": "llvm", "outcome": "error", "stage": "import",
+         "reason": "/home/ci/.cache/vit.qdq.onnx: TVM's ONNX frontend failed"},
+        {"test": "test_kit.py::test_model[vit-torchscript]", "target": "llvm", "outcome": "passed"},
+        {"test": "test_kit.py::test_model[vit-onnx]", "target": "llvm", "outcome": "failed", "stage": "compare", "reason": "differs"},
+    ]
+    expected = {"llvm": {"vit/torchscript": "import: was failing"}}
+    assert updated(expected, records) == {"llvm": {"vit/onnx": "compare: differs",
+                                                   "vit/onnx_qdq": "import: vit.qdq.onnx: TVM's ONNX frontend failed"}}

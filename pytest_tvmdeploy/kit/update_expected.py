@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pytest_tvmdeploy.files import write_atomic
+from pytest_tvmdeploy.kit.catalogue import QDQ, SOURCES
 from pytest_tvmdeploy.kit.test_kit import EXPECTED_FAILURES
 
 _CASE = re.compile(r"test_kit\.py::test_model\[(?P<case>[^\]]+)\]")
-_SOURCES = ("torchscript", "torch", "onnx", "pt2")
+_SOURCES = sorted((*SOURCES, QDQ), key=len, reverse=True)  # "onnx_qdq" before "onnx", "torchscript" before "torch"
 
 
 def updated(expected: dict[str, dict[str, str]], records: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     records = json.loads(args.report.read_text())["tests"]
     expected = json.loads(args.file.read_text()) if args.file.exists() else {}
     new = updated(expected, records)
-    args.file.write_text(json.dumps(new, indent=2) + "\n")
+    write_atomic(args.file, json.dumps(new, indent=2) + "\n")
     before = sum(len(c) for c in expected.values())
     after = sum(len(c) for c in new.values())
     print(f"{args.file}: {before} -> {after} expected failure(s)")
