@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shlex
 from dataclasses import dataclass
@@ -32,6 +33,18 @@ class TargetSpec:
     @property
     def as_dict(self) -> dict[str, Any]:
         return json.loads(self.json)
+
+    @property
+    def architecture(self) -> str | None:
+        """The CPU architecture named by ``mtriple`` (``aarch64``, ``x86_64``), or ``None`` (the host's)."""
+        triple = self.as_dict.get("mtriple")
+        return str(triple).split("-")[0] if triple else None
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether code built for this target can run on this machine (CPU targets only)."""
+        arch = self.architecture
+        return arch is None or _same_architecture(arch, platform.machine())
 
     def to_tvm(self) -> "tvm.target.Target":
         """The ``tvm.target.Target`` (raises :class:`TargetError` if TVM rejects it)."""
@@ -110,13 +123,27 @@ def compile_module(module: "tvm.IRModule", target: TargetSpec) -> Any:
         raise BuildError(f"tvm.compile for target {target.json} failed: {brief(exc)}") from exc
 
 
-def export_library(executable: Any, path: Path) -> Path:
-    """Write the executable as a shared library at ``path`` (needs a C compiler)."""
+def export_library(executable: Any, path: Path, cc: str | None = None) -> Path:
+    """Write the executable as a shared library at ``path`` with the host's C++ compiler, or with
+    ``cc`` (a cross compiler such as ``aarch64-linux-gnu-g++``)."""
+    options: dict[str, Any] = {}
+    if cc:
+        from tvm.support import cc as compilers
+
+        options["fcompile"] = compilers.cross_compiler(cc)
     try:
-        executable.export_library(str(path))
+        executable.export_library(str(path), **options)
     except Exception as exc:  # noqa: BLE001
-        raise BuildError(f"export_library to {path} failed: {brief(exc)}") from exc
+        compiler = f" with {cc}" if cc else ""
+        raise BuildError(f"export_library to {path}{compiler} failed: {brief(exc)}") from exc
     return path
+
+
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "x86-64": "x86_64"}
+
+
+def _same_architecture(a: str, b: str) -> bool:
+    return _ARCH_ALIASES.get(a.lower(), a.lower()) == _ARCH_ALIASES.get(b.lower(), b.lower())
 
 
 def tvm_version() -> str:

@@ -9,12 +9,13 @@ Usable without pytest::
 
 from __future__ import annotations
 
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +29,12 @@ from pytest_tvmdeploy.quantize import quantize as quantize_module
 from pytest_tvmdeploy.runners.base import RunResult
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
+from pytest_tvmdeploy.runners.rpc_devices import RemoteSpec
 from pytest_tvmdeploy.sources import ModelSource, open_source
+from pytest_tvmdeploy.tuning import database_fingerprint
+
+if TYPE_CHECKING:
+    import tvm
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
 BUILD_RECIPE = 2
@@ -65,10 +71,11 @@ class Timings:
     reference: float = 0.0     # one reference run (PyTorch / ONNX Runtime)
     import_: float = 0.0       # export + TVM frontend (0 on a cache hit)
     quantize: float = 0.0      # calibration + int8 rewrite (0 unless quantized and built)
+    tune: float = 0.0          # MetaSchedule tuning (0 unless asked and the database lacked records)
     compile: float = 0.0       # tvm.compile + export_library (0 on a cache hit)
     cached_compile: float = 0.0  # what the cached artifact took to build, when it was built
-    vm_load: float = 0.0       # loading the .so into the Relax VM
-    run: float = 0.0           # median call of main
+    vm_load: float = 0.0       # loading the .so into the Relax VM (uploading it, on a remote device)
+    run: float = 0.0           # median call of main (0 if not run)
     cpp_load: float = 0.0      # C++ runner: loading the .so and creating the VM (0 if not run)
     cpp_run: float = 0.0       # C++ runner: median call of main (0 if not run)
 
@@ -98,6 +105,9 @@ class Deployment:
     cpp_error: str | None = None            # why the C++ run failed (crash, timeout, error)
     quantization: Mapping[str, Any] | None = None  # int8 config and per-site scales, if quantized
     source: ModelSource | None = field(default=None, compare=False, repr=False)  # the opened model
+    tuned: bool = False        # the artifact applies tuning records
+    not_run: str | None = None  # why TVM did not run it (built for another architecture), else None
+    device: str | None = None  # which runner produced ``outputs`` (tvm-python, rpc:<device>)
 
     @property
     def artifact_path(self) -> Path:
@@ -122,6 +132,11 @@ def deploy(
     quantize: QuantConfig | str | Mapping[str, Any] | None = None,
     calibration: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
     progress: Callable[[str], None] | None = None,
+    cc: str | None = None,
+    tuning_dir: Path | None = None,
+    tune: int = 0,
+    remote: RemoteSpec | None = None,
+    remote_timeout: float = 600.0,
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model`` on ``target``; run its reference too.
 
@@ -132,8 +147,15 @@ def deploy(
     ``quantize`` (a :class:`QuantConfig`, a mode name or a dict) the artifact is the int8 model,
     calibrated on ``calibration`` (input dicts, or a callable returning them) when the mode needs it.
     ``repeat`` times every run (TVM, C++ and the reference; the median is reported).
-    ``progress`` is called with each phase's name (load, reference, import, quantize, compile,
-    run, cpp) as it starts.
+    ``progress`` is called with each phase's name (load, reference, import, quantize, tune,
+    compile, run, cpp) as it starts.
+
+    ``tuning_dir`` is this target's MetaSchedule database folder: its records are applied to the
+    build, and ``tune=N`` first tunes the model's tasks that have fewer than their share of ``N``
+    trials there. ``cc`` is the compiler ``export_library`` links with (a cross compiler for
+    another ``mtriple``). ``remote`` runs the ``.so`` on an RPC device instead of in this
+    process; a target for another architecture without ``remote`` is built but not run
+    (``not_run`` says why).
     """
     phase = progress or (lambda name: None)
     spec = target if isinstance(target, TargetSpec) else parse_target(target)
@@ -141,54 +163,49 @@ def deploy(
     start = time.perf_counter()
     source = open_source(model, base_dir=base_dir, seed=seed)
     load_seconds = time.perf_counter() - start
-    try:
-        arrays = make_inputs(inputs, seed=seed, names=source.input_names(), optional=source.optional_inputs())
-    except InputSpecError as exc:
-        raise InputSpecError(f"{source.description}: {exc}") from None
-    quant = QuantConfig.from_value(quantize) if quantize is not None else None
-    samples = calibration_samples(calibration) if quant is not None and quant.needs_calibration else None
-    if quant is not None and quant.needs_calibration and not samples:
-        raise ConfigError(
-            f"{source.description}: quantize calibrate_mode={quant.calibrate_mode!r} needs calibration data "
-            f"(calibration= in the marker, or the tvm_calibration_data fixture); none was given"
-        )
+    arrays = _inputs_for(source, inputs, seed)
+    recipe = _recipe(source, spec, quantize, calibration, cc, tuning_dir, tune)
     phase("reference")
     reference = source.run_reference(arrays, repeat=repeat)
     model_fingerprint = source.fingerprint(arrays)
+    module = _RelaxModule(source, arrays, recipe, phase)
+    if recipe.tune_trials and recipe.tuning_dir is not None:
+        _tune(module, recipe, phase)
     key = cache_key({
         "model": model_fingerprint,
         "inputs": signature(arrays),
         "target": spec.json,
         "tvm": tvm_version(),
         "recipe": BUILD_RECIPE,
-        "quantize": quant.to_json() if quant is not None else None,
-        "calibration": [arrays_fingerprint(s) for s in samples] if samples else None,
+        "quantize": recipe.quant.to_json() if recipe.quant is not None else None,
+        "calibration": [arrays_fingerprint(s) for s in recipe.samples] if recipe.samples else None,
+        "cc": recipe.cc,
+        "tuning": database_fingerprint(recipe.tuning_dir) if recipe.tuning_dir is not None else None,
     })
     cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
-    stage: dict[str, float] = {}
-    artifact, built = cache.get_or_build(
-        key, lambda folder: _build(source, arrays, spec, folder, stage, quant, samples, phase)
-    )
-    phase("run")
-    result = run_python_vm(artifact.path, arrays, repeat=repeat)
-    outputs = _named_like(reference, result)
-    runs = {reference.runner: reference, result.runner: result}
+    artifact, built = cache.get_or_build(key, lambda folder: _build(module, recipe, folder, phase))
+    runs: dict[str, RunResult] = {reference.runner: reference}
+    tvm_result, not_run = _run_tvm(artifact, arrays, spec, remote, repeat, remote_timeout, phase)
+    if tvm_result is not None:
+        runs[tvm_result.runner] = tvm_result
     cpp_outputs, cpp_error = None, None
-    if cpp_runner is not None:
+    if cpp_runner is not None and spec.runs_here:
         phase("cpp")
         cpp_result, cpp_error = _run_cpp(cpp_runner, artifact, arrays, repeat=repeat, timeout=cpp_timeout)
         if cpp_result is not None:
             runs[cpp_result.runner] = cpp_result
             cpp_outputs = NamedArrays(_named_like(reference, cpp_result))
+    stage = module.seconds
     timings = Timings(
         load=load_seconds,
         reference=reference.median_call_seconds,
         import_=stage.get("import", 0.0),
         quantize=stage.get("quantize", 0.0),
+        tune=stage.get("tune", 0.0),
         compile=stage.get("compile", 0.0),
         cached_compile=float(artifact.meta.get("compile_seconds", 0.0)),
-        vm_load=result.load_seconds,
-        run=result.median_call_seconds,
+        vm_load=tvm_result.load_seconds if tvm_result is not None else 0.0,
+        run=tvm_result.median_call_seconds if tvm_result is not None else 0.0,
         cpp_load=runs["cpp"].load_seconds if "cpp" in runs else 0.0,
         cpp_run=runs["cpp"].median_call_seconds if "cpp" in runs else 0.0,
     )
@@ -204,14 +221,59 @@ def deploy(
         input_fingerprint=arrays_fingerprint(arrays),
         inputs=NamedArrays(arrays),
         reference=NamedArrays(reference.outputs),
-        outputs=NamedArrays(outputs),
+        outputs=NamedArrays(_named_like(reference, tvm_result) if tvm_result is not None else {}),
         timings=timings,
         runs=runs,
         cpp_outputs=cpp_outputs,
         cpp_error=cpp_error,
         quantization=artifact.meta.get("quantization"),
         source=source,
+        tuned=bool(artifact.meta.get("tuned_functions")),
+        not_run=not_run,
+        device=tvm_result.runner if tvm_result is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    """What an artifact depends on besides the model and its input signature."""
+
+    target: TargetSpec
+    quant: QuantConfig | None = None
+    samples: list[dict[str, np.ndarray]] | None = None  # calibration data, when quantizing needs it
+    cc: str | None = None
+    tuning_dir: Path | None = None
+    tune_trials: int = 0
+
+
+def _inputs_for(source: ModelSource, inputs: Mapping[str, Any] | list[Any], seed: int) -> dict[str, np.ndarray]:
+    try:
+        return make_inputs(inputs, seed=seed, names=source.input_names(), optional=source.optional_inputs())
+    except InputSpecError as exc:
+        raise InputSpecError(f"{source.description}: {exc}") from None
+
+
+def _recipe(
+    source: ModelSource,
+    spec: TargetSpec,
+    quantize: QuantConfig | str | Mapping[str, Any] | None,
+    calibration: Iterable[Any] | Callable[[], Iterable[Any]] | None,
+    cc: str | None,
+    tuning_dir: Path | None,
+    tune: int,
+) -> BuildRecipe:
+    quant = QuantConfig.from_value(quantize) if quantize is not None else None
+    samples = calibration_samples(calibration) if quant is not None and quant.needs_calibration else None
+    if quant is not None and quant.needs_calibration and not samples:
+        raise ConfigError(
+            f"{source.description}: quantize calibrate_mode={quant.calibrate_mode!r} needs calibration data "
+            f"(calibration= in the marker, or the tvm_calibration_data fixture); none was given"
+        )
+    if tune < 0:
+        raise ConfigError(f"{source.description}: tune={tune} must be >= 0 (trials)")
+    if tune and tuning_dir is None:
+        raise ConfigError(f"{source.description}: tune={tune} needs a tuning_dir to keep the records in")
+    return BuildRecipe(spec, quant, samples, cc or None, Path(tuning_dir) if tuning_dir is not None else None, tune)
 
 
 def calibration_samples(calibration: Iterable[Any] | Callable[[], Iterable[Any]] | None) -> list[dict[str, np.ndarray]] | None:
@@ -246,45 +308,99 @@ def _run_cpp(
         return None, str(exc)
 
 
-def _build(
-    source: ModelSource,
-    arrays: Mapping[str, np.ndarray],
-    spec: TargetSpec,
-    folder: Path,
-    stage: dict[str, float],
-    quant: QuantConfig | None,
-    samples: list[dict[str, np.ndarray]] | None,
-    phase: Callable[[str], None],
-) -> dict[str, Any]:
-    phase("import")
-    start = time.perf_counter()
-    module = source.to_relax(arrays)
-    stage["import"] = time.perf_counter() - start
-    meta: dict[str, Any] = {}
-    if quant is not None:
-        phase("quantize")
-        start = time.perf_counter()
-        quantized = quantize_module(module, quant, calibration=samples)
-        module = quantized.module
-        stage["quantize"] = time.perf_counter() - start
-        meta["quantization"] = {
+class _RelaxModule:
+    """The model as the Relax module to build (imported, then quantized if asked), made at most
+    once per deployment: tuning and building both need it, a cache hit needs neither."""
+
+    def __init__(self, source: ModelSource, arrays: Mapping[str, np.ndarray], recipe: BuildRecipe,
+                 phase: Callable[[str], None]) -> None:
+        self.source, self.arrays, self.recipe, self.phase = source, arrays, recipe, phase
+        self.seconds: dict[str, float] = {}
+        self.meta: dict[str, Any] = {}
+        self._module: Any = None
+
+    def get(self) -> "tvm.IRModule":
+        if self._module is None:
+            self._module = self._quantized(self.timed("import", lambda: self.source.to_relax(self.arrays)))
+        return self._module
+
+    def _quantized(self, module: "tvm.IRModule") -> "tvm.IRModule":
+        quant = self.recipe.quant
+        if quant is None:
+            return module
+        quantized = self.timed("quantize", lambda: quantize_module(module, quant, calibration=self.recipe.samples))
+        self.meta["quantization"] = {
             "config": quant.to_json(),
             "calibration_samples": quantized.calibration_samples,
             "quantized_sites": quantized.quantized_sites,
             "sites": list(quantized.sites),
         }
-    phase("compile")
-    start = time.perf_counter()
-    executable = compile_module(module, spec)
-    export_library(executable, folder / ARTIFACT_NAME)
-    stage["compile"] = time.perf_counter() - start
+        return quantized.module
+
+    def timed(self, name: str, work: Callable[[], Any]) -> Any:
+        self.phase(name)
+        start = time.perf_counter()
+        result = work()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+
+def _tune(module: _RelaxModule, recipe: BuildRecipe, phase: Callable[[str], None]) -> None:
+    """Tune what the database lacks for this module (nothing when it was tuned before)."""
+    from pytest_tvmdeploy.tuning import tune
+
+    relax_module = module.get()
+    summary = module.timed("tune", lambda: tune(relax_module, recipe.target, recipe.tuning_dir,
+                                                 max_trials=recipe.tune_trials))
+    module.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
+                             "skipped_tasks": len(summary.skipped)}
+
+
+def _build(module: _RelaxModule, recipe: BuildRecipe, folder: Path, phase: Callable[[str], None]) -> dict[str, Any]:
+    relax_module = module.get()
+
+    def compile_and_export() -> None:
+        if recipe.tuning_dir is not None and database_fingerprint(recipe.tuning_dir) is not None:
+            from pytest_tvmdeploy.tuning import compile_tuned
+
+            executable = compile_tuned(relax_module, recipe.target, recipe.tuning_dir)
+            module.meta["tuned_functions"] = True
+        else:
+            executable = compile_module(relax_module, recipe.target)
+        export_library(executable, folder / ARTIFACT_NAME, cc=recipe.cc)
+
+    module.timed("compile", compile_and_export)
     return {
-        **meta,
-        "model": source.description,
-        "source_kind": source.kind,
-        "target": spec.as_dict,
-        "inputs": signature(arrays),
+        **module.meta,
+        "model": module.source.description,
+        "source_kind": module.source.kind,
+        "target": recipe.target.as_dict,
+        "inputs": signature(module.arrays),
         "tvm": tvm_version(),
-        "import_seconds": stage["import"],
-        "compile_seconds": stage["compile"],
+        "cc": recipe.cc,
+        "import_seconds": module.seconds.get("import", 0.0),
+        "compile_seconds": module.seconds["compile"],
     }
+
+
+def _run_tvm(
+    artifact: Artifact,
+    arrays: Mapping[str, np.ndarray],
+    spec: TargetSpec,
+    remote: RemoteSpec | None,
+    repeat: int,
+    remote_timeout: float,
+    phase: Callable[[str], None],
+) -> tuple[RunResult | None, str | None]:
+    """Run the artifact in this process's Relax VM, or on the remote device; ``(None, why)`` when
+    it was built for another architecture and there is no device to run it on."""
+    phase("run")
+    if remote is not None:
+        from pytest_tvmdeploy.runners.rpc import run_rpc
+
+        artifact.verify()
+        return run_rpc(artifact.path, arrays, remote, repeat=repeat, timeout=remote_timeout), None
+    if not spec.runs_here:
+        return None, (f"built for {spec.architecture} ({artifact.path}); this machine is "
+                      f"{platform.machine()}: give an RPC device (--tvm-rpc / --tvm-rpc-tracker) to run it")
+    return run_python_vm(artifact.path, arrays, repeat=repeat), None

@@ -70,6 +70,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
                          "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
                          "outputs are then judged by the quantization budget, not elementwise")
+    group.addoption("--tvm-tune", default=None, metavar="TRIALS",
+                    help="tune each marked model with MetaSchedule for up to TRIALS trials (only the tasks "
+                         "its target's tuning database lacks) before building; builds apply the database")
+    group.addoption("--tvm-tuning-dir", default=None, metavar="DIR",
+                    help="tuning databases, one folder per target label (default: ini tvm_tuning_dir, "
+                         "else <cache>/tuning); commit it to reuse tuned schedules in CI")
+    group.addoption("--tvm-cc", default=None, metavar="COMPILER",
+                    help="compiler export_library links the .so with, e.g. aarch64-linux-gnu-g++ for a "
+                         "target with another mtriple (default: ini tvm_cc, else the host's g++)")
+    group.addoption("--tvm-rpc", default=None, metavar="HOST:PORT",
+                    help="run every .so on this TVM RPC server instead of in this process")
+    group.addoption("--tvm-rpc-tracker", default=None, metavar="HOST:PORT",
+                    help="run every .so on a device leased from this RPC tracker (with --tvm-rpc-key)")
+    group.addoption("--tvm-rpc-key", default=None, metavar="KEY", help="the device key asked of the RPC tracker")
+    group.addoption("--tvm-rpc-timeout", type=float, default=None, metavar="SECONDS",
+                    help="time limit of one remote run, waiting for a free device included (default 600)")
     group.addoption("--tvm-localize", default=None, choices=("on", "off"),
                     help="when a float model's TVM outputs leave tolerance, compare every intermediate "
                          "result with the framework's and name the first operator that diverges "
@@ -95,6 +111,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("tvm_atol", "default absolute tolerance for floating outputs", default="")
     parser.addini("tvm_cache_dir", "artifact cache folder, relative to the rootdir", default="")
     parser.addini("tvm_cpp", "C++ check: auto, on or off (see --tvm-cpp)", default="")
+    parser.addini("tvm_tuning_dir", "tuning databases folder (one subfolder per target), relative to the rootdir", default="")
+    parser.addini("tvm_cc", "compiler export_library links with (see --tvm-cc)", default="")
     parser.addini("tvm_localize", "name the first diverging operator of a failing test: on or off", default="")
     parser.addini("tvm_repeat", "timed calls per runner (see --tvm-repeat)", default="")
     parser.addini("tvm_snapshot", "snapshots of reference outputs: on or off (see --tvm-snapshot)", default="")
@@ -114,7 +132,8 @@ def pytest_configure(config: pytest.Config) -> None:
         cache_dir = config.rootpath / cache_dir
     try:
         config.stash[SESSION_KEY] = session_settings(
-            config.getoption, config.getini, cache_dir=cache_dir, repro_dir=cache_root / "tvmdeploy-repro"
+            config.getoption, config.getini, cache_dir=cache_dir, repro_dir=cache_root / "tvmdeploy-repro",
+            rootdir=config.rootpath,
         )
     except TvmDeployError as exc:
         raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
@@ -175,7 +194,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
         settings = model_test_settings(marker.kwargs, session, Path(str(item.fspath)))
         item.stash[SETTINGS_KEY] = settings
         record["model"] = settings.name or model_name(settings.model)
-        cpp_runner = _cpp_runner(request.config, settings, record)
+        cpp_runner = _cpp_runner(request.config, settings, tvm_target, record)
         deployment = deploy(
             settings.model,
             settings.inputs,
@@ -189,6 +208,11 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
             calibration=_calibration(request, settings),
             repeat=session.repeat,
             progress=_progress_writer(request.config),
+            cc=session.cc,
+            tuning_dir=session.tuning_dir(tvm_target),
+            tune=settings.tune,
+            remote=session.remote,
+            remote_timeout=session.remote_timeout,
         )
     except TvmDeployError as exc:
         error: TvmDeployError | None = exc
@@ -203,7 +227,12 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec, snaps
         cache_hit=deployment.cache_hit,
         timings=deployment.timings.as_dict(),
         artifact=str(deployment.artifact_path),
+        tuned=deployment.tuned,
+        device=deployment.device,
     )
+    if deployment.not_run is not None:
+        record.update(stage="run", reason=deployment.not_run)
+        pytest.skip(f"{item.nodeid}: {deployment.not_run}")
     item.stash[DEPLOYMENT_KEY] = deployment
     item.stash[SNAPSHOT_KEY] = snapshot
     return deployment
@@ -224,10 +253,14 @@ def _calibration(request: pytest.FixtureRequest, settings: ModelTestSettings) ->
     return request.getfixturevalue("tvm_calibration_data")
 
 
-def _cpp_runner(config: pytest.Config, settings: ModelTestSettings, record: dict[str, Any]) -> Path | None:
+def _cpp_runner(config: pytest.Config, settings: ModelTestSettings, target: TargetSpec,
+                record: dict[str, Any]) -> Path | None:
     """The C++ runner executable if this test runs the C++ check, else ``None`` (reason recorded)."""
     if settings.cpp == "off":
         record["cpp"] = "off"
+        return None
+    if not target.runs_here:
+        record["cpp"] = f"skipped: the .so is built for {target.architecture}"
         return None
     runner = config.stash[CPP_RUNNER_KEY]
     missing = runner.missing_toolchain()
@@ -392,6 +425,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if record is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
         if hasattr(report, "wasxfail"):
             record["outcome"] = "xfailed"
+        elif report.skipped:
+            record["outcome"] = "skipped"
         elif report.failed and str(report.longrepr).startswith("[XPASS(strict)]"):
             record["outcome"] = "xpassed"  # expected to fail, but every check passed
         else:

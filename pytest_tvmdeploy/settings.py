@@ -11,6 +11,7 @@ from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
 from pytest_tvmdeploy.compare_quantized import QuantBudget
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
+from pytest_tvmdeploy.runners.rpc_devices import RemoteSpec, parse_remote
 from pytest_tvmdeploy.tolerances import ToleranceRules
 
 MARKER = "tvm_model"
@@ -29,6 +30,7 @@ MARKER_ARGUMENTS: dict[str, str] = {
     "quant_budget": "budgets of a quantized model against fp32: a QuantBudget or a dict of its fields; "
                     "given without quantize= (an int8 model file), outputs are judged by it, not elementwise",
     "name": "the model's name in reports (default: the file name or the module's class)",
+    "tune": "MetaSchedule trials for this model's tasks that the tuning database lacks (default: --tvm-tune, 0)",
 }
 
 #: Values of --tvm-cpp / tvm_cpp / cpp=.
@@ -50,6 +52,15 @@ class SessionSettings:
     quantize: str | None = None
     repeat: int = 1
     localize: bool = True
+    tuning_root: Path | None = None   # per-target database folders below it
+    tune: int = 0
+    cc: str | None = None
+    remote: RemoteSpec | None = None
+    remote_timeout: float = 600.0
+
+    def tuning_dir(self, target: TargetSpec) -> Path | None:
+        """This target's tuning database folder."""
+        return self.tuning_root / target.label if self.tuning_root is not None else None
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class ModelTestSettings:
     name: str | None = None
     budget_given: bool = False
     localize: bool = True
+    tune: int = 0
 
     @property
     def budget(self) -> QuantBudget | None:
@@ -76,7 +88,8 @@ class ModelTestSettings:
 
 
 def session_settings(
-    option: Callable[[str], Any], ini: Callable[[str], Any], *, cache_dir: Path, repro_dir: Path
+    option: Callable[[str], Any], ini: Callable[[str], Any], *, cache_dir: Path, repro_dir: Path,
+    rootdir: Path | None = None,
 ) -> SessionSettings:
     """Merge command-line options and ini values (the command line wins) and parse the targets.
 
@@ -103,7 +116,38 @@ def session_settings(
         quantize=_checked_quantize(option("tvm_quantize")),
         repeat=_repeat(option("tvm_repeat") or ini("tvm_repeat") or "1"),
         localize=switch(either("tvm_localize", "on"), "--tvm-localize / tvm_localize"),
+        tuning_root=_folder(either("tvm_tuning_dir", ""), rootdir) or cache_dir / "tuning",
+        tune=trials(option("tvm_tune") or 0, "--tvm-tune"),
+        cc=either("tvm_cc", "") or None,
+        remote=_remote(option("tvm_rpc"), option("tvm_rpc_tracker"), option("tvm_rpc_key")),
+        remote_timeout=option("tvm_rpc_timeout") or 600.0,
     )
+
+
+def _folder(text: str, rootdir: Path | None) -> Path | None:
+    if not text.strip():
+        return None
+    path = Path(text.strip())
+    return path if path.is_absolute() or rootdir is None else rootdir / path
+
+
+def trials(value: Any, where: str) -> int:
+    """A tuning budget: a whole number of trials >= 0, or :class:`ConfigError`."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0:
+        raise ConfigError(f"{where}: {value!r} is not a number of trials (a whole number >= 0)")
+    return count
+
+
+def _remote(server: str | None, tracker: str | None, key: str | None) -> RemoteSpec | None:
+    if server is None and tracker is None:
+        if key:
+            raise ConfigError("--tvm-rpc-key needs --tvm-rpc-tracker")
+        return None
+    return parse_remote(server, tracker=tracker, key=key)
 
 
 def _repeat(value: Any) -> int:
@@ -183,6 +227,7 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         name=str(marker_kwargs["name"]) if marker_kwargs.get("name") else None,
         budget_given=marker_kwargs.get("quant_budget") is not None,
         localize=session.localize,
+        tune=trials(marker_kwargs["tune"], f"@pytest.mark.{MARKER}(tune=)") if "tune" in marker_kwargs else session.tune,
     )
 
 

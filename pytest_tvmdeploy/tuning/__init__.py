@@ -1,0 +1,27 @@
+"""MetaSchedule tuning of Relax modules, its JSON database, and builds that apply it.
+
+Importing this package imports neither TVM nor torch::
+
+    from pytest_tvmdeploy.tuning import compile_tuned, database_fingerprint, tune
+    summary = tune(module, spec, Path("tuning/llvm"), max_trials=500)
+    executable = compile_tuned(module, spec, Path("tuning/llvm"))
+"""
+
+from pytest_tvmdeploy.tuning.apply import compile_tuned
+from pytest_tvmdeploy.tuning.driver import tune
+from pytest_tvmdeploy.tuning.fingerprint import database_fingerprint, workload_hashes
+from pytest_tvmdeploy.tuning.plan import needs_tuning
+from pytest_tvmdeploy.tuning.records import RECORD_FILE, WORKLOAD_FILE
+from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary
+
+__all__ = [
+    "RECORD_FILE",
+    "WORKLOAD_FILE",
+    "TaskResult",
+    "TuningSummary",
+    "compile_tuned",
+    "database_fingerprint",
+    "needs_tuning",
+    "tune",
+    "workload_hashes",
+]

@@ -1,0 +1,88 @@
+"""``compile_tuned``: build a Relax module with the best stored schedule of each of its tasks.
+
+Only the chosen record of each task (see ``selection``) is loaded, from a temporary database:
+loading a record replays its trace, so loading a whole database costs seconds per thousand
+records. Functions without a record stay unscheduled, exactly as in an untuned build.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_tvmdeploy.build import TargetSpec, compile_module
+from pytest_tvmdeploy.errors import BuildError, brief
+from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, read_database
+from pytest_tvmdeploy.tuning.selection import TaskRecords, records_by_task
+from pytest_tvmdeploy.tuning.targets import record_matcher, tuning_target
+from pytest_tvmdeploy.tuning.tasks import extract_tasks, prepare_module, task_keys
+
+if TYPE_CHECKING:
+    import tvm
+
+_TENSORIZE = '"Tensorize"'
+
+
+def compile_tuned(module: "tvm.IRModule", target: TargetSpec, database_dir: Path) -> Any:
+    """``tvm.compile`` ``module`` for ``target`` with the records in ``database_dir`` applied.
+
+    The result is a Relax VM executable like :func:`pytest_tvmdeploy.build.compile_module`'s,
+    with the same ``main``.
+    """
+    target.to_tvm()  # a clear TargetError first
+    files = read_database(Path(database_dir))
+    as_tuned = tuning_target(target)  # prepared exactly as tune() prepares it, so the keys match
+    prepared = prepare_module(module, as_tuned)
+    chosen = chosen_records(files, prepared, target)
+    if chosen:
+        prepared = apply_records(prepared, as_tuned, files, chosen)
+    return compile_module(prepared, target)
+
+
+def chosen_records(files: DatabaseFiles, prepared: "tvm.IRModule", target: TargetSpec) -> list[TaskRecords]:
+    """The record a build applies for each task of the prepared module that has one."""
+    if files.is_empty:
+        return []
+    tasks = extract_tasks(prepared, tuning_target(target))
+    return [task for task in records_by_task(files, task_keys(tasks), record_matcher(target)) if task.best]
+
+
+def apply_records(
+    prepared: "tvm.IRModule", target: "tvm.target.Target", files: DatabaseFiles, chosen: list[TaskRecords]
+) -> "tvm.IRModule":
+    """Replace each tuned function of ``prepared`` by its scheduled version."""
+    from tvm import relax
+
+    if any(_TENSORIZE in task.best.body for task in chosen):
+        from pytest_tvmdeploy.tuning.intrinsics import register_working_vnni
+
+        register_working_vnni()  # replaying a tensorized trace looks its intrinsic up by name
+    database = _database_of(files, [task.best for task in chosen])
+    try:
+        with target, database:
+            return relax.transform.MetaScheduleApplyDatabase()(prepared)
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(f"applying tuning records from {files.folder} failed: {brief(exc)}") from exc
+
+
+def _database_of(files: DatabaseFiles, records: list[RecordLine]) -> Any:
+    """A MetaSchedule database holding exactly ``records`` (and their workloads)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    index_of: dict[int, int] = {}
+    for record in records:
+        index_of.setdefault(record.workload, len(index_of))
+    subset = DatabaseFiles(
+        files.folder,
+        tuple(files.workloads[old] for old in index_of),
+        tuple(RecordLine(index_of[r.workload], r.body, r.target, r.run_secs, r.first_instruction) for r in records),
+    )
+    with tempfile.TemporaryDirectory(prefix="tvmdeploy-records-") as folder:
+        subset.write(Path(folder))
+        try:
+            return ms.database.JSONDatabase(work_dir=folder, allow_missing=False)
+        except Exception as exc:  # noqa: BLE001
+            raise BuildError(
+                f"tuning database {files.folder}: TVM cannot load its records: {brief(exc)}"
+            ) from exc

@@ -1,0 +1,82 @@
+"""A MetaSchedule builder that keeps one pool of build processes for a whole tuning run.
+
+TVM's ``LocalBuilder`` starts fresh worker processes for every batch of candidates, and its
+build function imports all of ``tvm.s_tir.tensor_intrin`` (~20 s on one of our cores) in each
+of them; under load the first builds of every batch then hit the timeout. Here the workers live
+as long as the run, and they import nothing beyond what building a candidate needs: candidates
+arrive already tensorized, so no intrinsic has to be registered in the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from tvm.ir import IRModule
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+from tvm.support.popen_pool import MapResult, PopenPoolExecutor, StatusKind
+from tvm.target import Target
+
+#: Seconds one candidate may take to build before its worker is killed (and restarted).
+BUILD_TIMEOUT_SECONDS = 60.0
+#: Builds after which a worker is replaced: TVM's pool workers leak memory over many uses.
+BUILDS_PER_WORKER = 256
+
+
+def build_candidate(mod: IRModule, target: Target) -> str:
+    """Compile one candidate and export it as a tar archive; runs in a pool worker.
+
+    The same steps as MetaSchedule's ``default_build`` + ``default_export``, minus the
+    blanket intrinsics import.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.support.tar import tar
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    runtime_module = tvm_build(mod, target=target)
+    path = os.path.join(tempfile.mkdtemp(prefix="tvmdeploy-candidate-"), "candidate." + tar.output_format)
+    runtime_module.export_library(path, fcompile=tar)
+    return path
+
+
+def worker_ready() -> bool:
+    """A job that only makes the pool start a worker process."""
+    return True
+
+
+def build_job(job: tuple[IRModule, Target]) -> str:
+    """``build_candidate`` on one ``(mod, target)`` pair (the pool passes one argument)."""
+    return build_candidate(*job)
+
+
+@derived_object
+class PersistentPoolBuilder(PyBuilder):
+    """Builds candidates in a pool of processes that lives until :meth:`shutdown`."""
+
+    def __init__(self, *, max_workers: int, timeout_seconds: float = BUILD_TIMEOUT_SECONDS) -> None:
+        super().__init__()
+        self.timeout_seconds = timeout_seconds
+        self.pool = PopenPoolExecutor(
+            max_workers=max_workers, timeout=timeout_seconds, maximum_process_uses=BUILDS_PER_WORKER
+        )
+        # start the workers now: importing TVM in them (~3 s) overlaps the search for the first batch
+        for _ in range(max_workers):
+            self.pool.submit(worker_ready)
+
+    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        jobs = [(build_input.mod, build_input.target) for build_input in build_inputs]
+        outcomes = self.pool.map_with_error_catching(build_job, jobs)
+        return [self._result(outcome) for outcome in outcomes]
+
+    def _result(self, outcome: MapResult) -> BuilderResult:
+        if outcome.status == StatusKind.COMPLETE:
+            return BuilderResult(outcome.value, None)
+        if outcome.status == StatusKind.TIMEOUT:
+            return BuilderResult(None, f"build timed out after {self.timeout_seconds:.0f} s")
+        return BuilderResult(None, f"build failed: {outcome.value}")
+
+    def shutdown(self) -> None:
+        """Stop the worker processes."""
+        self.pool.shutdown()

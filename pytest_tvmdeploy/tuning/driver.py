@@ -1,0 +1,120 @@
+"""``tune``: run MetaSchedule on a Relax module and add its records to a database folder.
+
+The run happens in a temporary copy of the database; only at the end are its new records
+appended to the real one (see ``records.merge_new_records``), under a lock that also keeps
+two processes from tuning into the same folder at once (their measurements would disturb
+each other, and the second usually finds its tasks already tuned).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filelock import FileLock
+
+from pytest_tvmdeploy.build import TargetSpec
+from pytest_tvmdeploy.errors import BuildError
+from pytest_tvmdeploy.tuning.exhausted import note_exhausted
+from pytest_tvmdeploy.tuning.plan import TuningPlan, plan_tuning
+from pytest_tvmdeploy.tuning.records import DatabaseFiles, merge_new_records, read_database
+from pytest_tvmdeploy.tuning.selection import records_by_task, selection_fingerprint
+from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary
+from pytest_tvmdeploy.tuning.session import run_meta_schedule
+from pytest_tvmdeploy.tuning.targets import record_matcher, target_key, tuning_target
+from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, same_workload, task_keys
+
+if TYPE_CHECKING:
+    import tvm
+
+LOCK_NAME = ".tuning.lock"
+
+
+def tune(
+    module: "tvm.IRModule",
+    target: TargetSpec,
+    database_dir: Path,
+    *,
+    max_trials: int,
+    max_trials_per_task: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TuningSummary:
+    """Tune ``module`` (a Relax module as a frontend imported it) for ``target``; store records in ``database_dir``.
+
+    ``max_trials`` bounds the candidates measured in this call; ``max_trials_per_task``
+    (default: an even share of ``max_trials`` over the module's tasks) bounds each task's.
+    Tasks that already have that many records for the target, or whose every schedule was
+    tried, are not tuned again, so a second call with the same budget measures nothing; a
+    bigger budget tunes the others further (each up to ``max_trials_per_task`` more trials,
+    starting from its best records). Records already in the folder are kept. ``progress``
+    receives a line per batch of candidates sent to the builder and per measured batch.
+    """
+    say = progress or (lambda line: None)
+    database_dir = Path(database_dir)
+    database_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with FileLock(str(database_dir / LOCK_NAME)):
+        seed = read_database(database_dir)
+        tvm_target = tuning_target(target)
+        tasks = extract_tasks(prepare_module(module, tvm_target), tvm_target)
+        plan = plan_tuning(seed, task_keys(tasks), target, max_trials=max_trials, max_trials_per_task=max_trials_per_task)
+        say(f"tuning {len(plan.todo)} of {len(tasks)} tasks, up to {plan.per_task} trials each, {plan.budget} in all")
+        results: tuple[TaskResult, ...] = ()
+        added = 0
+        if plan.has_work:
+            todo = [task for task in tasks if (task.name, task.shash) in plan.todo]
+            results, added = _tune_in_copy(seed, todo, plan, tvm_target, label=target.json, say=say)
+            note_exhausted(database_dir, target_key(target), _exhausted(todo, plan, results))
+        chosen = records_by_task(read_database(database_dir), task_keys(tasks), record_matcher(target))
+    return TuningSummary(
+        database_dir=database_dir,
+        tasks=len(tasks),
+        trials=sum(r.trials for r in results),
+        seconds=time.perf_counter() - start,
+        records_added=added,
+        results=results,
+        skipped=plan.done,
+        workloads=tuple(task.shash for task in tasks),
+        fingerprint=selection_fingerprint(chosen),
+    )
+
+
+def _exhausted(todo: list[Task], plan: TuningPlan, results: tuple[TaskResult, ...]) -> list[str]:
+    """Tasks that got fewer trials than allowed while budget was left: their search ran dry."""
+    if sum(result.trials for result in results) >= plan.budget:
+        return []
+    trials = {result.name: result.trials for result in results}
+    return [task.shash for task in todo if trials.get(task.name, 0) < plan.per_task]
+
+
+def _tune_in_copy(
+    seed: DatabaseFiles,
+    todo: list[Task],
+    plan: TuningPlan,
+    target: "tvm.target.Target",
+    *,
+    label: str,
+    say: Callable[[str], None],
+) -> tuple[tuple[TaskResult, ...], int]:
+    """Tune in a temporary copy of ``seed``, then append the new records to ``seed``'s folder."""
+    run_dir = Path(tempfile.mkdtemp(prefix="tvmdeploy-tuning-"))
+    seed.write(run_dir)
+    results = run_meta_schedule(todo, target, run_dir, budget=plan.budget, per_task=plan.per_task, label=label, say=say)
+    _all_failed_check(results, label, run_dir)  # before merging: a broken run must not mark tasks done
+    added = merge_new_records(seed.folder, read_database(run_dir), seed, same_workload)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return results, added
+
+
+def _all_failed_check(results: tuple[TaskResult, ...], label: str, run_dir: Path) -> None:
+    """Raise when no candidate of any task ran: the toolchain, not the search, is broken."""
+    if results and all(result.failed for result in results):
+        first = results[0]
+        raise BuildError(
+            f"tuning for target {label}: every candidate failed, e.g. task {first.name}: "
+            f"{first.first_error} (MetaSchedule logs: {run_dir / 'logs'})"
+        )

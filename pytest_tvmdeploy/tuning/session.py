@@ -1,0 +1,136 @@
+"""One MetaSchedule run over some tasks, with the recipe that works on small shared machines.
+
+Builds go to a pool of processes that lives for the whole run (see ``builder``); measurements
+repeat for at least 40 ms; the evolutionary population is sized to the per-task budget. The
+run also tames MetaSchedule's logging: nothing on stdout, log files closed afterwards, and no
+clash with handlers pytest attaches to its loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_tvmdeploy.errors import BuildError, brief
+from pytest_tvmdeploy.tuning.summary import TaskResult
+from pytest_tvmdeploy.tuning.tasks import Task
+
+if TYPE_CHECKING:
+    import tvm
+
+#: Candidates per search iteration. The evolutionary population is at most half of TVM's
+#: default (whose evolution cost 6-13 s per task iteration on one of our cores), and smaller
+#: still when a task may measure only a few candidates.
+TRIALS_PER_ITERATION = 32
+MAX_POPULATION = 256
+MIN_POPULATION = 64
+INITIAL_UNMEASURED = 50
+RUN_TIMEOUT_SECONDS = 30.0
+#: The XGBoost cost model predicts at random until it has seen this many measurements
+#: (``XGBModel.num_warmup_samples``); smaller runs use the random model and skip its training.
+COST_MODEL_WARMUP = 100
+
+
+def run_meta_schedule(
+    tasks: list[Task],
+    target: "tvm.target.Target",
+    work_dir: Path,
+    *,
+    budget: int,
+    per_task: int,
+    label: str,
+    say: Callable[[str], None],
+) -> tuple[TaskResult, ...]:
+    """MetaSchedule on ``tasks`` with the builder, runner and search sized for small machines.
+
+    ``label`` names the target in error messages.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import cpu_count
+
+    from pytest_tvmdeploy.tuning.builder import PersistentPoolBuilder
+    from pytest_tvmdeploy.tuning.intrinsics import register_working_vnni
+    from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
+
+    register_working_vnni()  # tuning contexts need the intrinsics; TVM's VNNI one does not build
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    logger.setLevel(logging.WARNING)  # MetaSchedule's console handler takes this level: no log on stdout
+    with _unnamed_handlers_detached(logger):  # creating the contexts configures MetaSchedule's logging
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [task.extracted for task in tasks],
+            str(work_dir),
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=population_size(per_task), init_min_unmeasured=INITIAL_UNMEASURED
+            ),
+        )
+    monitor = TuningMonitor([str(context.task_name) for context in contexts], say)
+    current = CurrentTask(len(contexts), say)
+    logger.addHandler(current)
+    builder = PersistentPoolBuilder(max_workers=cpu_count(logical=True))  # before the runner: see its __init__
+    runner = ms.runner.LocalRunner(
+        timeout_sec=RUN_TIMEOUT_SECONDS,
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40),
+    )
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=budget,
+            max_trials_per_task=per_task,
+            num_trials_per_iter=TRIALS_PER_ITERATION,
+            builder=builder,
+            runner=runner,
+            database=ms.database.JSONDatabase(work_dir=str(work_dir)),
+            cost_model="xgb" if budget >= COST_MODEL_WARMUP else "random",
+            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [monitor],
+            task_scheduler=ms.task_scheduler.TaskScheduler.create("gradient"),
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(
+            f"tuning task {current.described()} for target {label} failed: "
+            f"{brief(exc)} (MetaSchedule logs: {work_dir / 'logs'})"
+        ) from exc
+    finally:
+        logger.removeHandler(current)
+        builder.shutdown()
+        runner.pool.shutdown()
+        _close_log_files(work_dir)
+    return monitor.results()
+
+
+def population_size(per_task: int) -> int:
+    """Evolutionary search population: 32 per trial a task may measure, within 64..256."""
+    return max(MIN_POPULATION, min(MAX_POPULATION, 32 * per_task))
+
+
+@contextmanager
+def _unnamed_handlers_detached(logger: logging.Logger) -> Iterator[None]:
+    """Take unnamed handlers off ``logger`` for a while, then put them back.
+
+    MetaSchedule's logging setup names every handler already on its logger in a
+    ``dictConfig``, which fails on a handler without a name, such as the capture handler
+    pytest (>= 9) attaches to every non-propagating logger during a test.
+    """
+    unnamed = [handler for handler in logger.handlers if handler.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
+
+
+def _close_log_files(work_dir: Path) -> None:
+    """Close MetaSchedule's log files in ``work_dir`` (its loggers keep them open)."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith("tvm.s_tir.meta_schedule")]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(str(work_dir)):
+                logger.removeHandler(handler)
+                handler.close()

@@ -1,0 +1,74 @@
+"""A Relax module as MetaSchedule sees it: the preprocessing tuning and builds share, and its tasks.
+
+Tuning and applying records must see the same fused TIR functions, or the database's keys (the
+functions' structural hashes) do not match. Both therefore run what TVM's
+``static_shape_tuning`` pipeline runs before tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_tvmdeploy.errors import BuildError, brief
+
+if TYPE_CHECKING:
+    import tvm
+
+    from pytest_tvmdeploy.tuning.records import WorkloadLine
+
+
+@dataclass(frozen=True)
+class Task:
+    """One tuning task: a fused TIR function, its workload hash and MetaSchedule's handle on it."""
+
+    name: str
+    shash: str
+    extracted: Any  # tvm.s_tir.meta_schedule.ExtractedTask
+
+
+def prepare_module(module: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.IRModule":
+    """Legalize and fuse ``module`` for ``target`` as ``static_shape_tuning`` does before tuning."""
+    import tvm
+    from tvm import relax
+
+    passes = tvm.transform.Sequential(
+        [
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+        ]
+    )
+    try:
+        with target:
+            return passes(module)
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(f"preparing the module for tuning on {target} failed: {brief(exc)}") from exc
+
+
+def extract_tasks(prepared: "tvm.IRModule", target: "tvm.target.Target") -> list[Task]:
+    """The module's tuning tasks, one per distinct fused TIR function."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        extracted = ms.relax_integration.extract_tasks(prepared, target)
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(f"extracting tuning tasks for {target} failed: {brief(exc)}") from exc
+    return [Task(t.task_name, str(tvm_ffi.structural_hash(t.dispatched[0])), t) for t in extracted]
+
+
+def task_keys(tasks: list[Task]) -> list[tuple[str, str]]:
+    """``(name, workload hash)`` pairs, the form record selection takes."""
+    return [(task.name, task.shash) for task in tasks]
+
+
+def same_workload(first: "WorkloadLine", second: "WorkloadLine") -> bool:
+    """Whether two stored workloads hold structurally equal modules."""
+    import json
+
+    import tvm_ffi
+    from tvm.s_tir.meta_schedule.database import Workload
+
+    modules = [Workload.from_json(json.loads(line.text)).mod for line in (first, second)]
+    return bool(tvm_ffi.structural_equal(*modules))

@@ -1,0 +1,212 @@
+"""Tests of MetaSchedule tuning: real TVM, a few trials on the tiny fixture models."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_tvmdeploy.build import compile_module, export_library, parse_target
+from pytest_tvmdeploy.errors import BuildError
+from pytest_tvmdeploy.runners.cpp import build_cpp_runner, find_cpp_toolchain, run_cpp
+from pytest_tvmdeploy.runners.python_vm import run_python_vm
+from pytest_tvmdeploy.tuning import (
+    RECORD_FILE,
+    WORKLOAD_FILE,
+    compile_tuned,
+    database_fingerprint,
+    needs_tuning,
+    tune,
+    workload_hashes,
+)
+
+torch = pytest.importorskip("torch")
+tvm = pytest.importorskip("tvm")
+
+SPEC = parse_target("llvm")  # runs on any x86 CI machine
+INPUT_SHAPE = (1, 3, 16, 16)
+
+
+def _relax_module(model: torch.nn.Module, x: torch.Tensor) -> tvm.IRModule:
+    from tvm.relax.frontend.torch import from_exported_program
+
+    return from_exported_program(torch.export.export(model, (x,)))
+
+
+def _lines(folder: Path, name: str) -> list[str]:
+    return (folder / name).read_text().splitlines()
+
+
+def _copy(database: Path, folder: Path) -> Path:
+    shutil.copytree(database, folder, ignore=shutil.ignore_patterns("*.lock"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny(x: np.ndarray) -> tvm.IRModule:
+    from models import TinyConvNet, seeded
+
+    return _relax_module(seeded(TinyConvNet()), torch.from_numpy(x))
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny: tvm.IRModule, tmp_path_factory: pytest.TempPathFactory):
+    """TinyConvNet tuned with 2 trials per task into a fresh database; (folder, summary, seconds)."""
+    database = tmp_path_factory.mktemp("tuning") / "db"
+    start = time.perf_counter()
+    summary = tune(tiny, SPEC, database, max_trials=8, max_trials_per_task=2)
+    return database, summary, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def cpp_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = find_cpp_toolchain()
+    if reason is not None:
+        pytest.skip(f"no C++ toolchain: {reason}")
+    return build_cpp_runner(tmp_path_factory.mktemp("cpp_build"))
+
+
+def test_importing_the_package_imports_neither_tvm_nor_torch() -> None:
+    code = "import sys, pytest_tvmdeploy.tuning; print(sorted({'tvm', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_tune_writes_records_for_every_task(tuned) -> None:
+    database, summary, seconds = tuned
+    assert seconds < 60
+    assert summary.tasks == 4
+    assert {r.name for r in summary.results} >= {"fused_matmul_add2", "mean"}
+    assert 0 < summary.trials <= 8
+    assert summary.records_added == summary.trials == len(_lines(database, RECORD_FILE))
+    assert len(_lines(database, WORKLOAD_FILE)) == len(summary.results)
+    assert not summary.failed_tasks
+    assert all(r.best_ms is not None and r.best_ms > 0 for r in summary.results)
+
+
+def test_tuned_build_matches_untuned_in_the_vm_and_from_cpp(tuned, tiny, x, tmp_path, cpp_exe) -> None:
+    database = tuned[0]
+    inputs = {"x": x}
+    tuned_so = export_library(compile_tuned(tiny, SPEC, database), tmp_path / "tuned.so")
+    plain_so = export_library(compile_module(tiny, SPEC), tmp_path / "plain.so")
+    tuned_out = run_python_vm(tuned_so, inputs).outputs
+    plain_out = run_python_vm(plain_so, inputs).outputs
+    assert list(tuned_out) == list(plain_out) == ["output_0"]
+    np.testing.assert_allclose(tuned_out["output_0"], plain_out["output_0"], rtol=0, atol=1e-5)
+    cpp_out = run_cpp(cpp_exe, tuned_so, inputs, work_dir=tmp_path / "cpp", by_name=True).outputs
+    np.testing.assert_array_equal(cpp_out["output_0"], tuned_out["output_0"])
+
+
+def test_a_tuned_module_is_not_tuned_again(tuned, tiny) -> None:
+    database, first, _ = tuned
+    before = database_fingerprint(database)
+    assert not needs_tuning(database, SPEC, first.workloads, max_trials=8, max_trials_per_task=2)
+    again = tune(tiny, SPEC, database, max_trials=8, max_trials_per_task=2)
+    assert again.trials == 0 and again.records_added == 0
+    assert sorted(again.skipped) == sorted(r.name for r in first.results)
+    assert again.seconds < 10
+    assert database_fingerprint(database) == before
+    assert again.fingerprint == first.fingerprint
+
+
+def test_a_bigger_budget_tunes_again(tuned, tmp_path) -> None:
+    database, first, _ = tuned
+    assert needs_tuning(database, SPEC, first.workloads, max_trials=16, max_trials_per_task=4)
+    assert needs_tuning(tmp_path / "empty", SPEC, first.workloads, max_trials=8)
+    assert not needs_tuning(tmp_path / "empty", SPEC, first.workloads, max_trials=0)
+
+
+def test_a_second_model_adds_records_and_keeps_the_first(tuned, tiny, x, tmp_path) -> None:
+    from models import ConvReluPoolConv, seeded
+
+    database = _copy(tuned[0], tmp_path / "db")
+    workloads, records = _lines(database, WORKLOAD_FILE), _lines(database, RECORD_FILE)
+    tiny_fingerprint = database_fingerprint(database, tiny, SPEC)
+    other = _relax_module(seeded(ConvReluPoolConv()), torch.from_numpy(x))
+
+    summary = tune(other, SPEC, database, max_trials=4, max_trials_per_task=2)
+
+    assert summary.records_added > 0
+    assert _lines(database, WORKLOAD_FILE)[: len(workloads)] == workloads
+    assert _lines(database, RECORD_FILE)[: len(records)] == records
+    assert len(_lines(database, RECORD_FILE)) == len(records) + summary.records_added
+    assert database_fingerprint(database, tiny, SPEC) == tiny_fingerprint  # model A's builds stay cached
+    assert database_fingerprint(database, other, SPEC) not in (None, tiny_fingerprint)
+    compile_tuned(other, SPEC, database)  # the merged database loads
+
+
+def test_fingerprints(tuned, tiny, tmp_path) -> None:
+    database, summary, _ = tuned
+    assert database_fingerprint(tmp_path / "missing") is None
+    assert database_fingerprint(tmp_path / "missing", tiny, SPEC) is None
+    whole = database_fingerprint(database)
+    assert whole is not None and len(whole) == 64 and whole == database_fingerprint(database)
+    relevant = database_fingerprint(database, tiny, SPEC)
+    assert relevant not in (None, whole)
+    assert relevant == summary.fingerprint
+    assert workload_hashes(tiny, SPEC) == summary.workloads
+    assert database_fingerprint(database, target=SPEC, workloads=summary.workloads) == relevant
+    other_target = parse_target({"kind": "llvm", "mcpu": "znver4"})
+    assert database_fingerprint(database, tiny, other_target) is None  # records are per target
+    with_cores = parse_target({"kind": "llvm", "num-cores": 997})
+    assert database_fingerprint(database, tiny, with_cores) is None  # a stated core count must match
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "expected"),
+    [
+        (RECORD_FILE, lambda text: text[: len(text) // 2], "line"),
+        (WORKLOAD_FILE, lambda text: "garbage\n" + text, "line 1: not JSON"),
+        (RECORD_FILE, lambda text: "[99," + text.split(",", 1)[1], "refers to workload 99"),
+    ],
+    ids=["truncated-records", "garbage-workloads", "dangling-record"],
+)
+def test_a_damaged_database_names_its_file(tuned, tiny, tmp_path, name, damage, expected) -> None:
+    database = _copy(tuned[0], tmp_path / "db")
+    path = database / name
+    path.write_text(damage(path.read_text()))
+    for attempt in (
+        lambda: compile_tuned(tiny, SPEC, database),
+        lambda: tune(tiny, SPEC, database, max_trials=8),
+        lambda: database_fingerprint(database),
+    ):
+        with pytest.raises(BuildError, match=expected) as caught:
+            attempt()
+        assert str(path) in str(caught.value)
+
+
+def test_a_tuning_failure_names_the_task(tmp_path) -> None:
+    """Candidates for another CPU build but cannot be loaded here: every one fails to run."""
+    module = _relax_module(torch.nn.ReLU(), torch.randn(1, 8))
+    arm = parse_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    with pytest.raises(BuildError, match=r"every candidate failed, e.g. task relu: .*error") as caught:
+        tune(module, arm, tmp_path / "db", max_trials=1)
+    assert caught.value.stage == "build"
+    assert database_fingerprint(tmp_path / "db") is None  # nothing of the broken run was kept
+
+
+def test_the_vnni_intrinsic_replacement_compiles_and_computes(tmp_path) -> None:
+    """TVM's own dot_16x4_vnni does not compile with the wheel's LLVM; the replacement does."""
+    from pytest_tvmdeploy.tuning.intrinsics import vnni_implementation
+
+    target = parse_target({"kind": "llvm", "mcpu": "znver4"})
+    executable = tvm.compile(vnni_implementation().with_attr("global_symbol", "main"), target=target.to_tvm())
+    if "avx512_vnni" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU cannot run AVX512-VNNI code")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, 4).astype(np.uint8)
+    b = rng.integers(-128, 128, (16, 4)).astype(np.int8)
+    c = rng.integers(-1000, 1000, 16).astype(np.int32)
+    out = tvm.runtime.tensor(c)
+    executable["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
+    np.testing.assert_array_equal(out.numpy(), c + b.astype(np.int64) @ a.astype(np.int64))
