@@ -1,0 +1,155 @@
+"""Latency of tuned and untuned TVM builds against PyTorch and ONNX Runtime, each backend in its own process.
+
+    python benchmarks/latency.py [--models resnet18,mobilenet_v2] [--repeat 30] [--int8]
+                                 [--target "llvm -mcpu=x86-64-v4"] [--tuning-dir DIR] [--tune TRIALS]
+
+Per model (torchvision, seeded random weights, 1x3x224x224 fp32, one real photo crop as input):
+TVM untuned; TVM tuned, run by the Python VM and by the C++ runner (``cpp_check/``); PyTorch
+eager; ONNX Runtime (CPU provider, default threads). With ``--int8`` also the int8 model (this
+project's quantizer, kl_divergence + max per channel) untuned and tuned. Tuned builds apply the
+MetaSchedule database ``DIR/<target label>/`` (``{model}`` in DIR is replaced by the model's
+name); ``--tune N`` first tunes what the database lacks, up to N trials per model. Each backend
+runs in a fresh process, one after another; reported: median, min and max of ``--repeat`` timed
+calls, and each median's ratio to ONNX Runtime's. JSON goes to benchmarks/results/latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "benchmarks" / ".cache"
+INT8 = {"calibrate_mode": "kl_divergence", "weight_scale": "max", "per_channel": True}
+FP32_BACKENDS = ("tvm-untuned", "tvm-tuned", "pytorch", "onnxruntime")
+INT8_BACKENDS = ("tvm-int8-untuned", "tvm-int8-tuned")
+
+
+def photo() -> Any:
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from images import calibration_set
+
+    return calibration_set(1, seed=9, input_name="x")[0]["x"]
+
+
+def model(name: str) -> Any:
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)().eval()
+
+
+def timed(call: Any, repeat: int) -> list[float]:
+    call()  # warm-up
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:
+    import torch
+
+    x, net = photo(), model(name)
+    if backend == "pytorch":
+        with torch.no_grad():
+            return [row(backend, name, timed(lambda: net(torch.from_numpy(x)), repeat))]
+    import onnxruntime
+
+    path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), input_names=["x"], dynamo=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [row(backend, name, timed(lambda: session.run(None, {"x": x}), repeat))]
+
+
+def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: int) -> list[dict]:
+    from pytest_tvmdeploy import deploy, parse_target
+    from pytest_tvmdeploy.runners.cpp import SessionCppRunner
+
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from images import calibration_set
+
+    spec = parse_target(target)
+    tuned = backend.endswith("-tuned")
+    quantized = "int8" in backend
+    database = Path(tuning_dir.replace("{model}", name)) / spec.label if tuned else None
+    started = time.perf_counter()
+    deployment = deploy(
+        model(name), {"x": photo()}, target=spec, cache_dir=CACHE, repeat=(repeat if tuned else min(repeat, 10)) + 1,
+        quantize=INT8 if quantized else None,
+        calibration=calibration_set(4, input_name="x") if quantized else None,
+        tuning_dir=database, tune=tune if tuned else 0,
+        cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
+    )
+    extra = {"tuned_functions": deployment.tuned, "prepare_s": round(time.perf_counter() - started, 1)}
+    rows = [row(backend, name, deployment.runs["tvm-python"].call_seconds[1:], **extra)]  # first call: warm-up
+    if "cpp" in deployment.runs:
+        rows.append(row(f"{backend}-cpp", name, deployment.runs["cpp"].call_seconds[1:], **extra))
+    return rows
+
+
+def row(backend: str, name: str, seconds: Any, **extra: Any) -> dict:
+    ms = [1000 * s for s in seconds]
+    return {"backend": backend, "model": name, "median_ms": statistics.median(ms), "min_ms": min(ms),
+            "max_ms": max(ms), "n": len(ms), **extra}
+
+
+def run_backend(backend: str, name: str, args: argparse.Namespace) -> list[dict]:
+    command = [sys.executable, __file__, "--worker", backend, name, "--repeat", str(args.repeat),
+               "--target", args.target, "--tuning-dir", args.tuning_dir, "--tune", str(args.tune)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"{name} {backend}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+        return []
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_model(rows: list[dict], name: str) -> None:
+    ort = next((r["median_ms"] for r in rows if r["model"] == name and r["backend"] == "onnxruntime"), None)
+    for r in (r for r in rows if r["model"] == name):
+        ratio = f"{r['median_ms'] / ort:6.2f}x ORT" if ort else ""
+        print(f"{name:14s} {r['backend']:22s} median {r['median_ms']:9.2f} ms  (min {r['min_ms']:.2f}, "
+              f"max {r['max_ms']:.2f}, n={r['n']})  {ratio}", flush=True)
+    by = {r["backend"]: r["median_ms"] for r in rows if r["model"] == name}
+    if "tvm-int8-tuned" in by and "tvm-tuned" in by:
+        print(f"{name:14s} int8/fp32 tuned TVM = {by['tvm-int8-tuned'] / by['tvm-tuned']:.2f}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet18,mobilenet_v2")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--target", default="llvm -mcpu=x86-64-v4")
+    parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning"))
+    parser.add_argument("--tune", type=int, default=0)
+    parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        backend, name = args.worker
+        rows = (framework_worker(backend, name, args.repeat) if backend in ("pytorch", "onnxruntime")
+                else tvm_worker(backend, name, args.repeat, args.target, args.tuning_dir, args.tune))
+        print(json.dumps(rows))
+        return
+    rows: list[dict] = []
+    for name in args.models.split(","):
+        for backend in FP32_BACKENDS + (INT8_BACKENDS if args.int8 else ()):
+            rows += run_backend(backend, name, args)
+        print_model(rows, name)
+    out = ROOT / "benchmarks" / "results" / "latency.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"target": args.target, "repeat": args.repeat, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

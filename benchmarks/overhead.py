@@ -1,0 +1,116 @@
+"""What the plugin itself costs: a marked test's warm (cached) re-run against the bare work it
+checks, and the wall time of a cold suite serially and with ``-n 2``.
+
+    python benchmarks/overhead.py [--models squeezenet1_1,mobilenet_v3_small,regnet_y_400mf,resnet18]
+
+- bare work, per model, in a fresh process: build the PyTorch model, run it once (the
+  reference), load the cached ``.so`` into the Relax VM and run it once; the C++ runner's one run
+  as a child process is added, since the marked test runs it too;
+- warm: ``pytest`` on that one marked test with the artifact cached (a fresh process too);
+- cold: the suite of all models with an empty cache, serially and with ``-n 2``.
+Each figure is the median of ``--rounds`` runs. JSON goes to benchmarks/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_FILE = '''
+import pytest, torchvision
+
+def factory(name):
+    return lambda: getattr(torchvision.models, name)().eval()
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, id=name, marks=pytest.mark.tvm_model(
+        model=factory(name), inputs={{"x": ((1, 3, 224, 224), "float32")}}, snapshot=False))
+    for name in {models!r}
+])
+def test_model(name, tvm_deployment):
+    pass
+'''
+BARE = '''
+import json, subprocess, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+start = time.perf_counter()
+import torch, torchvision, tvm
+from pytest_tvmdeploy.runners.cpp import run_cpp
+name, artifact, runner = sys.argv[1], sys.argv[2], sys.argv[3]
+torch.manual_seed(0)
+net = getattr(torchvision.models, name)().eval()
+x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
+with torch.no_grad():
+    net(torch.from_numpy(x))
+vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(artifact), tvm.cpu())
+vm["main"](tvm.runtime.tensor(x))
+run_cpp(Path(runner), Path(artifact), {"x": x}, work_dir=Path(tempfile.mkdtemp()))
+print(json.dumps(time.perf_counter() - start))
+'''
+
+
+def pytest_run(project: Path, cache: Path, *extra: str) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+                           f"--tvm-cache-dir={cache}", "--tvm-report=report", *extra], cwd=project,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"pytest failed in {project}:\n{done.stdout[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="squeezenet1_1,mobilenet_v3_small,regnet_y_400mf,resnet18")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    models = args.models.split(",")
+    project = Path(tempfile.mkdtemp(prefix="tvmdeploy-overhead-"))
+    (project / "test_models.py").write_text(TEST_FILE.format(models=models))
+    (project / "bare.py").write_text(BARE)
+    (project / "pytest.ini").write_text("[pytest]\n")
+    result: dict = {"models": models, "rounds": args.rounds}
+    cold_serial, cold_parallel = [], []
+    for round_ in range(args.rounds):
+        cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}"))
+        cold_parallel.append(pytest_run(project, project / f"cache-n2-{round_}", "-n", "2"))
+    result["cold_serial_s"] = statistics.median(cold_serial)
+    result["cold_n2_s"] = statistics.median(cold_parallel)
+    result["n2_speedup"] = result["cold_serial_s"] / result["cold_n2_s"]
+    print(f"cold suite of {len(models)} models: serial {result['cold_serial_s']:.1f} s, -n 2 {result['cold_n2_s']:.1f} s, "
+          f"speed-up {result['n2_speedup']:.2f}x", flush=True)
+    cache = project / f"cache-n2-{args.rounds - 1}"  # the report is the last run's
+    records = json.loads((project / "report" / "report.json").read_text())["tests"]
+    runner = next(cache.glob("cpp-runner/**/tvm_cpp_check"))
+    result["per_model"] = []
+    for name in models:
+        artifact = next(Path(r["artifact"]) for r in records if f"[{name}]" in r["test"])
+        warm = [pytest_run(project, cache, "-k", name) for _ in range(args.rounds)]
+        bare = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "bare.py", name, str(artifact), str(runner)], cwd=project, check=True,
+                           capture_output=True)
+            bare.append(time.perf_counter() - start)
+        row = {"model": name, "warm_s": statistics.median(warm), "bare_s": statistics.median(bare)}
+        row["ratio"] = row["warm_s"] / row["bare_s"]
+        result["per_model"].append(row)
+        print(f"{name:20s} warm marked test {row['warm_s']:.2f} s, bare work {row['bare_s']:.2f} s, "
+              f"ratio {row['ratio']:.2f}x", flush=True)
+    out = ROOT / "benchmarks" / "results" / "overhead.json"
+    out.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(project, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
