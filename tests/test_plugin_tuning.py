@@ -27,7 +27,8 @@ def test_tune_once_then_every_build_applies_the_database(project: pytest.Pyteste
     project.makeini("[pytest]\ntvm_snapshot = off\ntvm_tuning_dir = tuning\n")
     tuned = project.runpytest("-v", "--tvm-tune=8", "--tvm-cache-dir=cache", "--tvm-report=out")
     tuned.assert_outcomes(passed=1)
-    tuned.stdout.fnmatch_lines(["*::test_model load… reference… import… tune… compile… run… cpp… PASSED*"])
+    tuned.stdout.fnmatch_lines(["*::test_model load… reference… import… tune… compile… run… cpp… PASSED*",
+                                "*test_model *llvm *torch *built+tuned *passed"])
     first = record(project)
     database = project.path / "tuning" / "llvm"
     assert (database / "database_tuning_record.json").stat().st_size > 0

@@ -136,7 +136,8 @@ def _artifact(record: Record) -> str:
     cached = record.get("cache_hit")
     if cached is None:
         return "-"
-    return f'<span title="{_text(record.get("artifact", ""))}">{"cached" if cached else "built"}</span>'
+    state = ("cached" if cached else "built") + (", tuned" if record.get("tuned") else "")
+    return f'<span title="{_text(record.get("artifact", ""))}">{state}</span>'
 
 
 def _quant(quant: Mapping[str, Any] | None) -> str:

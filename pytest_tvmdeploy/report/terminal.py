@@ -19,7 +19,7 @@ def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
         record["test"],
         record.get("target", ""),
         record.get("source", ""),
-        "-" if cached is None else ("cached" if cached else "built"),
+        "-" if cached is None else ("cached" if cached else "built") + ("+tuned" if record.get("tuned") else ""),
         f"{timings.get('import', 0.0):.2f}",
         f"{timings.get('compile', 0.0):.2f}",
         f"{1000 * timings.get('run', 0.0):.1f}",
