@@ -16,8 +16,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import model, photo, timed  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,29 +27,11 @@ BACKENDS = ("tvm-fp32", "tvm-int8", "pytorch", "onnxruntime")
 INT8 = {"calibrate_mode": "kl_divergence", "weight_scale": "max", "per_channel": True}
 
 
-def model(name: str):
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)().eval()
-
-
-def timed(call, repeat: int) -> list[float]:
-    call()  # warm-up
-    seconds = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def worker(backend: str, name: str, repeat: int) -> dict:
     sys.path.insert(0, str(ROOT / "fixtures"))
     from images import calibration_set
 
-    x = calibration_set(1, seed=9, input_name="x")[0]["x"]
+    x = photo()
     net = model(name)
     if backend == "pytorch":
         import torch

@@ -23,6 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import model, photo, timed  # noqa: E402
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,31 +33,6 @@ CACHE = ROOT / "benchmarks" / ".cache"
 INT8 = {"calibrate_mode": "kl_divergence", "weight_scale": "max", "per_channel": True}
 FP32_BACKENDS = ("tvm-untuned", "tvm-tuned", "pytorch", "onnxruntime")
 INT8_BACKENDS = ("tvm-int8-untuned", "tvm-int8-tuned")
-
-
-def photo() -> Any:
-    sys.path.insert(0, str(ROOT / "fixtures"))
-    from images import calibration_set
-
-    return calibration_set(1, seed=9, input_name="x")[0]["x"]
-
-
-def model(name: str) -> Any:
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)().eval()
-
-
-def timed(call: Any, repeat: int) -> list[float]:
-    call()  # warm-up
-    seconds = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:

@@ -46,6 +46,17 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@pytest.fixture(scope="session")
+def cpp_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C++ runner, built once per session (skips the test without a C++ toolchain)."""
+    from pytest_tvmdeploy.runners.cpp import build_cpp_runner, find_cpp_toolchain
+
+    reason = find_cpp_toolchain()
+    if reason is not None:
+        pytest.skip(f"no C++ toolchain: {reason}")
+    return build_cpp_runner(tmp_path_factory.mktemp("cpp_build"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _imports_outlive_pytester(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Import everything a deployment touches once, before any in-process pytester run.

@@ -25,14 +25,6 @@ tvm = pytest.importorskip("tvm")
 # helpers
 
 
-@pytest.fixture(scope="module")
-def cpp_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The C++ runner, built once for this module."""
-    reason = find_cpp_toolchain()
-    if reason is not None:
-        pytest.skip(f"no C++ toolchain: {reason}")
-    return build_cpp_runner(tmp_path_factory.mktemp("cpp_build"))
-
 
 def _export_torch(model: torch.nn.Module, args: tuple, path: Path) -> Path:
     from tvm.relax.frontend.torch import from_exported_program

@@ -13,7 +13,7 @@ import pytest
 
 from pytest_tvmdeploy.build import compile_module, export_library, parse_target
 from pytest_tvmdeploy.errors import BuildError
-from pytest_tvmdeploy.runners.cpp import build_cpp_runner, find_cpp_toolchain, run_cpp
+from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.tuning import (
     RECORD_FILE,
@@ -67,13 +67,6 @@ def tuned(tiny: tvm.IRModule, tmp_path_factory: pytest.TempPathFactory):
     summary = tune(tiny, SPEC, database, max_trials=8, max_trials_per_task=2)
     return database, summary, time.perf_counter() - start
 
-
-@pytest.fixture(scope="module")
-def cpp_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = find_cpp_toolchain()
-    if reason is not None:
-        pytest.skip(f"no C++ toolchain: {reason}")
-    return build_cpp_runner(tmp_path_factory.mktemp("cpp_build"))
 
 
 def test_importing_the_package_imports_neither_tvm_nor_torch() -> None:

@@ -1,0 +1,39 @@
+"""What the latency benchmarks share: the model, the input photo, and timed calls after a warm-up."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def model(name: str) -> Any:
+    """A torchvision architecture with seeded random weights, in eval mode."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)().eval()
+
+
+def photo() -> Any:
+    """One real photo crop, 1x3x224x224 float32, normalised like ImageNet inputs."""
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from images import calibration_set
+
+    return calibration_set(1, seed=9, input_name="x")[0]["x"]
+
+
+def timed(call: Callable[[], Any], repeat: int) -> list[float]:
+    """Seconds of ``repeat`` calls after one untimed warm-up call."""
+    call()
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
