@@ -105,7 +105,7 @@ class Deployment:
     cpp_error: str | None = None            # why the C++ run failed (crash, timeout, error)
     quantization: Mapping[str, Any] | None = None  # int8 config and per-site scales, if quantized
     source: ModelSource | None = field(default=None, compare=False, repr=False)  # the opened model
-    tuned: bool = False        # the artifact applies tuning records
+    tuned: bool = False        # stored schedules (tuning records) were applied to some of its functions
     not_run: str | None = None  # why TVM did not run it (built for another architecture), else None
     device: str | None = None  # which runner produced ``outputs`` (tvm-python, rpc:<device>)
 
@@ -361,10 +361,10 @@ def _build(module: _RelaxModule, recipe: BuildRecipe, folder: Path, phase: Calla
 
     def compile_and_export() -> None:
         if recipe.tuning_dir is not None and database_fingerprint(recipe.tuning_dir) is not None:
-            from pytest_tvmdeploy.tuning import compile_tuned
+            from pytest_tvmdeploy.tuning.apply import build_with_records
 
-            executable = compile_tuned(relax_module, recipe.target, recipe.tuning_dir)
-            module.meta["tuned_functions"] = True
+            executable, module.meta["tuned_functions"] = build_with_records(relax_module, recipe.target,
+                                                                            recipe.tuning_dir)
         else:
             executable = compile_module(relax_module, recipe.target)
         export_library(executable, folder / ARTIFACT_NAME, cc=recipe.cc)

@@ -30,6 +30,11 @@ def compile_tuned(module: "tvm.IRModule", target: TargetSpec, database_dir: Path
     The result is a Relax VM executable like :func:`pytest_tvmdeploy.build.compile_module`'s,
     with the same ``main``.
     """
+    return build_with_records(module, target, database_dir)[0]
+
+
+def build_with_records(module: "tvm.IRModule", target: TargetSpec, database_dir: Path) -> tuple[Any, int]:
+    """:func:`compile_tuned`, also returning how many of the module's tasks got a stored schedule."""
     target.to_tvm()  # a clear TargetError first
     files = read_database(Path(database_dir))
     as_tuned = tuning_target(target)  # prepared exactly as tune() prepares it, so the keys match
@@ -37,7 +42,7 @@ def compile_tuned(module: "tvm.IRModule", target: TargetSpec, database_dir: Path
     chosen = chosen_records(files, prepared, target)
     if chosen:
         prepared = apply_records(prepared, as_tuned, files, chosen)
-    return compile_module(prepared, target)
+    return compile_module(prepared, target), len(chosen)
 
 
 def chosen_records(files: DatabaseFiles, prepared: "tvm.IRModule", target: TargetSpec) -> list[TaskRecords]:
