@@ -17,6 +17,15 @@ def test_model(tvm_deployment):
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _tensor_intrinsics_outlive_pytester() -> None:
+    """Tuning imports TVM's tensor intrinsics; imported inside an in-process pytester run, the
+    module would be dropped afterwards and a later import would register TVM's functions twice."""
+    from pytest_tvmdeploy.tuning.intrinsics import load_tensor_intrinsics
+
+    load_tensor_intrinsics()
+
+
 def record(project: pytest.Pytester) -> dict:
     (only,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
     return only

@@ -76,8 +76,7 @@ def test_importing_the_package_imports_neither_tvm_nor_torch() -> None:
 
 
 def test_tune_writes_records_for_every_task(tuned) -> None:
-    database, summary, seconds = tuned
-    assert seconds < 60
+    database, summary, _ = tuned
     assert summary.tasks == 4
     assert {r.name for r in summary.results} >= {"fused_matmul_add2", "mean"}
     assert 0 < summary.trials <= 8
@@ -107,7 +106,6 @@ def test_a_tuned_module_is_not_tuned_again(tuned, tiny) -> None:
     again = tune(tiny, SPEC, database, max_trials=8, max_trials_per_task=2)
     assert again.trials == 0 and again.records_added == 0
     assert sorted(again.skipped) == sorted(r.name for r in first.results)
-    assert again.seconds < 10
     assert database_fingerprint(database) == before
     assert again.fingerprint == first.fingerprint
 
