@@ -170,7 +170,8 @@ def deploy(
     model_fingerprint = source.fingerprint(arrays)
     module = _RelaxModule(source, arrays, recipe, phase)
     if recipe.tune_trials and recipe.tuning_dir is not None:
-        _tune(module, recipe, phase)
+        module.tune()
+    tuning = database_fingerprint(recipe.tuning_dir) if recipe.tuning_dir is not None else None
     key = cache_key({
         "model": model_fingerprint,
         "inputs": signature(arrays),
@@ -180,10 +181,10 @@ def deploy(
         "quantize": recipe.quant.to_json() if recipe.quant is not None else None,
         "calibration": [arrays_fingerprint(s) for s in recipe.samples] if recipe.samples else None,
         "cc": recipe.cc,
-        "tuning": database_fingerprint(recipe.tuning_dir) if recipe.tuning_dir is not None else None,
+        "tuning": tuning,
     })
     cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
-    artifact, built = cache.get_or_build(key, lambda folder: _build(module, recipe, folder, phase))
+    artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, with_records=tuning is not None))
     runs: dict[str, RunResult] = {reference.runner: reference}
     tvm_result, not_run = _run_tvm(artifact, arrays, spec, remote, repeat, remote_timeout, phase)
     if tvm_result is not None:
@@ -344,43 +345,45 @@ class _RelaxModule:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         return result
 
+    def tune(self) -> None:
+        """Tune what the recipe's database lacks for this module (nothing when it was tuned before)."""
+        from pytest_tvmdeploy.tuning import tune
 
-def _tune(module: _RelaxModule, recipe: BuildRecipe, phase: Callable[[str], None]) -> None:
-    """Tune what the database lacks for this module (nothing when it was tuned before)."""
-    from pytest_tvmdeploy.tuning import tune
+        relax_module = self.get()
+        summary = self.timed("tune", lambda: tune(relax_module, self.recipe.target, self.recipe.tuning_dir,
+                                                  max_trials=self.recipe.tune_trials))
+        self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
+                               "skipped_tasks": len(summary.skipped)}
 
-    relax_module = module.get()
-    summary = module.timed("tune", lambda: tune(relax_module, recipe.target, recipe.tuning_dir,
-                                                 max_trials=recipe.tune_trials))
-    module.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
-                             "skipped_tasks": len(summary.skipped)}
+    def build(self, folder: Path, *, with_records: bool) -> dict[str, Any]:
+        """Compile (applying the database's schedules ``with_records``) and export into ``folder``;
+        returns the artifact's metadata."""
+        recipe, relax_module = self.recipe, self.get()
+
+        def compile_and_export() -> None:
+            if with_records:
+                from pytest_tvmdeploy.tuning.apply import build_with_records
+
+                executable, self.meta["tuned_functions"] = build_with_records(relax_module, recipe.target,
+                                                                              recipe.tuning_dir)
+            else:
+                executable = compile_module(relax_module, recipe.target)
+            export_library(executable, folder / ARTIFACT_NAME, cc=recipe.cc)
+
+        self.timed("compile", compile_and_export)
+        return {
+            **self.meta,
+            "model": self.source.description,
+            "source_kind": self.source.kind,
+            "target": recipe.target.as_dict,
+            "inputs": signature(self.arrays),
+            "tvm": tvm_version(),
+            "cc": recipe.cc,
+            "import_seconds": self.seconds.get("import", 0.0),
+            "compile_seconds": self.seconds["compile"],
+        }
 
 
-def _build(module: _RelaxModule, recipe: BuildRecipe, folder: Path, phase: Callable[[str], None]) -> dict[str, Any]:
-    relax_module = module.get()
-
-    def compile_and_export() -> None:
-        if recipe.tuning_dir is not None and database_fingerprint(recipe.tuning_dir) is not None:
-            from pytest_tvmdeploy.tuning.apply import build_with_records
-
-            executable, module.meta["tuned_functions"] = build_with_records(relax_module, recipe.target,
-                                                                            recipe.tuning_dir)
-        else:
-            executable = compile_module(relax_module, recipe.target)
-        export_library(executable, folder / ARTIFACT_NAME, cc=recipe.cc)
-
-    module.timed("compile", compile_and_export)
-    return {
-        **module.meta,
-        "model": module.source.description,
-        "source_kind": module.source.kind,
-        "target": recipe.target.as_dict,
-        "inputs": signature(module.arrays),
-        "tvm": tvm_version(),
-        "cc": recipe.cc,
-        "import_seconds": module.seconds.get("import", 0.0),
-        "compile_seconds": module.seconds["compile"],
-    }
 
 
 def _run_tvm(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Callable
@@ -280,10 +281,8 @@ def _progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
         return None
 
     def write(phase: str) -> None:
-        if capture is None:
-            terminal.write(f"{phase}… ", flush=True)
-            return
-        with capture.global_and_fixture_disabled():  # outside the test's captured output
+        # outside the test's captured output
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
             terminal.write(f"{phase}… ", flush=True)
 
     return write

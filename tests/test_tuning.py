@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,14 @@ def test_a_tuned_module_is_not_tuned_again(tuned, tiny) -> None:
     assert again.fingerprint == first.fingerprint
 
 
+def test_the_default_per_task_cap() -> None:
+    from pytest_tvmdeploy.tuning.plan import default_per_task
+
+    assert default_per_task(8, 4) == 2  # small budgets: an even share, every task gets some
+    assert default_per_task(1400, 19) == 4 * 74  # larger ones: room for the gradient scheduler
+    assert default_per_task(100, 1) == 100
+
+
 def test_a_bigger_budget_tunes_again(tuned, tmp_path) -> None:
     database, first, _ = tuned
     assert needs_tuning(database, SPEC, first.workloads, max_trials=16, max_trials_per_task=4)
@@ -184,6 +193,9 @@ def test_a_tuning_failure_names_the_task(tmp_path) -> None:
         tune(module, arm, tmp_path / "db", max_trials=1)
     assert caught.value.stage == "build"
     assert database_fingerprint(tmp_path / "db") is None  # nothing of the broken run was kept
+    logs = Path(re.search(r"MetaSchedule logs: (\S+)\)", str(caught.value)).group(1))
+    assert any(logs.glob("*relu*.log"))  # kept for whoever debugs it
+    shutil.rmtree(logs.parent)
 
 
 def test_the_vnni_intrinsic_replacement_compiles_and_computes(tmp_path) -> None:

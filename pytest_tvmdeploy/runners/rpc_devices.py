@@ -128,23 +128,15 @@ def lease_device(spec: RemoteSpec, *, deadline: float, connect_timeout: float) -
         return Lease(spec.host, spec.port, spec.key)
     where = spec.describe()
     start = time.monotonic()
-    sock = _open_tracker(spec, where, connect_timeout)
     try:
-        _send_json(sock, [TRACKER_REQUEST, spec.key, "", 1])
-        reply = _recv_json(sock, deadline, where, "waiting for a free device")
-    except TimeoutError:
-        sock.close()  # before the summary: the tracker skips requests whose connection is gone
+        host, port, match_key = _ask_tracker(spec, [TRACKER_REQUEST, spec.key, "", 1], where=where,
+                                             doing="waiting for a free device", deadline=deadline,
+                                             connect_timeout=connect_timeout)
+    except TimeoutError:  # the request's connection is closed: the summary no longer counts it
         raise RunnerError(
             f"{where}: no free device after waiting {time.monotonic() - start:.1f} s "
             f"({pool_status(spec, connect_timeout)})"
         ) from None
-    except OSError as exc:
-        raise RunnerError(f"{where}: connection to the tracker broken: {exc}") from None
-    finally:
-        sock.close()
-    if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == TRACKER_SUCCESS):
-        raise RunnerError(f"{where}: unexpected answer to a device request: {reply!r}")
-    host, port, match_key = reply[1]
     return Lease(str(host), int(port), str(match_key))
 
 
@@ -167,18 +159,32 @@ def tracker_summary(host: str, port: int, *, timeout: float = 10.0) -> dict[str,
     """The tracker's summary: ``{"queue_info": {key: {"free", "pending"}}, "server_info": [...]}``."""
     spec = RemoteSpec(host, port, tracker=True)
     where = f"RPC tracker {spec.address}"
-    sock = _open_tracker(spec, where, timeout)
     try:
-        _send_json(sock, [TRACKER_SUMMARY])
-        reply = _recv_json(sock, time.monotonic() + timeout, where, "reading its summary")
+        return _ask_tracker(spec, [TRACKER_SUMMARY], where=where, doing="reading its summary",
+                            deadline=time.monotonic() + timeout, connect_timeout=timeout)
     except TimeoutError:
         raise RunnerError(f"{where}: no summary within {timeout:g} s") from None
+
+
+def _ask_tracker(spec: RemoteSpec, request: list[Any], *, where: str, doing: str, deadline: float,
+                 connect_timeout: float) -> Any:
+    """Send one request to the tracker and return its answer's payload.
+
+    The connection is closed before this returns or raises; :class:`TimeoutError` when no
+    answer came before ``deadline``, :class:`RunnerError` for a broken or odd answer.
+    """
+    sock = _open_tracker(spec, where, connect_timeout)
+    try:
+        _send_json(sock, request)
+        reply = _recv_json(sock, deadline, where, doing)
+    except TimeoutError:
+        raise
     except OSError as exc:
-        raise RunnerError(f"{where}: connection broken while reading its summary: {exc}") from None
+        raise RunnerError(f"{where}: connection to the tracker broken while {doing}: {exc}") from None
     finally:
         sock.close()
     if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == TRACKER_SUCCESS):
-        raise RunnerError(f"{where}: unexpected summary {reply!r}")
+        raise RunnerError(f"{where}: unexpected answer while {doing}: {reply!r}")
     return reply[1]
 
 

@@ -24,11 +24,12 @@ BUILD_TIMEOUT_SECONDS = 60.0
 BUILDS_PER_WORKER = 256
 
 
-def build_candidate(mod: IRModule, target: Target) -> str:
-    """Compile one candidate and export it as a tar archive; runs in a pool worker.
+def build_candidate(mod: IRModule, target: Target, folder: str) -> str:
+    """Compile one candidate and export it as a tar archive in a new folder under ``folder``.
 
-    The same steps as MetaSchedule's ``default_build`` + ``default_export``, minus the
-    blanket intrinsics import.
+    Runs in a pool worker: MetaSchedule's ``default_build`` + ``default_export``, minus the
+    blanket intrinsics import. MetaSchedule deletes the archive's folder once the candidate
+    is measured; a build killed by its timeout leaves its folder to the run's cleanup.
     """
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
@@ -36,7 +37,7 @@ def build_candidate(mod: IRModule, target: Target) -> str:
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     runtime_module = tvm_build(mod, target=target)
-    path = os.path.join(tempfile.mkdtemp(prefix="tvmdeploy-candidate-"), "candidate." + tar.output_format)
+    path = os.path.join(tempfile.mkdtemp(prefix="candidate-", dir=folder), "candidate." + tar.output_format)
     runtime_module.export_library(path, fcompile=tar)
     return path
 
@@ -46,17 +47,18 @@ def worker_ready() -> bool:
     return True
 
 
-def build_job(job: tuple[IRModule, Target]) -> str:
-    """``build_candidate`` on one ``(mod, target)`` pair (the pool passes one argument)."""
+def build_job(job: tuple[IRModule, Target, str]) -> str:
+    """``build_candidate`` on one ``(mod, target, folder)`` tuple (the pool passes one argument)."""
     return build_candidate(*job)
 
 
 @derived_object
 class PersistentPoolBuilder(PyBuilder):
-    """Builds candidates in a pool of processes that lives until :meth:`shutdown`."""
+    """Builds candidates into ``folder`` in a pool of processes that lives until :meth:`shutdown`."""
 
-    def __init__(self, *, max_workers: int, timeout_seconds: float = BUILD_TIMEOUT_SECONDS) -> None:
+    def __init__(self, *, folder: str, max_workers: int, timeout_seconds: float = BUILD_TIMEOUT_SECONDS) -> None:
         super().__init__()
+        self.folder = folder
         self.timeout_seconds = timeout_seconds
         self.pool = PopenPoolExecutor(
             max_workers=max_workers, timeout=timeout_seconds, maximum_process_uses=BUILDS_PER_WORKER
@@ -66,7 +68,7 @@ class PersistentPoolBuilder(PyBuilder):
             self.pool.submit(worker_ready)
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
-        jobs = [(build_input.mod, build_input.target) for build_input in build_inputs]
+        jobs = [(build_input.mod, build_input.target, self.folder) for build_input in build_inputs]
         outcomes = self.pool.map_with_error_catching(build_job, jobs)
         return [self._result(outcome) for outcome in outcomes]
 

@@ -45,12 +45,12 @@ def tune(
 ) -> TuningSummary:
     """Tune ``module`` (a Relax module as a frontend imported it) for ``target``; store records in ``database_dir``.
 
-    ``max_trials`` bounds the candidates measured in this call; ``max_trials_per_task``
-    (default: an even share of ``max_trials`` over the module's tasks) bounds each task's.
-    Tasks that already have that many records for the target, or whose every schedule was
-    tried, are not tuned again, so a second call with the same budget measures nothing; a
-    bigger budget tunes the others further (each up to ``max_trials_per_task`` more trials,
-    starting from its best records). Records already in the folder are kept. ``progress``
+    ``max_trials`` is the number of trials the module should have for the target in all,
+    records already in the folder included; ``max_trials_per_task`` caps each task (default:
+    ``plan.default_per_task``). Tasks at their cap, or whose every schedule was tried, are not
+    tuned again, so a second call with the same budget measures nothing, and a bigger budget
+    tunes the other tasks further (starting from their best records; a task may exceed its cap
+    by up to one cap in that call). Records already in the folder are kept. ``progress``
     receives a line per batch of candidates sent to the builder and per measured batch.
     """
     say = progress or (lambda line: None)
@@ -62,13 +62,15 @@ def tune(
         tvm_target = tuning_target(target)
         tasks = extract_tasks(prepare_module(module, tvm_target), tvm_target)
         plan = plan_tuning(seed, task_keys(tasks), target, max_trials=max_trials, max_trials_per_task=max_trials_per_task)
-        say(f"tuning {len(plan.todo)} of {len(tasks)} tasks, up to {plan.per_task} trials each, {plan.budget} in all")
         results: tuple[TaskResult, ...] = ()
         added = 0
         if plan.has_work:
+            say(f"tuning {len(plan.todo)} of {len(tasks)} tasks, up to {plan.per_task} trials each, {plan.budget} in all")
             todo = [task for task in tasks if (task.name, task.shash) in plan.todo]
             results, added = _tune_in_copy(seed, todo, plan, tvm_target, label=target.json, say=say)
             note_exhausted(database_dir, target_key(target), _exhausted(todo, plan, results))
+        else:
+            say(f"nothing to tune: the database holds the {max_trials}-trial budget of these {len(tasks)} tasks")
         chosen = records_by_task(read_database(database_dir), task_keys(tasks), record_matcher(target))
     return TuningSummary(
         database_dir=database_dir,
@@ -100,12 +102,25 @@ def _tune_in_copy(
     label: str,
     say: Callable[[str], None],
 ) -> tuple[tuple[TaskResult, ...], int]:
-    """Tune in a temporary copy of ``seed``, then append the new records to ``seed``'s folder."""
+    """Tune in a temporary copy of ``seed``, then append the new records to ``seed``'s folder.
+
+    The copy is removed afterwards, unless tuning failed: then its MetaSchedule logs stay
+    for the error message to point at.
+    """
     run_dir = Path(tempfile.mkdtemp(prefix="tvmdeploy-tuning-"))
-    seed.write(run_dir)
-    results = run_meta_schedule(todo, target, run_dir, budget=plan.budget, per_task=plan.per_task, label=label, say=say)
-    _all_failed_check(results, label, run_dir)  # before merging: a broken run must not mark tasks done
-    added = merge_new_records(seed.folder, read_database(run_dir), seed, same_workload)
+    try:
+        seed.write(run_dir)
+        results = run_meta_schedule(
+            todo, target, run_dir, budget=plan.budget, per_task=plan.per_task, label=label, say=say
+        )
+        _all_failed_check(results, label, run_dir)  # before merging: a broken run must not mark tasks done
+        added = merge_new_records(seed.folder, read_database(run_dir), seed, same_workload)
+    except BuildError:
+        shutil.rmtree(run_dir / "candidates", ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     shutil.rmtree(run_dir, ignore_errors=True)
     return results, added
 

@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_tvmdeploy.errors import BuildError, brief
+from pytest_tvmdeploy.tuning.plan import TRIALS_PER_ITERATION
 from pytest_tvmdeploy.tuning.summary import TaskResult
 from pytest_tvmdeploy.tuning.tasks import Task
 
 if TYPE_CHECKING:
     import tvm
 
-#: Candidates per search iteration. The evolutionary population is at most half of TVM's
-#: default (whose evolution cost 6-13 s per task iteration on one of our cores), and smaller
-#: still when a task may measure only a few candidates.
-TRIALS_PER_ITERATION = 32
+#: The evolutionary population is at most half of TVM's default (whose evolution cost 6-13 s
+#: per task iteration on one of our cores), and smaller still when a task may measure only a
+#: few candidates.
 MAX_POPULATION = 256
 MIN_POPULATION = 64
 INITIAL_UNMEASURED = 50
@@ -69,7 +69,9 @@ def run_meta_schedule(
     monitor = TuningMonitor([str(context.task_name) for context in contexts], say)
     current = CurrentTask(len(contexts), say)
     logger.addHandler(current)
-    builder = PersistentPoolBuilder(max_workers=cpu_count(logical=True))  # before the runner: see its __init__
+    candidates = work_dir / "candidates"
+    candidates.mkdir(exist_ok=True)
+    builder = PersistentPoolBuilder(folder=str(candidates), max_workers=cpu_count(logical=True))  # before the runner
     runner = ms.runner.LocalRunner(
         timeout_sec=RUN_TIMEOUT_SECONDS,
         evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40),
