@@ -1,7 +1,8 @@
-"""What the latency benchmarks share: the model, the input photo, and timed calls after a warm-up."""
+"""What the benchmarks share: the model, the input photo, timed calls after a warm-up, the results file."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -37,3 +38,11 @@ def timed(call: Callable[[], Any], repeat: int) -> list[float]:
         call()
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def write_results(name: str, data: Any) -> Path:
+    """Write ``data`` as JSON to ``benchmarks/results/<name>``; returns the path."""
+    out = ROOT / "benchmarks" / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    return out

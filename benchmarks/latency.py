@@ -6,11 +6,14 @@
 Per model (torchvision, seeded random weights, 1x3x224x224 fp32, one real photo crop as input):
 TVM untuned; TVM tuned, run by the Python VM and by the C++ runner (``cpp_check/``); PyTorch
 eager; ONNX Runtime (CPU provider, default threads). With ``--int8`` also the int8 model (this
-project's quantizer, kl_divergence + max per channel) untuned and tuned. Tuned builds apply the
-MetaSchedule database ``DIR/<target label>/`` (``{model}`` in DIR is replaced by the model's
-name); ``--tune N`` first tunes what the database lacks, up to N trials per model. Each backend
-runs in a fresh process, one after another; reported: median, min and max of ``--repeat`` timed
-calls, and each median's ratio to ONNX Runtime's. JSON goes to benchmarks/results/latency.json.
+project's quantizer, kl_divergence + max per channel) untuned and tuned; on a CPU with AVX-512
+VNNI (``-mcpu=sapphirerapids``, ``znver4``, ...) its convs take the VNNI form
+(``quantize/vnni.py``). Tuned builds apply the MetaSchedule database ``DIR/<target label>/``
+(``{model}`` in DIR is replaced by the model's name; default ``benchmarks/tuning/{model}``);
+``--tune N`` first tunes what the database lacks, up to N trials per model. Each backend runs in
+a fresh process, one after another; reported: median, min and max of ``--repeat`` timed calls,
+and each median's ratio to ONNX Runtime's. JSON goes to
+``benchmarks/results/latency-<target label>.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import model, photo, timed  # noqa: E402
+from common import model, photo, timed, write_results  # noqa: E402
+from pytest_tvmdeploy.build import parse_target  # noqa: E402
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +74,8 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
         cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
     )
     extra = {"tuned_functions": deployment.tuned, "prepare_s": round(time.perf_counter() - started, 1)}
+    if quantized:
+        extra["vnni_convs"] = deployment.quantization.get("vnni_convs", 0)
     rows = [row(backend, name, deployment.runs["tvm-python"].call_seconds[1:], **extra)]  # first call: warm-up
     if "cpp" in deployment.runs:
         rows.append(row(f"{backend}-cpp", name, deployment.runs["cpp"].call_seconds[1:], **extra))
@@ -99,8 +105,9 @@ def print_model(rows: list[dict], name: str) -> None:
         print(f"{name:14s} {r['backend']:22s} median {r['median_ms']:9.2f} ms  (min {r['min_ms']:.2f}, "
               f"max {r['max_ms']:.2f}, n={r['n']})  {ratio}", flush=True)
     by = {r["backend"]: r["median_ms"] for r in rows if r["model"] == name}
-    if "tvm-int8-tuned" in by and "tvm-tuned" in by:
-        print(f"{name:14s} int8/fp32 tuned TVM = {by['tvm-int8-tuned'] / by['tvm-tuned']:.2f}x", flush=True)
+    for kind in ("untuned", "tuned"):
+        if f"tvm-int8-{kind}" in by and f"tvm-{kind}" in by:
+            print(f"{name:14s} int8/fp32 {kind} TVM = {by[f'tvm-int8-{kind}'] / by[f'tvm-{kind}']:.2f}x", flush=True)
 
 
 def main() -> None:
@@ -108,7 +115,7 @@ def main() -> None:
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--target", default="llvm -mcpu=x86-64-v4")
-    parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning"))
+    parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning" / "{model}"))
     parser.add_argument("--tune", type=int, default=0)
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "MODEL"), help=argparse.SUPPRESS)
@@ -124,9 +131,11 @@ def main() -> None:
         for backend in FP32_BACKENDS + (INT8_BACKENDS if args.int8 else ()):
             rows += run_backend(backend, name, args)
         print_model(rows, name)
-    out = ROOT / "benchmarks" / "results" / "latency.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"target": args.target, "repeat": args.repeat, "rows": rows}, indent=2))
+    for r in rows:
+        ort = next((o["median_ms"] for o in rows if o["model"] == r["model"] and o["backend"] == "onnxruntime"), None)
+        r["vs_onnxruntime"] = r["median_ms"] / ort if ort else None
+    label = parse_target(args.target).label
+    write_results(f"latency-{label}.json", {"target": args.target, "repeat": args.repeat, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ checks, and the wall time of a cold suite serially and with ``-n 2``.
   reference), load the cached ``.so`` into the Relax VM and run it once; the C++ runner's one run
   as a child process is added, since the marked test runs it too;
 - warm: ``pytest`` on that one marked test with the artifact cached (a fresh process too);
-- cold: the suite of all models with an empty cache, serially and with ``-n 2``.
+- cold: the suite of all models with an empty artifact cache, serially and with ``-n 2``. The
+  C++ runner is built once beforehand (its build time is reported apart) and passed to every
+  run with ``--tvm-cpp-runner``, so the cold figures are the models' own work.
 Each figure is the median of ``--rounds`` runs. JSON goes to benchmarks/results/overhead.json.
 """
 
@@ -22,6 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pytest_tvmdeploy.runners.cpp import SessionCppRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILE = '''
@@ -80,10 +87,15 @@ def main() -> None:
     (project / "bare.py").write_text(BARE)
     (project / "pytest.ini").write_text("[pytest]\n")
     result: dict = {"models": models, "rounds": args.rounds}
+    start = time.perf_counter()
+    runner = SessionCppRunner(project / "cpp-runner").executable()
+    result["cpp_runner_build_s"] = time.perf_counter() - start
+    print(f"C++ runner built in {result['cpp_runner_build_s']:.1f} s", flush=True)
+    runner_option = f"--tvm-cpp-runner={runner}"
     cold_serial, cold_parallel = [], []
     for round_ in range(args.rounds):
-        cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}"))
-        cold_parallel.append(pytest_run(project, project / f"cache-n2-{round_}", "-n", "2"))
+        cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}", runner_option))
+        cold_parallel.append(pytest_run(project, project / f"cache-n2-{round_}", runner_option, "-n", "2"))
     result["cold_serial_s"] = statistics.median(cold_serial)
     result["cold_n2_s"] = statistics.median(cold_parallel)
     result["n2_speedup"] = result["cold_serial_s"] / result["cold_n2_s"]
@@ -91,11 +103,10 @@ def main() -> None:
           f"speed-up {result['n2_speedup']:.2f}x", flush=True)
     cache = project / f"cache-n2-{args.rounds - 1}"  # the report is the last run's
     records = json.loads((project / "report" / "report.json").read_text())["tests"]
-    runner = next(cache.glob("cpp-runner/**/tvm_cpp_check"))
     result["per_model"] = []
     for name in models:
         artifact = next(Path(r["artifact"]) for r in records if f"[{name}]" in r["test"])
-        warm = [pytest_run(project, cache, "-k", name) for _ in range(args.rounds)]
+        warm = [pytest_run(project, cache, runner_option, "-k", name) for _ in range(args.rounds)]
         bare = []
         for _ in range(args.rounds):
             start = time.perf_counter()
@@ -107,8 +118,7 @@ def main() -> None:
         result["per_model"].append(row)
         print(f"{name:20s} warm marked test {row['warm_s']:.2f} s, bare work {row['bare_s']:.2f} s, "
               f"ratio {row['ratio']:.2f}x", flush=True)
-    out = ROOT / "benchmarks" / "results" / "overhead.json"
-    out.write_text(json.dumps(result, indent=2))
+    write_results("overhead.json", result)
     shutil.rmtree(project, ignore_errors=True)
 
 

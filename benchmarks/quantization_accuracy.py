@@ -11,7 +11,6 @@ mean/min cosine and SQNR; JSON goes to benchmarks/results/quantization_accuracy[
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "fixtures"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import write_results  # noqa: E402
 from images import calibration_set, evaluation_set  # noqa: E402
 
 #: fp32 top-1 probability above which an image counts as one the model is sure about.
@@ -115,10 +116,9 @@ def main() -> None:
               f"{row['top1_agreement_confident'] or 0:8.3f} {row['cosine_mean']:8.4f} "
               f"{row['cosine_min']:8.4f} {row['sqnr_db_mean']:8.2f} {row['sqnr_db_min']:7.2f} {row['quantize_and_build_seconds']:7.1f}",
               flush=True)
-    out = ROOT / "benchmarks" / "results" / f"quantization_accuracy{'_per_channel' if args.per_channel else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": "efficientnet-lite0", "calibration": len(calibration),
-                               "evaluation": len(evaluation), "per_channel": args.per_channel, "rows": rows}, indent=2))
+    write_results(f"quantization_accuracy{'_per_channel' if args.per_channel else ''}.json",
+                  {"model": "efficientnet-lite0", "calibration": len(calibration), "evaluation": len(evaluation),
+                   "per_channel": args.per_channel, "rows": rows})
 
 
 def random_nets(args: argparse.Namespace) -> None:
@@ -146,9 +146,7 @@ def random_nets(args: argparse.Namespace) -> None:
             rows.append(row)
             print(f"{name:13s} {row['mode']:40s} sites {row['quantized_sites']:3d}  cos mean {row['cosine_mean']:.4f} "
                   f"min {row['cosine_min']:.4f}  SQNR {row['sqnr_db_mean']:6.2f} dB (min {row['sqnr_db_min']:6.2f})", flush=True)
-    out = ROOT / "benchmarks" / "results" / "quantization_random_nets.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
+    write_results("quantization_random_nets.json", rows)
 
 
 if __name__ == "__main__":

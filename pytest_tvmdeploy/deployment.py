@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import tvm
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
-BUILD_RECIPE = 2
+BUILD_RECIPE = 3
 
 
 class NamedArrays(Mapping[str, np.ndarray]):
@@ -330,13 +330,19 @@ class _RelaxModule:
         if quant is None:
             return module
         quantized = self.timed("quantize", lambda: quantize_module(module, quant, calibration=self.recipe.samples))
+        from pytest_tvmdeploy.quantize.vnni import target_has_vnni, use_vnni_convs
+
+        module, vnni_convs = quantized.module, 0
+        if target_has_vnni(self.recipe.target):
+            module, vnni_convs = use_vnni_convs(module)
         self.meta["quantization"] = {
             "config": quant.to_json(),
             "calibration_samples": quantized.calibration_samples,
             "quantized_sites": quantized.quantized_sites,
             "sites": list(quantized.sites),
+            "vnni_convs": vnni_convs,
         }
-        return quantized.module
+        return module
 
     def timed(self, name: str, work: Callable[[], Any]) -> Any:
         self.phase(name)

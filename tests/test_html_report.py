@@ -129,13 +129,16 @@ def test_table_has_one_row_per_test_with_its_numbers() -> None:
     assert (torch_row["TVM ms"], torch_row["C++ ms"], torch_row["reference ms"]) == ("4.56", "3.21", "12.30 (pytorch)")
     assert (torch_row["C++ check"], torch_row["max abs error"]) == ("bitwise", "3.25e-06")
     assert (onnx_row["artifact"], onnx_row["C++ ms"], onnx_row["reference ms"]) == ("cached", "-", "8.70 (onnxruntime)")
+    assert (torch_row["TVM ÷ reference"], onnx_row["TVM ÷ reference"]) == ("0.37x", "0.52x")  # 4.56/12.3, 4.56/8.7
+    assert xfail_row["TVM ÷ reference"] == "-"  # stopped before TVM ran
     assert int8_row["int8 cos / SQNR"] == "0.9123 / 12.3 dB"
     assert int8_row["stage: reason"] == 'compare: int8 cosine 0.91 < budget 0.99 for "logits"'
     assert int8_row["first diverging op"] == (
         "relax.nn.conv2d at conv2d_17 (max abs error 6.25e-02) first output outside <atol> after requantize")
     assert error_row["model / test"] == "test_models.py::test_broken[llvm]"  # no model name: the id alone
     assert error_row["stage: reason"] == f"import: {HOSTILE}"
-    assert {error_row[c] for c in ("source", "artifact", "TVM ms", "max abs error", "int8 cos / SQNR")} == {"-"}
+    assert {error_row[c] for c in ("source", "artifact", "TVM ms", "TVM ÷ reference", "max abs error",
+                                   "int8 cos / SQNR")} == {"-"}
     assert xfail_row["C++ check"] == "skipped: no cmake"
 
 

@@ -198,7 +198,8 @@ def test_verbose_shows_the_phase_and_the_report_names_models_and_frameworks(proj
     first = project.runpytest("-v", "--tvm-report=out", "--tvm-repeat=3")
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines(["*::test_convnet load… reference… import… compile… run… cpp… PASSED*"])
-    first.stdout.fnmatch_lines(["test *tvm ms*cpp ms*torch ms*ort ms*", "*test_convnet *torch *built *[0-9] *- *bitwise*"])
+    first.stdout.fnmatch_lines(["test *tvm ms*cpp ms*torch ms*ort ms*tvm/ref*",
+                                 "*test_convnet *torch *built *[0-9] *- *[0-9].[0-9][0-9]x *bitwise*"])
     records = {r["test"].rsplit("::", 1)[1]: r for r in json.loads((project.path / "out" / "report.json").read_text())["tests"]}
     assert records["test_convnet"]["model"] == "tiny-net" and records["test_convnet"]["reference_name"] == "pytorch"
     assert records["test_onnx"]["model"] == "tiny_convnet" and records["test_onnx"]["reference_name"] == "onnxruntime"

@@ -12,12 +12,14 @@ from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
 from pytest_tvmdeploy.report import plots
+from pytest_tvmdeploy.report.speed import ratio_text
 
 Record = Mapping[str, Any]
 
 OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "error", "skipped")
 COLUMNS = ("model / test", "source", "target", "outcome", "stage: reason", "artifact", "import s", "compile s",
-           "TVM ms", "C++ ms", "reference ms", "C++ check", "max abs error", "int8 cos / SQNR", "first diverging op")
+           "TVM ms", "C++ ms", "reference ms", "TVM ÷ reference",
+           "C++ check", "max abs error", "int8 cos / SQNR", "first diverging op")
 FIGURES: tuple[tuple[str, Callable[[Sequence[Record]], bytes | None]], ...] = (
     ("Error distribution |TVM − reference| per model", plots.error_histograms),
     ("Latency per model", plots.latencies),
@@ -113,6 +115,7 @@ def cells(record: Record) -> list[tuple[str, str]]:
         ("num", _number(timings.get("cpp_run"), "{:.2f}", 1000.0) if ran_cpp else "-"),
         ("num", _number(timings.get("reference"), "{:.2f}", 1000.0)
          + (f"<div class=\"test\">({_text(reference)})</div>" if reference else "")),
+        ("num", ratio_text(record)),
         ("text", _text(record.get("cpp", "-"))),
         ("num", _number(record.get("max_abs_error"), "{:.2e}")),
         ("num", _quant(record.get("quant"))),

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pytest_tvmdeploy.report.speed import ratio_text
+
 COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "tvm ms", "cpp ms", "torch ms",
-           "ort ms", "cpp", "max abs err", "int8 cos/sqnr", "result")
+           "ort ms", "tvm/ref", "cpp", "max abs err", "int8 cos/sqnr", "result")
 #: Which latency column the reference's time goes to.
 REFERENCE_COLUMNS = {"pytorch": "torch ms", "onnxruntime": "ort ms"}
 
@@ -25,6 +27,7 @@ def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
         f"{1000 * timings.get('run', 0.0):.1f}",
         f"{1000 * timings.get('cpp_run', 0.0):.1f}" if record.get("cpp") in ("bitwise", "differs") else "-",
         *(_reference_cell(record, column) for column in REFERENCE_COLUMNS.values()),
+        ratio_text(record),
         record.get("cpp", "-").split(":")[0],
         "-" if record.get("max_abs_error") is None else f"{record['max_abs_error']:.2e}",
         _quant_cell(record.get("quant")),

@@ -1,0 +1,135 @@
+"""int8 convolutions in the form x86 VNNI runs fast: uint8 activations, 16-channel blocks.
+
+The realized module's convs multiply int8 data by int8 weights in NCHW. x86's ``vpdpbusd``
+multiplies *unsigned* bytes by signed ones, and MetaSchedule tensorizes with it only on
+channel-blocked layouts (data NCHW16c, weights OIHW4i16o4i). :func:`use_vnni_convs` rewrites
+each eligible conv to
+
+    u8 = int8 + 128  ->  NCHW16c  ->  conv2d_NCHWc_int8 (zero padding in int8 = 128 in uint8)
+    ->  NCHW  ->  minus 128 * sum(weights of the output channel)
+
+which is the same int32 result, exactly: ``sum((x + 128) * w) = sum(x * w) + 128 * sum(w)``.
+Depthwise/grouped convs and convs whose channels are not multiples of 16 keep their form.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+from tvm.relax import op as R
+from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.topi.utils import get_const_tuple
+
+from pytest_tvmdeploy.quantize.graph import is_constant
+
+if TYPE_CHECKING:
+    from pytest_tvmdeploy.build import TargetSpec
+
+BLOCK = 16  #: channels per block, data and output
+LANES = 4  #: uint8 x int8 products one ``vpdpbusd`` lane sums
+SHIFT = 128  #: int8 -> uint8 offset
+
+
+def target_has_vnni(target: TargetSpec) -> bool:
+    """Whether ``target``'s CPU has AVX-512 VNNI (by its ``-mcpu`` / ``-mattr``, as LLVM knows them)."""
+    if target.as_dict.get("kind") != "llvm":
+        return False
+    from tvm.target import codegen
+
+    return bool(codegen.target_has_features("avx512vnni", target.to_tvm()))
+
+
+def use_vnni_convs(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    """``mod`` with every eligible int8 conv2d in the VNNI form (see the module docstring), and
+    how many convs were rewritten."""
+    rewriter = _VnniConvs(mod)
+    return rewriter.transform(), rewriter.rewritten
+
+
+def pack_weights(weights: np.ndarray) -> np.ndarray:
+    """OIHW int8 weights as ``conv2d_NCHWc_int8`` reads them: ``[O/16, I/16, KH, KW, 4, 16, 4]``
+    with ``packed[o, i, y, x, j, ob, k] = weights[16 o + ob, 16 i + 4 j + k, y, x]``."""
+    out_channels, in_channels, height, width = weights.shape
+    blocked = weights.reshape(out_channels // BLOCK, BLOCK, in_channels // BLOCK, BLOCK // LANES, LANES, height, width)
+    return np.ascontiguousarray(blocked.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def eligible(call: relax.Call) -> bool:
+    """An int8 x int8 -> int32 NCHW/OIHW conv2d with constant weights, not grouped, with channel
+    counts that split into 16-channel blocks."""
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+        return False
+    data, weights = call.args
+    attrs = call.attrs
+    if not is_constant(weights) or attrs.groups != 1 or str(attrs.out_dtype) != "int32":
+        return False
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        return False
+    data_type = data.ty
+    if getattr(data_type, "dtype", None) != "int8" or str(weights.value.dtype) != "int8" or data_type.shape is None:
+        return False
+    out_channels, in_channels = weights.value.shape[:2]
+    return out_channels % BLOCK == 0 and in_channels % BLOCK == 0
+
+
+def _vnni_conv(data: te.Tensor, kernel: te.Tensor, strides: list[int], padding: list[int],
+               dilation: list[int]) -> te.Tensor:
+    """TE: the blocked uint8 x int8 -> int32 conv, padding with the value that means int8 zero.
+
+    Written here rather than taken from TOPI: TOPI's block carries a ``schedule_rule``
+    annotation, and MetaSchedule applies none of its generic rules (tiling, tensorization)
+    to an annotated block."""
+    top, left, bottom, right = padding
+    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
+    batch, in_chunks, height, width, _ = get_const_tuple(data.shape)
+    out_chunks, _, kernel_h, kernel_w, _, _, _ = get_const_tuple(kernel.shape)
+    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=SHIFT, name="pad_u8")
+    out_h = (height + top + bottom - (kernel_h - 1) * dilation_h - 1) // stride_h + 1
+    out_w = (width + left + right - (kernel_w - 1) * dilation_w - 1) // stride_w + 1
+    ry, rx = te.reduce_axis((0, kernel_h), "ry"), te.reduce_axis((0, kernel_w), "rx")
+    rc = te.reduce_axis((0, in_chunks), "rc")
+    rj, rk = te.reduce_axis((0, BLOCK // LANES), "rj"), te.reduce_axis((0, LANES), "rk")
+    return te.compute(
+        (batch, out_chunks, out_h, out_w, BLOCK),
+        lambda n, o, y, x, ob: te.sum(
+            padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, rj * LANES + rk].astype("int32")
+            * kernel[o, rc, ry, rx, rj, ob, rk].astype("int32"),
+            axis=[ry, rx, rc, rj, rk],
+        ),
+        name="conv2d_nchw16c_u8i8",
+    )
+
+
+@mutator
+class _VnniConvs(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.mod = mod
+        self.rewritten = 0
+
+    def transform(self) -> tvm.IRModule:
+        for global_var, func in self.mod.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(global_var, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not eligible(call):
+            return call
+        self.rewritten += 1
+        data, weights = call.args
+        attrs = call.attrs
+        bb = self.builder_
+        unsigned = bb.emit(R.astype(R.add(R.astype(data, "int16"), relax.const(SHIFT, "int16")), "uint8"))
+        blocked = bb.emit(R.layout_transform(unsigned, lambda n, c, h, w: (n, c // BLOCK, h, w, c % BLOCK)))
+        kernel = relax.const(pack_weights(weights.value.numpy()))
+        padding = [int(p) for p in attrs.padding]
+        conv = bb.emit_te(_vnni_conv, blocked, kernel, [int(s) for s in attrs.strides], padding,
+                          [int(d) for d in attrs.dilation], primfunc_name_hint="conv2d_nchw16c_u8i8")
+        plain = bb.emit(R.layout_transform(conv, lambda n, c, h, w, b: (n, c * BLOCK + b, h, w)))
+        offsets = SHIFT * weights.value.numpy().astype(np.int32).sum(axis=(1, 2, 3))
+        return R.subtract(plain, relax.const(offsets.reshape(1, -1, 1, 1).astype("int32")))

@@ -1,0 +1,22 @@
+"""How a test's TVM latency compares with its reference framework's, for the report tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def tvm_to_reference(record: Mapping[str, Any]) -> float | None:
+    """TVM's median call time over the reference's (PyTorch or ONNX Runtime), or ``None`` when
+    either was not timed (a test that stopped early, or a device that did not run the model)."""
+    timings = record.get("timings") or {}
+    tvm, reference = timings.get("run"), timings.get("reference")
+    if not all(isinstance(value, (int, float)) and value > 0 for value in (tvm, reference)):
+        return None
+    return tvm / reference
+
+
+def ratio_text(record: Mapping[str, Any]) -> str:
+    """``tvm_to_reference`` as ``"0.37x"``, or ``"-"``."""
+    ratio = tvm_to_reference(record)
+    return "-" if ratio is None else f"{ratio:.2f}x"
