@@ -6,7 +6,8 @@ checks, and the wall time of a cold suite serially and with ``-n 2``.
 - bare work, per model, in a fresh process: build the PyTorch model, run it once (the
   reference), load the cached ``.so`` into the Relax VM and run it once; the C++ runner's one run
   as a child process is added, since the marked test runs it too;
-- warm: ``pytest`` on that one marked test with the artifact cached (a fresh process too);
+- warm: ``pytest`` on that one marked test with the artifact cached (a fresh process too, no
+  ``--tvm-report``);
 - cold: the suite of all models with an empty artifact cache, serially and with ``-n 2``. The
   C++ runner is built once beforehand (its build time is reported apart) and passed to every
   run with ``--tvm-cpp-runner``, so the cold figures are the models' own work.
@@ -68,7 +69,7 @@ print(json.dumps(time.perf_counter() - start))
 def pytest_run(project: Path, cache: Path, *extra: str) -> float:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-                           f"--tvm-cache-dir={cache}", "--tvm-report=report", *extra], cwd=project,
+                           f"--tvm-cache-dir={cache}", *extra], cwd=project,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
@@ -94,8 +95,9 @@ def main() -> None:
     runner_option = f"--tvm-cpp-runner={runner}"
     cold_serial, cold_parallel = [], []
     for round_ in range(args.rounds):
-        cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}", runner_option))
-        cold_parallel.append(pytest_run(project, project / f"cache-n2-{round_}", runner_option, "-n", "2"))
+        cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}", runner_option, "--tvm-report=report"))
+        cold_parallel.append(pytest_run(project, project / f"cache-n2-{round_}", runner_option, "--tvm-report=report",
+                                        "-n", "2"))
     result["cold_serial_s"] = statistics.median(cold_serial)
     result["cold_n2_s"] = statistics.median(cold_parallel)
     result["n2_speedup"] = result["cold_serial_s"] / result["cold_n2_s"]
