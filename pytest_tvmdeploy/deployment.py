@@ -31,7 +31,7 @@ from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.runners.rpc_devices import RemoteSpec
 from pytest_tvmdeploy.sources import ModelSource, open_source
-from pytest_tvmdeploy.tuning import database_fingerprint
+from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 
 if TYPE_CHECKING:
     import tvm
@@ -151,8 +151,8 @@ def deploy(
     compile, run, cpp) as it starts.
 
     ``tuning_dir`` is this target's MetaSchedule database folder: its records are applied to the
-    build, and ``tune=N`` first tunes the model's tasks that have fewer than their share of ``N``
-    trials there. ``cc`` is the compiler ``export_library`` links with (a cross compiler for
+    build, and ``tune=N`` first tunes the model until the folder holds ``N`` trials for it
+    (stored ones count; see :func:`pytest_tvmdeploy.tuning.tune`). ``cc`` is the compiler ``export_library`` links with (a cross compiler for
     another ``mtriple``). ``remote`` runs the ``.so`` on an RPC device instead of in this
     process; a target for another architecture without ``remote`` is built but not run
     (``not_run`` says why).
@@ -169,9 +169,10 @@ def deploy(
     reference = source.run_reference(arrays, repeat=repeat)
     model_fingerprint = source.fingerprint(arrays)
     module = _RelaxModule(source, arrays, recipe, phase)
-    if recipe.tune_trials and recipe.tuning_dir is not None:
+    if recipe.tune_trials:
         module.tune()
-    tuning = database_fingerprint(recipe.tuning_dir) if recipe.tuning_dir is not None else None
+    # Read once: the cache key and the build see the same records.
+    records = read_database(recipe.tuning_dir) if recipe.tuning_dir is not None else None
     key = cache_key({
         "model": model_fingerprint,
         "inputs": signature(arrays),
@@ -181,10 +182,10 @@ def deploy(
         "quantize": recipe.quant.to_json() if recipe.quant is not None else None,
         "calibration": [arrays_fingerprint(s) for s in recipe.samples] if recipe.samples else None,
         "cc": recipe.cc,
-        "tuning": tuning,
+        "tuning": records.digest() if records is not None else None,
     })
     cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
-    artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, with_records=tuning is not None))
+    artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, records))
     runs: dict[str, RunResult] = {reference.runner: reference}
     tvm_result, not_run = _run_tvm(artifact, arrays, spec, remote, repeat, remote_timeout, phase)
     if tvm_result is not None:
@@ -361,17 +362,16 @@ class _RelaxModule:
         self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
                                "skipped_tasks": len(summary.skipped)}
 
-    def build(self, folder: Path, *, with_records: bool) -> dict[str, Any]:
-        """Compile (applying the database's schedules ``with_records``) and export into ``folder``;
-        returns the artifact's metadata."""
+    def build(self, folder: Path, records: DatabaseFiles | None) -> dict[str, Any]:
+        """Compile (applying the best of ``records`` to the module's tasks) and export into
+        ``folder``; returns the artifact's metadata."""
         recipe, relax_module = self.recipe, self.get()
 
         def compile_and_export() -> None:
-            if with_records:
+            if records is not None and not records.is_empty:
                 from pytest_tvmdeploy.tuning.apply import build_with_records
 
-                executable, self.meta["tuned_functions"] = build_with_records(relax_module, recipe.target,
-                                                                              recipe.tuning_dir)
+                executable, self.meta["tuned_functions"] = build_with_records(relax_module, recipe.target, records)
             else:
                 executable = compile_module(relax_module, recipe.target)
             export_library(executable, folder / ARTIFACT_NAME, cc=recipe.cc)

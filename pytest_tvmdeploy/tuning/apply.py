@@ -30,13 +30,14 @@ def compile_tuned(module: "tvm.IRModule", target: TargetSpec, database_dir: Path
     The result is a Relax VM executable like :func:`pytest_tvmdeploy.build.compile_module`'s,
     with the same ``main``.
     """
-    return build_with_records(module, target, database_dir)[0]
+    return build_with_records(module, target, read_database(Path(database_dir)))[0]
 
 
-def build_with_records(module: "tvm.IRModule", target: TargetSpec, database_dir: Path) -> tuple[Any, int]:
-    """:func:`compile_tuned`, also returning how many of the module's tasks got a stored schedule."""
-    target.to_tvm()  # a clear TargetError first
-    files = read_database(Path(database_dir))
+def build_with_records(module: "tvm.IRModule", target: TargetSpec, files: DatabaseFiles) -> tuple[Any, int]:
+    """:func:`compile_tuned` with the database already read, also returning how many of the
+    module's tasks got a stored schedule."""
+    if files.is_empty:
+        return compile_module(module, target), 0
     as_tuned = tuning_target(target)  # prepared exactly as tune() prepares it, so the keys match
     prepared = prepare_module(module, as_tuned)
     chosen = chosen_records(files, prepared, target)
@@ -47,8 +48,6 @@ def build_with_records(module: "tvm.IRModule", target: TargetSpec, database_dir:
 
 def chosen_records(files: DatabaseFiles, prepared: "tvm.IRModule", target: TargetSpec) -> list[TaskRecords]:
     """The record a build applies for each task of the prepared module that has one."""
-    if files.is_empty:
-        return []
     tasks = extract_tasks(prepared, tuning_target(target))
     return [task for task in records_by_task(files, task_keys(tasks), record_matcher(target)) if task.best]
 
@@ -75,16 +74,8 @@ def _database_of(files: DatabaseFiles, records: list[RecordLine]) -> Any:
     """A MetaSchedule database holding exactly ``records`` (and their workloads)."""
     from tvm.s_tir import meta_schedule as ms
 
-    index_of: dict[int, int] = {}
-    for record in records:
-        index_of.setdefault(record.workload, len(index_of))
-    subset = DatabaseFiles(
-        files.folder,
-        tuple(files.workloads[old] for old in index_of),
-        tuple(RecordLine(index_of[r.workload], r.body, r.target, r.run_secs, r.first_instruction) for r in records),
-    )
     with tempfile.TemporaryDirectory(prefix="tvmdeploy-records-") as folder:
-        subset.write(Path(folder))
+        files.subset(records).write(Path(folder))
         try:
             return ms.database.JSONDatabase(work_dir=folder, allow_missing=False)
         except Exception as exc:  # noqa: BLE001

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, read_database
+from pytest_tvmdeploy.tuning.records import RecordLine, read_database
 from pytest_tvmdeploy.tuning.selection import is_valid, mean_seconds
 
 
@@ -29,14 +29,10 @@ def compact(folder: Path) -> tuple[int, int]:
         key = (record.workload, json.dumps(record.target, sort_keys=True))
         if key not in best or mean_seconds(record) < mean_seconds(best[key][1]):
             best[key] = (position, record)
-    kept = [record for _, record in sorted(best.values(), key=lambda item: item[0])]
-    used = sorted({record.workload for record in kept})
-    renumber = {old: new for new, old in enumerate(used)}
-    workloads = tuple(files.workloads[old] for old in used)
-    records = tuple(RecordLine(renumber[r.workload], r.body, r.target, r.run_secs, r.first_instruction) for r in kept)
+    compacted = files.subset([record for _, record in sorted(best.values(), key=lambda item: item[0])])
     if files.records:
-        DatabaseFiles(files.folder, workloads, records).write(files.folder)
-    return len(files.records), len(records)
+        compacted.write(files.folder)
+    return len(files.records), len(compacted.records)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,13 @@ class DatabaseFiles:
     @property
     def is_empty(self) -> bool:
         return not self.records
+
+    def subset(self, records: Sequence[RecordLine]) -> "DatabaseFiles":
+        """A database of ``records`` (lines of this one) and only the workloads they use, renumbered."""
+        used = sorted({record.workload for record in records})
+        renumber = {old: new for new, old in enumerate(used)}
+        return DatabaseFiles(self.folder, tuple(self.workloads[old] for old in used),
+                             tuple(replace(record, workload=renumber[record.workload]) for record in records))
 
     def digest(self) -> str | None:
         """sha256 over every line of both files (``None`` without records)."""

@@ -33,10 +33,6 @@ class TaskRecords:
     trials: int                # records stored, measured or failed
     best: RecordLine | None    # the record a build applies, if any is valid
 
-    @property
-    def best_ms(self) -> float | None:
-        return None if self.best is None else mean_seconds(self.best) * 1e3
-
 
 def records_by_task(files: DatabaseFiles, tasks: Iterable[tuple[str, str]], matches: TargetMatcher) -> list[TaskRecords]:
     """Trials and best record for each ``(task name, workload hash)`` on a matching target."""

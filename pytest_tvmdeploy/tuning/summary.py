@@ -45,7 +45,3 @@ class TuningSummary:
     @property
     def failed_tasks(self) -> tuple[TaskResult, ...]:
         return tuple(result for result in self.results if result.failed)
-
-    def best_ms(self) -> dict[str, float]:
-        """Best latency per tuned task, in milliseconds (tasks where nothing ran are left out)."""
-        return {r.name: r.best_ms for r in self.results if r.best_ms is not None}

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_tvmdeploy.build import TargetSpec
+from pytest_tvmdeploy.build import TargetSpec, parse_target
 
 if TYPE_CHECKING:
     import tvm
@@ -21,14 +21,14 @@ CORES_KEY = "num-cores"
 
 
 def tuning_target(spec: TargetSpec) -> "tvm.target.Target":
-    """The target MetaSchedule tunes for: ``spec``, with ``num-cores`` filled in for CPUs."""
-    import tvm
+    """The target MetaSchedule tunes for: ``spec``, with ``num-cores`` filled in for CPUs
+    (raises :class:`~pytest_tvmdeploy.errors.TargetError` if TVM rejects it)."""
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
     config = spec.as_dict
     if config.get("kind") == "llvm" and CORES_KEY not in config:
         config[CORES_KEY] = cpu_count(logical=False)
-    return tvm.target.Target(config)
+    return parse_target(config).to_tvm()
 
 
 def record_matcher(spec: TargetSpec) -> Callable[[dict[str, Any]], bool]:
