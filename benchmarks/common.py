@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,10 @@ def photo() -> Any:
 
 def timed(call: Callable[[], Any], repeat: int) -> list[float]:
     """Seconds of ``repeat`` calls after one untimed warm-up call."""
+    from pytest_tvmdeploy.runners.base import timed_calls
+
     call()
-    seconds = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    return list(timed_calls(call, repeat)[1])
 
 
 def write_results(name: str, data: Any) -> Path:

@@ -10,7 +10,7 @@ project's quantizer, kl_divergence + max per channel) untuned and tuned; on a CP
 VNNI (``-mcpu=sapphirerapids``, ``znver4``, ...) its convs take the VNNI form
 (``quantize/vnni.py``). Tuned builds apply the MetaSchedule database ``DIR/<target label>/``
 (``{model}`` in DIR is replaced by the model's name; default ``benchmarks/tuning/{model}``);
-``--tune N`` first tunes what the database lacks, up to N trials per model. Each backend runs in
+``--tune N`` first tunes each model until its database holds N trials for the target. Each backend runs in
 a fresh process, one after another; reported: median, min and max of ``--repeat`` timed calls,
 and each median's ratio to ONNX Runtime's. JSON goes to
 ``benchmarks/results/latency-<target label>.json``.
@@ -26,11 +26,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import model, photo, timed, write_results  # noqa: E402
 from pytest_tvmdeploy.build import parse_target  # noqa: E402
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -55,7 +55,7 @@ def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:
 
 
 def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: int) -> list[dict]:
-    from pytest_tvmdeploy import deploy, parse_target
+    from pytest_tvmdeploy import deploy
     from pytest_tvmdeploy.runners.cpp import SessionCppRunner
 
     sys.path.insert(0, str(ROOT / "fixtures"))
@@ -98,13 +98,20 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> list[dict]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's median over ONNX Runtime's (``vs_onnxruntime``; ``None`` without an ORT row)."""
+    ort = next((r["median_ms"] for r in rows if r["backend"] == "onnxruntime"), None)
+    for r in rows:
+        r["vs_onnxruntime"] = r["median_ms"] / ort if ort else None
+
+
 def print_model(rows: list[dict], name: str) -> None:
-    ort = next((r["median_ms"] for r in rows if r["model"] == name and r["backend"] == "onnxruntime"), None)
-    for r in (r for r in rows if r["model"] == name):
-        ratio = f"{r['median_ms'] / ort:6.2f}x ORT" if ort else ""
+    """One model's rows as a table, and its int8/fp32 ratios."""
+    for r in rows:
+        ratio = f"{r['vs_onnxruntime']:6.2f}x ORT" if r["vs_onnxruntime"] else ""
         print(f"{name:14s} {r['backend']:22s} median {r['median_ms']:9.2f} ms  (min {r['min_ms']:.2f}, "
               f"max {r['max_ms']:.2f}, n={r['n']})  {ratio}", flush=True)
-    by = {r["backend"]: r["median_ms"] for r in rows if r["model"] == name}
+    by = {r["backend"]: r["median_ms"] for r in rows}
     for kind in ("untuned", "tuned"):
         if f"tvm-int8-{kind}" in by and f"tvm-{kind}" in by:
             print(f"{name:14s} int8/fp32 {kind} TVM = {by[f'tvm-int8-{kind}'] / by[f'tvm-{kind}']:.2f}x", flush=True)
@@ -128,12 +135,11 @@ def main() -> None:
         return
     rows: list[dict] = []
     for name in args.models.split(","):
-        for backend in FP32_BACKENDS + (INT8_BACKENDS if args.int8 else ()):
-            rows += run_backend(backend, name, args)
-        print_model(rows, name)
-    for r in rows:
-        ort = next((o["median_ms"] for o in rows if o["model"] == r["model"] and o["backend"] == "onnxruntime"), None)
-        r["vs_onnxruntime"] = r["median_ms"] / ort if ort else None
+        model_rows = [r for backend in FP32_BACKENDS + (INT8_BACKENDS if args.int8 else ())
+                      for r in run_backend(backend, name, args)]
+        add_ratios(model_rows)
+        print_model(model_rows, name)
+        rows += model_rows
     label = parse_target(args.target).label
     write_results(f"latency-{label}.json", {"target": args.target, "repeat": args.repeat, "rows": rows})
 

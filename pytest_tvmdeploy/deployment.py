@@ -29,7 +29,7 @@ from pytest_tvmdeploy.quantize import quantize as quantize_module
 from pytest_tvmdeploy.runners.base import RunResult
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
-from pytest_tvmdeploy.runners.rpc_devices import RemoteSpec
+from pytest_tvmdeploy.runners.rpc_devices import RPC_TIMEOUT, RemoteSpec
 from pytest_tvmdeploy.sources import ModelSource, open_source
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 
@@ -136,7 +136,7 @@ def deploy(
     tuning_dir: Path | None = None,
     tune: int = 0,
     remote: RemoteSpec | None = None,
-    remote_timeout: float = 600.0,
+    remote_timeout: float = RPC_TIMEOUT,
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model`` on ``target``; run its reference too.
 

@@ -72,8 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
                          "outputs are then judged by the quantization budget, not elementwise")
     group.addoption("--tvm-tune", default=None, metavar="TRIALS",
-                    help="tune each marked model with MetaSchedule for up to TRIALS trials (only the tasks "
-                         "its target's tuning database lacks) before building; builds apply the database")
+                    help="tune each marked model with MetaSchedule until its target's tuning database holds "
+                         "TRIALS trials for it (records already there count) before building; builds apply "
+                         "the database")
     group.addoption("--tvm-tuning-dir", default=None, metavar="DIR",
                     help="tuning databases, one folder per target label (default: ini tvm_tuning_dir, "
                          "else <cache>/tuning); commit it to reuse tuned schedules in CI")
@@ -84,7 +85,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run every .so on this TVM RPC server instead of in this process")
     group.addoption("--tvm-rpc-tracker", default=None, metavar="HOST:PORT",
                     help="run every .so on a device leased from this RPC tracker (with --tvm-rpc-key)")
-    group.addoption("--tvm-rpc-key", default=None, metavar="KEY", help="the device key asked of the RPC tracker")
+    group.addoption("--tvm-rpc-key", default=None, metavar="KEY", help="the device key: asked of the RPC tracker, or the match key sent to a --tvm-rpc server")
     group.addoption("--tvm-rpc-timeout", type=float, default=None, metavar="SECONDS",
                     help="time limit of one remote run, waiting for a free device included (default 600)")
     group.addoption("--tvm-localize", default=None, choices=("on", "off"),

@@ -11,7 +11,7 @@ from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
 from pytest_tvmdeploy.compare_quantized import QuantBudget
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
-from pytest_tvmdeploy.runners.rpc_devices import RemoteSpec, parse_remote
+from pytest_tvmdeploy.runners.rpc_devices import RPC_TIMEOUT, RemoteSpec, parse_remote
 from pytest_tvmdeploy.tolerances import ToleranceRules
 
 MARKER = "tvm_model"
@@ -30,7 +30,8 @@ MARKER_ARGUMENTS: dict[str, str] = {
     "quant_budget": "budgets of a quantized model against fp32: a QuantBudget or a dict of its fields; "
                     "given without quantize= (an int8 model file), outputs are judged by it, not elementwise",
     "name": "the model's name in reports (default: the file name or the module's class)",
-    "tune": "MetaSchedule trials for this model's tasks that the tuning database lacks (default: --tvm-tune, 0)",
+    "tune": "MetaSchedule trials this model should have in the tuning database, stored ones included "
+            "(default: --tvm-tune, 0)",
 }
 
 #: Values of --tvm-cpp / tvm_cpp / cpp=.
@@ -52,15 +53,15 @@ class SessionSettings:
     quantize: str | None = None
     repeat: int = 1
     localize: bool = True
-    tuning_root: Path | None = None   # per-target database folders below it
+    tuning_root: Path = Path("tuning")   # per-target database folders below it
     tune: int = 0
     cc: str | None = None
     remote: RemoteSpec | None = None
-    remote_timeout: float = 600.0
+    remote_timeout: float = RPC_TIMEOUT
 
-    def tuning_dir(self, target: TargetSpec) -> Path | None:
+    def tuning_dir(self, target: TargetSpec) -> Path:
         """This target's tuning database folder."""
-        return self.tuning_root / target.label if self.tuning_root is not None else None
+        return self.tuning_root / target.label
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def session_settings(
         tune=trials(option("tvm_tune") or 0, "--tvm-tune"),
         cc=either("tvm_cc", "") or None,
         remote=_remote(option("tvm_rpc"), option("tvm_rpc_tracker"), option("tvm_rpc_key")),
-        remote_timeout=option("tvm_rpc_timeout") or 600.0,
+        remote_timeout=_given(option("tvm_rpc_timeout"), RPC_TIMEOUT),
     )
 
 
@@ -131,13 +132,24 @@ def _folder(text: str, rootdir: Path | None) -> Path | None:
     return path if path.is_absolute() or rootdir is None else rootdir / path
 
 
-def trials(value: Any, where: str) -> int:
-    """A tuning budget: a whole number of trials >= 0, or :class:`ConfigError`."""
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless the option was not given (``None``); 0 stays 0."""
+    return default if value is None else value
+
+
+def _whole_number(value: Any, minimum: int) -> int | None:
+    """``value`` as an int if it is a whole number >= ``minimum``, else ``None``."""
     try:
         count = int(value)
     except (TypeError, ValueError):
-        count = -1
-    if count < 0:
+        return None
+    return count if count >= minimum else None
+
+
+def trials(value: Any, where: str) -> int:
+    """A tuning budget: a whole number of trials >= 0, or :class:`ConfigError`."""
+    count = _whole_number(value, 0)
+    if count is None:
         raise ConfigError(f"{where}: {value!r} is not a number of trials (a whole number >= 0)")
     return count
 
@@ -145,17 +157,14 @@ def trials(value: Any, where: str) -> int:
 def _remote(server: str | None, tracker: str | None, key: str | None) -> RemoteSpec | None:
     if server is None and tracker is None:
         if key:
-            raise ConfigError("--tvm-rpc-key needs --tvm-rpc-tracker")
+            raise ConfigError("--tvm-rpc-key needs --tvm-rpc or --tvm-rpc-tracker")
         return None
     return parse_remote(server, tracker=tracker, key=key)
 
 
 def _repeat(value: Any) -> int:
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        count = 0
-    if count < 1:
+    count = _whole_number(value, 1)
+    if count is None:
         raise ConfigError(f"--tvm-repeat / tvm_repeat: {value!r} is not a positive whole number")
     return count
 

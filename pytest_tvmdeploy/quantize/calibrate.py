@@ -15,7 +15,7 @@ from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import Site, emit_float
 from pytest_tvmdeploy.quantize.realize import SiteScales
 from pytest_tvmdeploy.quantize.scales import activation_scale
-from pytest_tvmdeploy.runners.python_vm import flatten_tvm_outputs
+from pytest_tvmdeploy.runners.python_vm import flatten_tvm_outputs, tvm_tensors
 
 
 def site_scales(
@@ -44,7 +44,7 @@ def site_scales(
     count = 0
     for sample in calibration:
         args = _positional(sample, names, count)
-        watched = flatten_tvm_outputs(vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args])[1])
+        watched = flatten_tvm_outputs(vm["main"](*tvm_tensors(args))[1])
         for (seen_in, seen_out), values_in, values_out in zip(observers, watched[0::2], watched[1::2]):
             seen_in.update(values_in)
             seen_out.update(values_out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ def run_python_vm(module_path: Path, inputs: Mapping[str, np.ndarray], *, repeat
     start = time.perf_counter()
     try:
         vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(module_path)), tvm.cpu())
-        args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs.values()]
+        args = tvm_tensors(inputs.values())
     except Exception as exc:  # noqa: BLE001
         raise RunnerError(f"{module_path}: loading into the Relax VM failed: {brief(exc)}") from exc
     load_seconds = time.perf_counter() - start
@@ -41,6 +41,13 @@ def run_python_vm(module_path: Path, inputs: Mapping[str, np.ndarray], *, repeat
         load_seconds=load_seconds,
         call_seconds=calls,
     )
+
+
+def tvm_tensors(arrays: Iterable[np.ndarray], device: Any = None) -> list[Any]:
+    """The arrays as TVM tensors on ``device`` (default: this machine's CPU), for a VM call."""
+    import tvm
+
+    return [tvm.runtime.tensor(np.ascontiguousarray(a), device if device is not None else tvm.cpu()) for a in arrays]
 
 
 def flatten_tvm_outputs(value: Any) -> list[np.ndarray]:

@@ -28,10 +28,18 @@ import numpy as np
 
 from pytest_tvmdeploy.errors import RunnerError, brief
 from pytest_tvmdeploy.runners.base import RunResult
-from pytest_tvmdeploy.runners.rpc_devices import Lease, RemoteSpec, lease_device, parse_remote, probe_server
+from pytest_tvmdeploy.runners.python_vm import tvm_tensors
+from pytest_tvmdeploy.runners.rpc_devices import (
+    RPC_TIMEOUT,
+    Lease,
+    RemoteSpec,
+    lease_device,
+    parse_remote,
+    probe_server,
+)
 
 RUNNER_PREFIX = "rpc"
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = RPC_TIMEOUT
 CONNECT_TIMEOUT = 10.0
 
 #: How long after our deadline the server ends the session on its own (frees a device whose
@@ -139,7 +147,7 @@ class _RemoteSession:
         self.load_seconds = time.perf_counter() - start
         self.stage = "sending the inputs"
         # set_input + invoke_stateful: calling main directly returns tuples as opaque handles
-        vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in self.inputs.values()])
+        vm.set_input("main", *tvm_tensors(self.inputs.values(), device))
         self.stage = f"running main({', '.join(self.inputs)})"
         timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=self.repeat)
         self.call_seconds = tuple(float(s) for s in timer("main").results)

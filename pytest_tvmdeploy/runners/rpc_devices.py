@@ -28,6 +28,8 @@ from typing import Any
 from pytest_tvmdeploy.errors import ConfigError, RunnerError
 
 # Protocol constants, as in tvm/rpc/base.py (tests check they still match).
+#: Default limit of one remote run, waiting for a free device included (seconds).
+RPC_TIMEOUT = 600.0
 RPC_MAGIC = 0xFF271
 RPC_TRACKER_MAGIC = 0x2F271
 RPC_CODE_SUCCESS = RPC_MAGIC + 0
