@@ -87,6 +87,22 @@ class ArtifactCache:
             return None
         return artifact
 
+    def remembered(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
+        """A JSON value computed once per ``key`` and kept in ``<root>/<kind>/<key>.json``.
+
+        An unreadable file is computed again and replaced; values are written atomically, so
+        concurrent workers at worst compute the same value twice."""
+        path = self.root / kind / f"{key}.json"
+        try:
+            return json.loads(path.read_text())["value"]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"tvmdeploy cache file {path} is unreadable ({exc}); computing it again")
+        value = compute()
+        write_atomic(path, json.dumps({"key": key, "value": value}, sort_keys=True))
+        return value
+
     def get_or_build(
         self, key: str, build: Callable[[Path], Mapping[str, Any]]
     ) -> tuple[Artifact, bool]:

@@ -31,6 +31,8 @@ from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.runners.rpc_devices import RPC_TIMEOUT, RemoteSpec
 from pytest_tvmdeploy.sources import ModelSource, open_source
+from pytest_tvmdeploy.tuning.fingerprint import applied_fingerprint, workload_hashes
+from pytest_tvmdeploy.tuning.plan import needs_tuning
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 
 if TYPE_CHECKING:
@@ -169,11 +171,8 @@ def deploy(
     reference = source.run_reference(arrays, repeat=repeat)
     model_fingerprint = source.fingerprint(arrays)
     module = _RelaxModule(source, arrays, recipe, phase)
-    if recipe.tune_trials:
-        module.tune()
-    # Read once: the cache key and the build see the same records.
-    records = read_database(recipe.tuning_dir) if recipe.tuning_dir is not None else None
-    key = cache_key({
+    cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
+    build_inputs = {
         "model": model_fingerprint,
         "inputs": signature(arrays),
         "target": spec.json,
@@ -182,9 +181,9 @@ def deploy(
         "quantize": recipe.quant.to_json() if recipe.quant is not None else None,
         "calibration": [arrays_fingerprint(s) for s in recipe.samples] if recipe.samples else None,
         "cc": recipe.cc,
-        "tuning": records.digest() if records is not None else None,
-    })
-    cache = ArtifactCache(cache_dir if cache_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
+    }
+    records, applied = _tuning_records(module, recipe, cache, cache_key(build_inputs))
+    key = cache_key({**build_inputs, "tuning": applied})
     artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, records))
     runs: dict[str, RunResult] = {reference.runner: reference}
     tvm_result, not_run = _run_tvm(artifact, arrays, spec, remote, repeat, remote_timeout, phase)
@@ -246,6 +245,26 @@ class BuildRecipe:
     cc: str | None = None
     tuning_dir: Path | None = None
     tune_trials: int = 0
+
+
+def _tuning_records(
+    module: _RelaxModule, recipe: BuildRecipe, cache: ArtifactCache, build_key: str
+) -> tuple[DatabaseFiles | None, str | None]:
+    """Tune if asked and needed; then the database and the digest of the records it applies to
+    this model (part of the artifact's key, so records for other models do not rebuild it).
+
+    The model's workload hashes are kept in the cache under ``build_key``: once known, a model
+    whose artifact is cached and whose tuning budget is met is neither imported nor prepared."""
+    if recipe.tuning_dir is None:
+        return None, None
+    records = read_database(recipe.tuning_dir)  # read once: the key and the build see the same records
+    if records.is_empty and not recipe.tune_trials:
+        return records, None
+    workloads = cache.remembered("workloads", build_key, lambda: list(module.workloads()))
+    if recipe.tune_trials and needs_tuning(recipe.tuning_dir, recipe.target, workloads, max_trials=recipe.tune_trials):
+        module.tune()
+        records = read_database(recipe.tuning_dir)
+    return records, applied_fingerprint(records, workloads, recipe.target)
 
 
 def _inputs_for(source: ModelSource, inputs: Mapping[str, Any] | list[Any], seed: int) -> dict[str, np.ndarray]:
@@ -351,6 +370,10 @@ class _RelaxModule:
         result = work()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         return result
+
+    def workloads(self) -> tuple[str, ...]:
+        """The workload hashes of the module's tuning tasks for the recipe's target."""
+        return workload_hashes(self.get(), self.recipe.target)
 
     def tune(self) -> None:
         """Tune what the recipe's database lacks for this module (nothing when it was tuned before)."""

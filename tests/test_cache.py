@@ -321,3 +321,23 @@ def test_cache_key_distinguishes_types():
     assert cache_key({"a": 1}) != cache_key({"a": "1"})
     assert cache_key({"a": Path("m.onnx")}) == cache_key({"a": "m.onnx"})  # default=str
 
+
+
+def test_remembered_values_are_computed_once_and_a_damaged_file_again(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return ["123", "456"]
+
+    assert cache.remembered("workloads", "k1", compute) == ["123", "456"]
+    assert cache.remembered("workloads", "k1", compute) == ["123", "456"]
+    assert len(calls) == 1
+    path = tmp_path / "workloads" / "k1.json"
+    path.write_text('{"key": "k1", "val')  # cut short, as by a crash of another writer
+    with pytest.warns(UserWarning, match=r"k1\.json is unreadable"):
+        assert cache.remembered("workloads", "k1", compute) == ["123", "456"]
+    assert len(calls) == 2
+    assert json.loads(path.read_text()) == {"key": "k1", "value": ["123", "456"]}
+    assert cache.remembered("workloads", "k2", lambda: [7]) == [7]  # keys do not mix

@@ -42,10 +42,11 @@ def test_tune_once_then_every_build_applies_the_database(project: pytest.Pyteste
     database = project.path / "tuning" / "llvm"
     assert (database / "database_tuning_record.json").stat().st_size > 0
     assert first["tuned"] is True and first["timings"]["tune"] > 0 and first["max_abs_error"] < 1e-5
-    # Asked again: the database already has this model's trials, so nothing is tuned or built.
+    # Asked again: the database already has this model's trials and the cache knows its
+    # workloads, so the model is not even imported: nothing is tuned or built.
     again = project.runpytest("-v", "--tvm-tune=8", "--tvm-cache-dir=cache", "--tvm-report=out")
-    again.stdout.fnmatch_lines(["*::test_model load… reference… import… tune… run… cpp… PASSED*", "artifacts: 0 built, 1 from cache"])
-    assert record(project)["timings"]["tune"] < first["timings"]["tune"]
+    again.stdout.fnmatch_lines(["*::test_model load… reference… run… cpp… PASSED*", "artifacts: 0 built, 1 from cache"])
+    assert record(project)["timings"]["tune"] == record(project)["timings"]["import"] == 0
     # A fresh cache (as in CI with the database committed): built with the records, no tuning.
     shutil.rmtree(project.path / "cache")
     fresh = project.runpytest("-v", "--tvm-cache-dir=cache", "--tvm-report=out")
@@ -74,3 +75,18 @@ def test_a_damaged_database_fails_the_build_naming_the_file(project: pytest.Pyte
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*database_workload.json*"])
     assert (database / "database_workload.json").read_text() == "not json\n"  # left as it was
+
+
+def test_tuning_another_model_keeps_the_first_models_artifact(project: pytest.Pytester) -> None:
+    """The artifact's key covers the records its build applies, not the whole database."""
+    project.makepyfile(test_first=TINY)
+    project.makepyfile(test_second=TINY.replace("ConvReluPoolConv", "TinyConvNet"))
+    project.makeini("[pytest]\ntvm_snapshot = off\ntvm_tuning_dir = tuning\n")
+    project.runpytest("test_first.py", "--tvm-tune=8", "--tvm-cache-dir=cache").assert_outcomes(passed=1)
+    database = project.path / "tuning" / "llvm" / "database_tuning_record.json"
+    first_records = database.read_text()
+    project.runpytest("test_second.py", "--tvm-tune=8", "--tvm-cache-dir=cache").assert_outcomes(passed=1)
+    assert database.read_text().startswith(first_records) and database.read_text() != first_records
+    again = project.runpytest("-v", "test_first.py", "--tvm-cache-dir=cache", "--tvm-report=out")
+    again.stdout.fnmatch_lines(["*::test_model load… reference… run… cpp… PASSED*", "artifacts: 0 built, 1 from cache"])
+    assert record(project)["tuned"] is True

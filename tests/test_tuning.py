@@ -213,3 +213,18 @@ def test_the_vnni_intrinsic_replacement_compiles_and_computes(tmp_path) -> None:
     out = tvm.runtime.tensor(c)
     executable["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
     np.testing.assert_array_equal(out.numpy(), c + b.astype(np.int64) @ a.astype(np.int64))
+
+
+def test_compacting_keeps_what_builds_apply(tuned, tiny, tmp_path, capsys) -> None:
+    from pytest_tvmdeploy.tuning.compact import main as compact_main
+
+    database = _copy(tuned[0], tmp_path / "db")
+    applied = database_fingerprint(database, tiny, SPEC)
+    records = len(_lines(database, RECORD_FILE))
+    assert compact_main([str(database)]) == 0
+    kept = len(_lines(database, RECORD_FILE))
+    assert capsys.readouterr().out.strip() == f"{database}: {records} -> {kept} record(s)"
+    assert 0 < kept <= len(_lines(database, WORKLOAD_FILE)) and kept < records  # the best per workload
+    assert database_fingerprint(database, tiny, SPEC) == applied
+    assert compact_main([str(tmp_path / "missing")]) == 1
+    assert "missing: no such folder" in capsys.readouterr().err

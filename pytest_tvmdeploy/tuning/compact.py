@@ -15,13 +15,22 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_tvmdeploy.tuning.records import RecordLine, read_database
+from pytest_tvmdeploy.errors import BuildError
+from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, database_lock, read_database
 from pytest_tvmdeploy.tuning.selection import is_valid, mean_seconds
 
 
 def compact(folder: Path) -> tuple[int, int]:
-    """Rewrite ``folder``'s database with one record per (workload, target); ``(before, after)``."""
-    files = read_database(Path(folder))
+    """Rewrite ``folder``'s database with one record per (workload, target); ``(before, after)``.
+
+    Holds the database's lock, so a tuning run in another process is not cut short."""
+    if not Path(folder).is_dir():
+        raise BuildError(f"tuning database {folder}: no such folder")
+    with database_lock(Path(folder)):
+        return _compact(read_database(Path(folder)))
+
+
+def _compact(files: DatabaseFiles) -> tuple[int, int]:
     best: dict[tuple[int, str], tuple[int, RecordLine]] = {}
     for position, record in enumerate(files.records):
         if not is_valid(record):
@@ -40,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", type=Path, nargs="+", help="database folders (database_*.json inside)")
     for folder in parser.parse_args(argv).folders:
-        before, after = compact(folder)
+        try:
+            before, after = compact(folder)
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"{folder}: {before} -> {after} record(s)")
     return 0
 

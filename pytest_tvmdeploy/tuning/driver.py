@@ -15,13 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock
-
 from pytest_tvmdeploy.build import TargetSpec
 from pytest_tvmdeploy.errors import BuildError
 from pytest_tvmdeploy.tuning.exhausted import note_exhausted
 from pytest_tvmdeploy.tuning.plan import TuningPlan, plan_tuning
-from pytest_tvmdeploy.tuning.records import DatabaseFiles, merge_new_records, read_database
+from pytest_tvmdeploy.tuning.records import DatabaseFiles, database_lock, merge_new_records, read_database
 from pytest_tvmdeploy.tuning.selection import records_by_task, selection_fingerprint
 from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary
 from pytest_tvmdeploy.tuning.session import run_meta_schedule
@@ -30,9 +28,6 @@ from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, s
 
 if TYPE_CHECKING:
     import tvm
-
-LOCK_NAME = ".tuning.lock"
-
 
 def tune(
     module: "tvm.IRModule",
@@ -55,9 +50,8 @@ def tune(
     """
     say = progress or (lambda line: None)
     database_dir = Path(database_dir)
-    database_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with FileLock(str(database_dir / LOCK_NAME)):
+    with database_lock(database_dir):
         seed = read_database(database_dir)
         tvm_target = tuning_target(target)
         tasks = extract_tasks(prepare_module(module, tvm_target), tvm_target)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pytest_tvmdeploy.build import TargetSpec
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.tuning.records import read_database
+from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 from pytest_tvmdeploy.tuning.selection import records_by_task, selection_fingerprint
 from pytest_tvmdeploy.tuning.targets import record_matcher
 
@@ -39,6 +39,12 @@ def database_fingerprint(
         raise ConfigError("database_fingerprint: a module or its workloads need the target")
     if workloads is None:
         workloads = workload_hashes(module, target)
+    return applied_fingerprint(files, workloads, target)
+
+
+def applied_fingerprint(files: DatabaseFiles, workloads: Sequence[str], target: TargetSpec) -> str | None:
+    """The digest of the records of ``files`` that a build of a module with these ``workloads``
+    for ``target`` applies (``None`` when none applies)."""
     if files.is_empty:
         return None
     return selection_fingerprint(records_by_task(files, [(w, w) for w in workloads], record_matcher(target)))

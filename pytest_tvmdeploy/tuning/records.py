@@ -17,11 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from pytest_tvmdeploy.errors import BuildError
 from pytest_tvmdeploy.files import write_atomic
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+LOCK_FILE = ".tuning.lock"
 
 _RECORD_LINE = re.compile(r"\[\s*(\d+)\s*,(.*)\]\s*", re.DOTALL)
 
@@ -84,6 +87,12 @@ class DatabaseFiles:
         """Write both files into ``folder``, workloads first (see the module docstring)."""
         write_atomic(folder / WORKLOAD_FILE, "".join(w.text + "\n" for w in self.workloads))
         write_atomic(folder / RECORD_FILE, "".join(r.line() + "\n" for r in self.records))
+
+
+def database_lock(folder: Path) -> FileLock:
+    """The lock a process holds while it rewrites the database in ``folder`` (tuning, compacting)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(folder) / LOCK_FILE))
 
 
 def read_database(folder: Path) -> DatabaseFiles:
