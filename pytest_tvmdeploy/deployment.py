@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import tvm
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
-BUILD_RECIPE = 3
+BUILD_RECIPE = 4
 
 
 class NamedArrays(Mapping[str, np.ndarray]):

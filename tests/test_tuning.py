@@ -16,6 +16,7 @@ from pytest_tvmdeploy.build import compile_module, export_library, parse_target
 from pytest_tvmdeploy.errors import BuildError
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
+from pytest_tvmdeploy.tuning.records import read_database
 from pytest_tvmdeploy.tuning import (
     RECORD_FILE,
     WORKLOAD_FILE,
@@ -228,3 +229,35 @@ def test_compacting_keeps_what_builds_apply(tuned, tiny, tmp_path, capsys) -> No
     assert database_fingerprint(database, tiny, SPEC) == applied
     assert compact_main([str(tmp_path / "missing")]) == 1
     assert "missing: no such folder" in capsys.readouterr().err
+
+
+class _Mean(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class _ScaledMean(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 2.0).relu().mean(dim=(2, 3))
+
+
+def test_records_of_equal_tasks_from_two_models_stay_loadable(x, tmp_path) -> None:
+    """The same reduction in two models has the same workload hash but other block names
+    (they follow variable names); each record must be stored with the module it was tuned on."""
+    from tvm.s_tir import meta_schedule as ms
+
+    plain, scaled = (_relax_module(model, torch.from_numpy(x)) for model in (_Mean(), _ScaledMean()))
+    shared = set(workload_hashes(plain, SPEC)) & set(workload_hashes(scaled, SPEC))
+    assert shared  # the mean is one workload for both
+    database = tmp_path / "db"
+    tune(plain, SPEC, database, max_trials=2, max_trials_per_task=2)
+    tune(scaled, SPEC, database, max_trials=12, max_trials_per_task=4)
+    files = read_database(database)
+    assert sum(files.workloads[record.workload].shash in shared for record in files.records) > 2  # tuned again
+    assert sum(workload.shash in shared for workload in files.workloads) >= 2  # each under its own module
+    assert len(ms.database.JSONDatabase(work_dir=str(database), allow_missing=False)) == len(_lines(database, RECORD_FILE))
+    for name, module, expected in (("plain", plain, x.mean(axis=(2, 3))),
+                                   ("scaled", scaled, np.maximum(2 * x, 0).mean(axis=(2, 3)))):
+        library = export_library(compile_tuned(module, SPEC, database), tmp_path / f"{name}.so")
+        out = run_python_vm(library, {"x": x}).outputs
+        np.testing.assert_allclose(out["output_0"], expected, rtol=1e-5, atol=1e-6)

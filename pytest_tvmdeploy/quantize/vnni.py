@@ -5,10 +5,13 @@ multiplies *unsigned* bytes by signed ones, and MetaSchedule tensorizes with it 
 channel-blocked layouts (data NCHW16c, weights OIHW4i16o4i). :func:`use_vnni_convs` rewrites
 each eligible conv to
 
-    u8 = int8 + 128  ->  NCHW16c  ->  conv2d_NCHWc_int8 (zero padding in int8 = 128 in uint8)
-    ->  NCHW  ->  minus 128 * sum(weights of the output channel)
+    u8 = int8 + 128  ->  padded NCHW16c (zero in int8 = 128 in uint8)  ->  blocked u8 x i8 conv
+    ->  NCHW, minus 128 * sum(weights of the output channel)
 
 which is the same int32 result, exactly: ``sum((x + 128) * w) = sum(x * w) + 128 * sum(w)``.
+Everything after the ``+ 128`` is one TIR function, layout changes included: MetaSchedule places
+them inside the conv's tiles, and the requantization that follows fuses into the function,
+instead of separate passes over memory (mobilenet_v2: 47 tuning tasks instead of 89).
 Depthwise/grouped convs and convs whose channels are not multiples of 16 keep their form.
 """
 
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import tvm
-from tvm import relax, te, topi
+from tvm import relax, te
 from tvm.relax import op as R
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.topi.utils import get_const_tuple
@@ -75,24 +78,34 @@ def eligible(call: relax.Call) -> bool:
     return out_channels % BLOCK == 0 and in_channels % BLOCK == 0
 
 
-def _vnni_conv(data: te.Tensor, kernel: te.Tensor, strides: list[int], padding: list[int],
+def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: list[int], padding: list[int],
                dilation: list[int]) -> te.Tensor:
-    """TE: the blocked uint8 x int8 -> int32 conv, padding with the value that means int8 zero.
+    """TE: NCHW uint8 ``data`` padded and blocked (pad value: the one that means int8 zero), the
+    blocked uint8 x int8 -> int32 conv, then its NCHW result minus ``offsets`` (per output channel).
 
     Written here rather than taken from TOPI: TOPI's block carries a ``schedule_rule``
     annotation, and MetaSchedule applies none of its generic rules (tiling, tensorization)
     to an annotated block."""
     top, left, bottom, right = padding
     (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
-    batch, in_chunks, height, width, _ = get_const_tuple(data.shape)
+    batch, in_channels, height, width = get_const_tuple(data.shape)
+    in_chunks = in_channels // BLOCK
     out_chunks, _, kernel_h, kernel_w, _, _, _ = get_const_tuple(kernel.shape)
-    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=SHIFT, name="pad_u8")
+    padded = te.compute(
+        (batch, in_chunks, height + top + bottom, width + left + right, BLOCK),
+        lambda n, c, y, x, cb: te.if_then_else(
+            te.all(y >= top, y < top + height, x >= left, x < left + width),
+            data[n, c * BLOCK + cb, y - top, x - left],
+            te.const(SHIFT, "uint8"),
+        ),
+        name="pad_u8_nchw16c",
+    )
     out_h = (height + top + bottom - (kernel_h - 1) * dilation_h - 1) // stride_h + 1
     out_w = (width + left + right - (kernel_w - 1) * dilation_w - 1) // stride_w + 1
     ry, rx = te.reduce_axis((0, kernel_h), "ry"), te.reduce_axis((0, kernel_w), "rx")
     rc = te.reduce_axis((0, in_chunks), "rc")
     rj, rk = te.reduce_axis((0, BLOCK // LANES), "rj"), te.reduce_axis((0, LANES), "rk")
-    return te.compute(
+    blocked = te.compute(
         (batch, out_chunks, out_h, out_w, BLOCK),
         lambda n, o, y, x, ob: te.sum(
             padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, rj * LANES + rk].astype("int32")
@@ -100,6 +113,11 @@ def _vnni_conv(data: te.Tensor, kernel: te.Tensor, strides: list[int], padding: 
             axis=[ry, rx, rc, rj, rk],
         ),
         name="conv2d_nchw16c_u8i8",
+    )
+    return te.compute(
+        (batch, out_chunks * BLOCK, out_h, out_w),
+        lambda n, c, y, x: blocked[n, c // BLOCK, y, x, c % BLOCK] - offsets[c],
+        name="conv2d_nchw16c_u8i8_nchw",
     )
 
 
@@ -125,11 +143,8 @@ class _VnniConvs(PyExprMutator):
         attrs = call.attrs
         bb = self.builder_
         unsigned = bb.emit(R.astype(R.add(R.astype(data, "int16"), relax.const(SHIFT, "int16")), "uint8"))
-        blocked = bb.emit(R.layout_transform(unsigned, lambda n, c, h, w: (n, c // BLOCK, h, w, c % BLOCK)))
         kernel = relax.const(pack_weights(weights.value.numpy()))
+        offsets = relax.const((SHIFT * weights.value.numpy().astype(np.int32).sum(axis=(1, 2, 3))).astype("int32"))
         padding = [int(p) for p in attrs.padding]
-        conv = bb.emit_te(_vnni_conv, blocked, kernel, [int(s) for s in attrs.strides], padding,
+        return bb.emit_te(_vnni_conv, unsigned, kernel, offsets, [int(s) for s in attrs.strides], padding,
                           [int(d) for d in attrs.dilation], primfunc_name_hint="conv2d_nchw16c_u8i8")
-        plain = bb.emit(R.layout_transform(conv, lambda n, c, h, w, b: (n, c * BLOCK + b, h, w)))
-        offsets = SHIFT * weights.value.numpy().astype(np.int32).sum(axis=(1, 2, 3))
-        return R.subtract(plain, relax.const(offsets.reshape(1, -1, 1, 1).astype("int32")))

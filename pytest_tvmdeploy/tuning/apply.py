@@ -8,6 +8,7 @@ records. Functions without a record stay unscheduled, exactly as in an untuned b
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +42,10 @@ def build_with_records(module: "tvm.IRModule", target: TargetSpec, files: Databa
     as_tuned = tuning_target(target)  # prepared exactly as tune() prepares it, so the keys match
     prepared = prepare_module(module, as_tuned)
     chosen = chosen_records(files, prepared, target)
+    applied = 0
     if chosen:
-        prepared = apply_records(prepared, as_tuned, files, chosen)
-    return compile_module(prepared, target), len(chosen)
+        prepared, applied = apply_records(prepared, as_tuned, files, chosen)
+    return compile_module(prepared, target), applied
 
 
 def chosen_records(files: DatabaseFiles, prepared: "tvm.IRModule", target: TargetSpec) -> list[TaskRecords]:
@@ -54,20 +56,46 @@ def chosen_records(files: DatabaseFiles, prepared: "tvm.IRModule", target: Targe
 
 def apply_records(
     prepared: "tvm.IRModule", target: "tvm.target.Target", files: DatabaseFiles, chosen: list[TaskRecords]
-) -> "tvm.IRModule":
-    """Replace each tuned function of ``prepared`` by its scheduled version."""
+) -> tuple["tvm.IRModule", int]:
+    """Replace each tuned function of ``prepared`` by its scheduled version; also returns how
+    many records were applied (see :func:`loadable_database` for the ones that cannot be)."""
     from tvm import relax
 
-    if any(_TENSORIZE in task.best.body for task in chosen):
+    database, loaded = loadable_database(files, [task.best for task in chosen])
+    try:
+        with target, database:
+            return relax.transform.MetaScheduleApplyDatabase()(prepared), len(loaded)
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(f"applying tuning records from {files.folder} failed: {brief(exc)}") from exc
+
+
+def loadable_database(files: DatabaseFiles, records: list[RecordLine]) -> tuple[Any, list[RecordLine]]:
+    """A MetaSchedule database of those ``records`` that TVM can load, and which ones those are.
+
+    Loading a record replays its trace on its workload. A trace that names blocks its
+    workload does not have (records filed under another model's workload by older versions)
+    cannot be replayed: it is left out with a warning naming the database and the workload,
+    so its task builds unscheduled instead of failing the whole build."""
+    if any(_TENSORIZE in record.body for record in records):
         from pytest_tvmdeploy.tuning.intrinsics import register_working_vnni
 
         register_working_vnni()  # replaying a tensorized trace looks its intrinsic up by name
-    database = _database_of(files, [task.best for task in chosen])
     try:
-        with target, database:
-            return relax.transform.MetaScheduleApplyDatabase()(prepared)
-    except Exception as exc:  # noqa: BLE001
-        raise BuildError(f"applying tuning records from {files.folder} failed: {brief(exc)}") from exc
+        return _database_of(files, records), records
+    except BuildError:
+        if len(records) <= 1:
+            raise
+    loaded, left_out = [], []
+    for record in records:
+        try:
+            _database_of(files, [record])
+            loaded.append(record)
+        except BuildError:
+            left_out.append(record)
+    hashes = ", ".join(files.workloads[record.workload].shash for record in left_out)
+    warnings.warn(f"tuning database {files.folder}: {len(left_out)} record(s) do not replay on their stored "
+                  f"workload (workload hash {hashes}) and are left out; tune again to replace them")
+    return _database_of(files, loaded), loaded
 
 
 def _database_of(files: DatabaseFiles, records: list[RecordLine]) -> Any:

@@ -20,11 +20,11 @@ from pytest_tvmdeploy.errors import BuildError
 from pytest_tvmdeploy.tuning.exhausted import note_exhausted
 from pytest_tvmdeploy.tuning.plan import TuningPlan, plan_tuning
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, database_lock, merge_new_records, read_database
-from pytest_tvmdeploy.tuning.selection import records_by_task, selection_fingerprint
+from pytest_tvmdeploy.tuning.selection import is_valid, records_by_task, selection_fingerprint
 from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary
 from pytest_tvmdeploy.tuning.session import run_meta_schedule
 from pytest_tvmdeploy.tuning.targets import record_matcher, target_key, tuning_target
-from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, same_workload, task_keys
+from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, task_keys, tuned_workload
 
 if TYPE_CHECKING:
     import tvm
@@ -61,7 +61,8 @@ def tune(
         if plan.has_work:
             say(f"tuning {len(plan.todo)} of {len(tasks)} tasks, up to {plan.per_task} trials each, {plan.budget} in all")
             todo = [task for task in tasks if (task.name, task.shash) in plan.todo]
-            results, added = _tune_in_copy(seed, todo, plan, tvm_target, label=target.json, say=say)
+            results, added = _tune_in_copy(_warm_start(seed, todo, target), todo, plan, tvm_target,
+                                           label=target.json, say=say)
             note_exhausted(database_dir, target_key(target), _exhausted(todo, plan, results))
         else:
             say(f"nothing to tune: the database holds the {max_trials}-trial budget of these {len(tasks)} tasks")
@@ -87,6 +88,19 @@ def _exhausted(todo: list[Task], plan: TuningPlan, results: tuple[TaskResult, ..
     return [task.shash for task in todo if trials.get(task.name, 0) < plan.per_task]
 
 
+def _warm_start(files: DatabaseFiles, todo: list[Task], target: TargetSpec) -> DatabaseFiles:
+    """The stored records MetaSchedule starts from: the valid ones of the tasks to tune, for
+    this target, that TVM can load (a record that cannot be replayed would fail the run)."""
+    from pytest_tvmdeploy.tuning.apply import loadable_database
+
+    wanted, matches = {task.shash for task in todo}, record_matcher(target)
+    records = [record for record in files.records
+               if files.workloads[record.workload].shash in wanted and matches(record.target) and is_valid(record)]
+    if not records:
+        return files.subset([])
+    return files.subset(loadable_database(files, records)[1])
+
+
 def _tune_in_copy(
     seed: DatabaseFiles,
     todo: list[Task],
@@ -96,7 +110,8 @@ def _tune_in_copy(
     label: str,
     say: Callable[[str], None],
 ) -> tuple[tuple[TaskResult, ...], int]:
-    """Tune in a temporary copy of ``seed``, then append the new records to ``seed``'s folder.
+    """Tune in a temporary database holding ``seed`` (records of the real one), then append the
+    new records to the real one (``seed``'s folder).
 
     The copy is removed afterwards, unless tuning failed: then its MetaSchedule logs stay
     for the error message to point at.
@@ -108,7 +123,8 @@ def _tune_in_copy(
             todo, target, run_dir, budget=plan.budget, per_task=plan.per_task, label=label, say=say
         )
         _all_failed_check(results, label, run_dir)  # before merging: a broken run must not mark tasks done
-        added = merge_new_records(seed.folder, read_database(run_dir), seed, same_workload)
+        tuned = {task.shash: tuned_workload(task) for task in todo}
+        added = merge_new_records(seed.folder, read_database(run_dir), seed, tuned)
     except BuildError:
         shutil.rmtree(run_dir / "candidates", ignore_errors=True)
         raise

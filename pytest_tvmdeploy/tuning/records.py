@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -109,13 +109,17 @@ def merge_new_records(
     destination: Path,
     run: DatabaseFiles,
     seed: DatabaseFiles,
-    same_workload: Callable[[WorkloadLine, WorkloadLine], bool],
+    tuned_workloads: Mapping[str, WorkloadLine],
 ) -> int:
     """Append the records ``run`` has beyond ``seed`` to the database in ``destination``.
 
-    ``run`` is a database that started as a copy of ``seed`` and was only appended to.
-    The destination is read again, since it may have grown meanwhile; workloads it already
-    holds are reused (same hash and ``same_workload``), the others are appended.
+    ``run`` is a database that started as a copy of ``seed`` and was only appended to;
+    ``tuned_workloads`` are the modules the run tuned, by workload hash. Each new record is
+    stored with the module it was tuned on: MetaSchedule files a record under any stored
+    workload that is structurally equal, but its trace names the blocks of the tuned module,
+    and block names (which follow the model's variable names) are not part of that equality;
+    under another model's workload the trace would not replay. The destination is read again,
+    since it may have grown meanwhile; a workload it holds with the same module is reused.
     Returns the number of records added.
     """
     current = read_database(destination)
@@ -124,7 +128,9 @@ def merge_new_records(
     new_records = run.records[len(seed.records):]
     for record in new_records:
         if record.workload not in index_in_current:
-            index_in_current[record.workload] = _find_or_append(workloads, run.workloads[record.workload], same_workload)
+            stored = run.workloads[record.workload]
+            tuned = tuned_workloads.get(stored.shash, stored)
+            index_in_current[record.workload] = _find_or_append(workloads, tuned)
     records = list(current.records)
     records += [replace(record, workload=index_in_current[record.workload]) for record in new_records]
     if new_records:
@@ -132,11 +138,18 @@ def merge_new_records(
     return len(new_records)
 
 
-def _find_or_append(
-    workloads: list[WorkloadLine], wanted: WorkloadLine, same: Callable[[WorkloadLine, WorkloadLine], bool]
-) -> int:
+def same_module(first: WorkloadLine, second: WorkloadLine) -> bool:
+    """Whether two workload lines hold the same serialized module (block names included)."""
+    return first.shash == second.shash and (first.text == second.text or _module(first) == _module(second))
+
+
+def _module(workload: WorkloadLine) -> str:
+    return json.loads(workload.text)[1]
+
+
+def _find_or_append(workloads: list[WorkloadLine], wanted: WorkloadLine) -> int:
     for index, workload in enumerate(workloads):
-        if workload.shash == wanted.shash and (workload.text == wanted.text or same(workload, wanted)):
+        if same_module(workload, wanted):
             return index
     workloads.append(wanted)
     return len(workloads) - 1

@@ -63,12 +63,13 @@ def task_keys(tasks: list[Task]) -> list[tuple[str, str]]:
     return [(task.name, task.shash) for task in tasks]
 
 
-def same_workload(first: "WorkloadLine", second: "WorkloadLine") -> bool:
-    """Whether two stored workloads hold structurally equal modules."""
+def tuned_workload(task: Task) -> "WorkloadLine":
+    """The workload line of the module ``task`` tunes, as MetaSchedule's JSON database stores it."""
     import json
 
-    import tvm_ffi
     from tvm.s_tir.meta_schedule.database import Workload
 
-    modules = [Workload.from_json(json.loads(line.text)).mod for line in (first, second)]
-    return bool(tvm_ffi.structural_equal(*modules))
+    from pytest_tvmdeploy.tuning.records import WorkloadLine
+
+    shash, module = Workload(task.extracted.dispatched[0]).as_json()
+    return WorkloadLine(str(shash), json.dumps([str(shash), module]))
