@@ -261,3 +261,18 @@ def test_records_of_equal_tasks_from_two_models_stay_loadable(x, tmp_path) -> No
         library = export_library(compile_tuned(module, SPEC, database), tmp_path / f"{name}.so")
         out = run_python_vm(library, {"x": x}).outputs
         np.testing.assert_allclose(out["output_0"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_record_that_cannot_be_replayed_is_left_out_with_a_warning(tuned, tiny, x, tmp_path) -> None:
+    database = _copy(tuned[0], tmp_path / "db")
+    lines = _lines(database, RECORD_FILE)
+    names = {match for line in lines for match in re.findall(r'\["GetSBlock",\[\],\["([^"]+)","main"\]', line)}
+    name = sorted(names - {"root"})[0]
+    renamed = [line.replace(f'["{name}","main"]', '["no_such_block","main"]') for line in lines]
+    assert renamed != lines
+    (database / RECORD_FILE).write_text("\n".join(renamed) + "\n")
+    with pytest.warns(UserWarning, match=r"db: \d+ record\(s\) do not replay on their stored workload"):
+        executable = compile_tuned(tiny, SPEC, database)
+    out = run_python_vm(export_library(executable, tmp_path / "left_out.so"), {"x": x}).outputs
+    plain = run_python_vm(export_library(compile_module(tiny, SPEC), tmp_path / "plain.so"), {"x": x}).outputs
+    np.testing.assert_allclose(out["output_0"], plain["output_0"], rtol=0, atol=1e-5)

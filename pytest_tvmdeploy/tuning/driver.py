@@ -1,7 +1,8 @@
 """``tune``: run MetaSchedule on a Relax module and add its records to a database folder.
 
-The run happens in a temporary copy of the database; only at the end are its new records
-appended to the real one (see ``records.merge_new_records``), under a lock that also keeps
+The run happens in a temporary database that starts from the stored records of the tasks it
+tunes; only at the end are its new records appended to the real one, each with the module it was
+tuned on (see ``records.merge_new_records``), under a lock that also keeps
 two processes from tuning into the same folder at once (their measurements would disturb
 each other, and the second usually finds its tasks already tuned).
 """

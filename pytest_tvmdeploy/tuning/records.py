@@ -124,13 +124,14 @@ def merge_new_records(
     """
     current = read_database(destination)
     workloads = list(current.workloads)
+    modules = [_module(workload) for workload in workloads]
     index_in_current: dict[int, int] = {}
     new_records = run.records[len(seed.records):]
     for record in new_records:
         if record.workload not in index_in_current:
             stored = run.workloads[record.workload]
             tuned = tuned_workloads.get(stored.shash, stored)
-            index_in_current[record.workload] = _find_or_append(workloads, tuned)
+            index_in_current[record.workload] = _find_or_append(workloads, modules, tuned)
     records = list(current.records)
     records += [replace(record, workload=index_in_current[record.workload]) for record in new_records]
     if new_records:
@@ -138,20 +139,19 @@ def merge_new_records(
     return len(new_records)
 
 
-def same_module(first: WorkloadLine, second: WorkloadLine) -> bool:
-    """Whether two workload lines hold the same serialized module (block names included)."""
-    return first.shash == second.shash and (first.text == second.text or _module(first) == _module(second))
-
-
 def _module(workload: WorkloadLine) -> str:
+    """The serialized module of a workload line (block names included)."""
     return json.loads(workload.text)[1]
 
 
-def _find_or_append(workloads: list[WorkloadLine], wanted: WorkloadLine) -> int:
-    for index, workload in enumerate(workloads):
-        if same_module(workload, wanted):
+def _find_or_append(workloads: list[WorkloadLine], modules: list[str], wanted: WorkloadLine) -> int:
+    """The index of the workload holding ``wanted``'s module, appended if none does."""
+    module = _module(wanted)
+    for index, (workload, stored) in enumerate(zip(workloads, modules)):
+        if workload.shash == wanted.shash and stored == module:
             return index
     workloads.append(wanted)
+    modules.append(module)
     return len(workloads) - 1
 
 
