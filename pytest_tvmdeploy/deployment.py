@@ -261,7 +261,7 @@ def _tuning_records(
     if records.is_empty and not recipe.tune_trials:
         return records, None
     workloads = cache.remembered("workloads", build_key, lambda: list(module.workloads()))
-    if recipe.tune_trials and needs_tuning(recipe.tuning_dir, recipe.target, workloads, max_trials=recipe.tune_trials):
+    if recipe.tune_trials and needs_tuning(records, recipe.target, workloads, max_trials=recipe.tune_trials):
         module.tune()
         records = read_database(recipe.tuning_dir)
     return records, applied_fingerprint(records, workloads, recipe.target)

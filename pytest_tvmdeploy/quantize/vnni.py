@@ -143,8 +143,9 @@ class _VnniConvs(PyExprMutator):
         attrs = call.attrs
         bb = self.builder_
         unsigned = bb.emit(R.astype(R.add(R.astype(data, "int16"), relax.const(SHIFT, "int16")), "uint8"))
-        kernel = relax.const(pack_weights(weights.value.numpy()))
-        offsets = relax.const((SHIFT * weights.value.numpy().astype(np.int32).sum(axis=(1, 2, 3))).astype("int32"))
+        values = weights.value.numpy()
+        kernel = relax.const(pack_weights(values))
+        offsets = relax.const((SHIFT * values.astype(np.int32).sum(axis=(1, 2, 3))).astype("int32"))
         padding = [int(p) for p in attrs.padding]
         return bb.emit_te(_vnni_conv, unsigned, kernel, offsets, [int(s) for s in attrs.strides], padding,
                           [int(d) for d in attrs.dilation], primfunc_name_hint="conv2d_nchw16c_u8i8")

@@ -30,6 +30,7 @@ from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, t
 if TYPE_CHECKING:
     import tvm
 
+
 def tune(
     module: "tvm.IRModule",
     target: TargetSpec,

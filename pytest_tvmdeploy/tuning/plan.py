@@ -73,7 +73,7 @@ def default_per_task(max_trials: int, task_count: int) -> int:
 
 
 def needs_tuning(
-    database_dir: Path,
+    database: Path | DatabaseFiles,
     target: TargetSpec,
     workloads: Sequence[str],
     *,
@@ -82,11 +82,11 @@ def needs_tuning(
 ) -> bool:
     """Whether :func:`tune` with this budget would measure anything for a module with these workloads.
 
-    ``workloads`` are the module's task hashes (:func:`workload_hashes`); no TVM module work
-    is done, so a caller that kept them can skip importing the model when nothing is to do.
+    ``database`` is the database folder, or its content already read. ``workloads`` are the
+    module's task hashes (:func:`workload_hashes`); no TVM module work is done, so a caller that
+    kept them can skip importing the model when nothing is to do.
     """
+    files = database if isinstance(database, DatabaseFiles) else read_database(Path(database))
     tasks = [(shash, shash) for shash in workloads]
-    plan = plan_tuning(
-        read_database(Path(database_dir)), tasks, target, max_trials=max_trials, max_trials_per_task=max_trials_per_task
-    )
+    plan = plan_tuning(files, tasks, target, max_trials=max_trials, max_trials_per_task=max_trials_per_task)
     return plan.has_work
