@@ -30,7 +30,7 @@ def photo() -> Any:
 
 def timed(call: Callable[[], Any], repeat: int) -> list[float]:
     """Seconds of ``repeat`` calls after one untimed warm-up call."""
-    from pytest_tvmdeploy.runners.base import timed_calls
+    from pytest_tvmdeploy.outputs import timed_calls
 
     call()
     return list(timed_calls(call, repeat)[1])

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import model, photo, timed, write_results  # noqa: E402
-from pytest_tvmdeploy.build import parse_target  # noqa: E402
+from pytest_tvmdeploy.build.compile import parse_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"

@@ -3,16 +3,16 @@
 The plain-Python API mirrors what the pytest plugin does for each ``tvm_model`` test.
 """
 
-from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
-from pytest_tvmdeploy.compare import Comparison, OutputComparison, compare
-from pytest_tvmdeploy.compare_quantized import QuantBudget, QuantComparison, compare_quantized
-from pytest_tvmdeploy.deployment import Deployment, NamedArrays, Timings, deploy
+from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec, parse_target
+from pytest_tvmdeploy.check.elementwise import Comparison, OutputComparison, compare
+from pytest_tvmdeploy.check.quantized import QuantBudget, QuantComparison, compare_quantized
+from pytest_tvmdeploy.deploy.pipeline import Deployment, NamedArrays, Timings, deploy
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import make_inputs
-from pytest_tvmdeploy.localize import Divergence, localize_divergence
+from pytest_tvmdeploy.check.localize import Divergence, localize_divergence
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
 from pytest_tvmdeploy.sources import ModelSource, open_source
-from pytest_tvmdeploy.tolerances import Tolerance, ToleranceRules
+from pytest_tvmdeploy.check.tolerances import Tolerance, ToleranceRules
 
 __version__ = "0.1.0"
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec
-from pytest_tvmdeploy.compare import first_bitwise_difference
-from pytest_tvmdeploy.deployment import Deployment, deploy
-from pytest_tvmdeploy.error_histogram import error_histogram
+from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec
+from pytest_tvmdeploy.check.elementwise import first_bitwise_difference
+from pytest_tvmdeploy.deploy.pipeline import Deployment, deploy
+from pytest_tvmdeploy.check.histogram import error_histogram
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
-from pytest_tvmdeploy.judging import output_judge, verdict_summary
+from pytest_tvmdeploy.check.judge import output_judge, verdict_summary
 from pytest_tvmdeploy.kit.catalogue import select as select_kit_models
 from pytest_tvmdeploy.report.reproducer import write_reproducer
 from pytest_tvmdeploy.report.html import write_html_report
@@ -25,7 +25,7 @@ from pytest_tvmdeploy.report.json_report import report_document, write_json_repo
 from pytest_tvmdeploy.report.properties import junit_properties
 from pytest_tvmdeploy.report.terminal import format_table
 from pytest_tvmdeploy.runners.cpp import SessionCppRunner
-from pytest_tvmdeploy.settings import (
+from pytest_tvmdeploy.settings.session import (
     CPP_MODES,
     MARKER,
     MARKER_ARGUMENTS,
@@ -34,7 +34,7 @@ from pytest_tvmdeploy.settings import (
     model_test_settings,
     session_settings,
 )
-from pytest_tvmdeploy.snapshots import check_snapshot
+from pytest_tvmdeploy.check.snapshot_file import check_snapshot
 
 SESSION_KEY = pytest.StashKey[SessionSettings]()
 DEPLOYMENT_KEY = pytest.StashKey[Deployment]()
@@ -378,7 +378,7 @@ def _check(
 
 def _localize(deployment: Deployment, settings: ModelTestSettings, record: dict[str, Any]) -> str:
     """Where the outputs start to diverge, as a paragraph of the failure (also put in the record)."""
-    from pytest_tvmdeploy.localize import localize_divergence
+    from pytest_tvmdeploy.check.localize import localize_divergence
 
     try:
         divergence = localize_divergence(deployment.source, deployment.inputs, deployment.target, settings.tolerances)

@@ -11,13 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_tvmdeploy.cache import verify_file
-from pytest_tvmdeploy.compare_quantized import QuantBudget
-from pytest_tvmdeploy.judging import Verdict, output_judge
+from pytest_tvmdeploy.build.cache import verify_file
+from pytest_tvmdeploy.check.quantized import QuantBudget
+from pytest_tvmdeploy.check.judge import Verdict, output_judge
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.report.reproducer import MANIFEST, load_arrays
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
-from pytest_tvmdeploy.tolerances import ToleranceRules
+from pytest_tvmdeploy.check.tolerances import ToleranceRules
 
 
 def replay(folder: Path) -> Verdict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pytest_tvmdeploy import compare, deploy
-from pytest_tvmdeploy.deployment import _run_cpp
+from pytest_tvmdeploy.deploy.pipeline import _run_cpp
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

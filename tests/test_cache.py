@@ -1,4 +1,4 @@
-"""Unit tests of pytest_tvmdeploy.cache with fake ``model.so`` files (no TVM involved)."""
+"""Unit tests of pytest_tvmdeploy.build.cache with fake ``model.so`` files (no TVM involved)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tvmdeploy.cache import (
+from pytest_tvmdeploy.build.cache import (
     ARTIFACT_NAME,
     META_NAME,
     ArtifactCache,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pytest_tvmdeploy.errors import BuildError, RunnerError
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.outputs import RunResult
 from pytest_tvmdeploy.runners.cpp import build_cpp_runner, default_source_dir, find_cpp_toolchain, run_cpp
 
 torch = pytest.importorskip("torch")

@@ -14,13 +14,13 @@ from torch import nn
 
 from faults import drop_nth, scale_nth
 from models import ConvReluPoolConv, TinyConvNet, seeded
-from pytest_tvmdeploy.build import parse_target
+from pytest_tvmdeploy.targets import parse_target
 from pytest_tvmdeploy.errors import TvmDeployError
-from pytest_tvmdeploy.localize import Divergence, LocalizationError, localize_divergence
-from pytest_tvmdeploy.localize import search
-from pytest_tvmdeploy.localize.graph import GraphNode
+from pytest_tvmdeploy.check.localize import Divergence, LocalizationError, localize_divergence
+from pytest_tvmdeploy.check.localize import search
+from pytest_tvmdeploy.check.localize.graph import GraphNode
 from pytest_tvmdeploy.sources import open_source
-from pytest_tvmdeploy.tolerances import ToleranceRules
+from pytest_tvmdeploy.check.tolerances import ToleranceRules
 
 LLVM = parse_target("llvm")
 INPUTS = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
@@ -158,7 +158,7 @@ def test_report_record_is_plain_json(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_failing_own_inputs_check_still_reports_the_divergence(monkeypatch: pytest.MonkeyPatch) -> None:
     inject(monkeypatch, scale_nth("relax.nn.conv2d", 2, 1.01))
-    from pytest_tvmdeploy.localize.torch_graph import ExportedProgramGraph
+    from pytest_tvmdeploy.check.localize.torch_graph import ExportedProgramGraph
 
     def refuse(self: Any, values: Any) -> Any:
         raise RuntimeError("no isolation today")

@@ -176,8 +176,8 @@ def test_damaged_cache_entry_is_set_aside_and_rebuilt(project: pytest.Pytester) 
 FAULTY_RELU_CONFTEST = """
 import pytest
 from faults import drop_nth
-import pytest_tvmdeploy.deployment as deployment
-from pytest_tvmdeploy.localize import search
+import pytest_tvmdeploy.deploy.pipeline as deployment
+from pytest_tvmdeploy.check.localize import search
 
 @pytest.fixture(autouse=True)
 def tvm_drops_the_second_relu(monkeypatch):

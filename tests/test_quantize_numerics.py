@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.quantize.calibration import (
+from pytest_tvmdeploy.quantize.thresholds import (
     ActivationObserver,
     kl_divergence_threshold,
     percentile_threshold,

@@ -12,8 +12,8 @@ from tvm import relax
 from tvm.relax import op as R
 
 from pytest_tvmdeploy import deploy, parse_target
-from pytest_tvmdeploy.build import compile_module
-from pytest_tvmdeploy.compare_quantized import QuantBudget, compare_quantized
+from pytest_tvmdeploy.build.compile import compile_module
+from pytest_tvmdeploy.check.quantized import QuantBudget, compare_quantized
 from pytest_tvmdeploy.quantize.vnni import pack_weights, target_has_vnni, use_vnni_convs
 
 VNNI_TARGET = parse_target("llvm -mcpu=cascadelake")  # the oldest VNNI CPU: its code runs on all later ones

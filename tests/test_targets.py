@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
+from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec, parse_target
 from pytest_tvmdeploy.errors import TargetError
 
 ID_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")

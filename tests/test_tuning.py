@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_tvmdeploy.build import compile_module, export_library, parse_target
+from pytest_tvmdeploy.targets import parse_target
+from pytest_tvmdeploy.build.compile import compile_module, export_library
 from pytest_tvmdeploy.errors import BuildError
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm

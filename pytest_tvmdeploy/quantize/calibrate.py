@@ -10,12 +10,12 @@ import tvm
 from tvm import relax
 
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.quantize.calibration import ActivationObserver, threshold
+from pytest_tvmdeploy.quantize.thresholds import ActivationObserver, threshold
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import Site, emit_float
 from pytest_tvmdeploy.quantize.realize import SiteScales
 from pytest_tvmdeploy.quantize.scales import activation_scale
-from pytest_tvmdeploy.runners.python_vm import flatten_tvm_outputs, tvm_tensors
+from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
 
 def site_scales(
@@ -39,12 +39,12 @@ def site_scales(
         )
     observers = [(ActivationObserver(f"site{s.index}.input"), ActivationObserver(f"site{s.index}.output")) for s in sites]
     observed = emit_float(prepared, sites, observe=True)
-    vm = relax.VirtualMachine(tvm.compile(observed, target=tvm.target.Target("llvm")), tvm.cpu())
+    vm = relax_vm(tvm.compile(observed, target=tvm.target.Target("llvm")))
     names = [param.name for param in prepared["main"].params]
     count = 0
     for sample in calibration:
         args = _positional(sample, names, count)
-        watched = flatten_tvm_outputs(vm["main"](*tvm_tensors(args))[1])
+        watched = flatten_outputs(vm["main"](*tvm_tensors(args))[1])
         for (seen_in, seen_out), values_in, values_out in zip(observers, watched[0::2], watched[1::2]):
             seen_in.update(values_in)
             seen_out.update(values_out)

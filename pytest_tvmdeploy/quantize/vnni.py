@@ -29,7 +29,7 @@ from tvm.topi.utils import get_const_tuple
 from pytest_tvmdeploy.quantize.graph import is_constant
 
 if TYPE_CHECKING:
-    from pytest_tvmdeploy.build import TargetSpec
+    from pytest_tvmdeploy.targets import TargetSpec
 
 BLOCK = 16  #: channels per block, data and output
 LANES = 4  #: uint8 x int8 products one ``vpdpbusd`` lane sums

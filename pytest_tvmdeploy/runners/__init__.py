@@ -1,5 +1,5 @@
 """Runners execute a built artifact and return named outputs with timings."""
 
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.outputs import RunResult
 
 __all__ = ["RunResult"]

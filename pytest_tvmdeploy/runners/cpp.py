@@ -26,7 +26,7 @@ import numpy as np
 from filelock import FileLock
 
 from pytest_tvmdeploy.errors import BuildError, RunnerError
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.outputs import RunResult
 
 RUNNER_NAME = "cpp"
 EXECUTABLE_NAME = "tvm_cpp_check"

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from pytest_tvmdeploy.errors import RunnerError, brief
-from pytest_tvmdeploy.runners.base import RunResult, timed_calls
+from pytest_tvmdeploy.outputs import RunResult, timed_calls
+from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
 RUNNER_NAME = "tvm-python"
 
@@ -25,7 +26,7 @@ def run_python_vm(module_path: Path, inputs: Mapping[str, np.ndarray], *, repeat
 
     start = time.perf_counter()
     try:
-        vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(module_path)), tvm.cpu())
+        vm = relax_vm(tvm.runtime.load_module(str(module_path)))
         args = tvm_tensors(inputs.values())
     except Exception as exc:  # noqa: BLE001
         raise RunnerError(f"{module_path}: loading into the Relax VM failed: {brief(exc)}") from exc
@@ -34,27 +35,10 @@ def run_python_vm(module_path: Path, inputs: Mapping[str, np.ndarray], *, repeat
         result, calls = timed_calls(lambda: vm["main"](*args), repeat)
     except Exception as exc:  # noqa: BLE001
         raise RunnerError(f"{module_path}: main({', '.join(inputs)}) failed: {brief(exc)}") from exc
-    arrays = flatten_tvm_outputs(result)
+    arrays = flatten_outputs(result)
     return RunResult(
         RUNNER_NAME,
         {f"output_{i}": a for i, a in enumerate(arrays)},
         load_seconds=load_seconds,
         call_seconds=calls,
     )
-
-
-def tvm_tensors(arrays: Iterable[np.ndarray], device: Any = None) -> list[Any]:
-    """The arrays as TVM tensors on ``device`` (default: this machine's CPU), for a VM call."""
-    import tvm
-
-    return [tvm.runtime.tensor(np.ascontiguousarray(a), device if device is not None else tvm.cpu()) for a in arrays]
-
-
-def flatten_tvm_outputs(value: Any) -> list[np.ndarray]:
-    """Depth-first list of the tensors in a VM result (a tensor or nested arrays of them)."""
-    if hasattr(value, "numpy"):
-        return [value.numpy()]
-    arrays: list[np.ndarray] = []
-    for item in value:
-        arrays.extend(flatten_tvm_outputs(item))
-    return arrays

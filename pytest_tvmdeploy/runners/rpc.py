@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from pytest_tvmdeploy.errors import RunnerError, brief
-from pytest_tvmdeploy.runners.base import RunResult
-from pytest_tvmdeploy.runners.python_vm import tvm_tensors
+from pytest_tvmdeploy.outputs import RunResult
+from pytest_tvmdeploy.vm import relax_vm, tvm_tensors
 from pytest_tvmdeploy.runners.rpc_devices import (
     RPC_TIMEOUT,
     Lease,
@@ -143,7 +143,7 @@ class _RemoteSession:
         remote.upload(str(self.module_path), self.module_path.name)
         self.stage = "loading the module"
         device = remote.cpu()
-        vm = tvm.relax.VirtualMachine(remote.load_module(self.module_path.name), device)
+        vm = relax_vm(remote.load_module(self.module_path.name), device)
         self.load_seconds = time.perf_counter() - start
         self.stage = "sending the inputs"
         # set_input + invoke_stateful: calling main directly returns tuples as opaque handles

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pytest_tvmdeploy.errors import UnsupportedOperatorError
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.outputs import RunResult
 
 if TYPE_CHECKING:
     import tvm

@@ -10,8 +10,8 @@ import numpy as np
 
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError
 from pytest_tvmdeploy.inputs import signature
-from pytest_tvmdeploy.runners.base import RunResult, timed_calls
-from pytest_tvmdeploy.fingerprints import file_sha256
+from pytest_tvmdeploy.outputs import RunResult, timed_calls
+from pytest_tvmdeploy.hashing import file_sha256
 from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ Importing this package imports neither TVM nor torch::
 
 from pytest_tvmdeploy.tuning.apply import compile_tuned
 from pytest_tvmdeploy.tuning.driver import tune
-from pytest_tvmdeploy.tuning.fingerprint import database_fingerprint, workload_hashes
+from pytest_tvmdeploy.tuning.workloads import database_fingerprint, workload_hashes
 from pytest_tvmdeploy.tuning.plan import needs_tuning
 from pytest_tvmdeploy.tuning.records import RECORD_FILE, WORKLOAD_FILE
 from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary

@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_tvmdeploy.build import TargetSpec, compile_module
+from pytest_tvmdeploy.targets import TargetSpec
+from pytest_tvmdeploy.build.compile import compile_module
 from pytest_tvmdeploy.errors import BuildError, brief
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, read_database
 from pytest_tvmdeploy.tuning.selection import TaskRecords, records_by_task

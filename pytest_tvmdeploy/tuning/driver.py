@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_tvmdeploy.build import TargetSpec
+from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.errors import BuildError
 from pytest_tvmdeploy.tuning.exhausted import note_exhausted
 from pytest_tvmdeploy.tuning.plan import TuningPlan, plan_tuning

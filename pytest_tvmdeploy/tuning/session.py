@@ -51,7 +51,7 @@ def run_meta_schedule(
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
-    from pytest_tvmdeploy.tuning.builder import PersistentPoolBuilder
+    from pytest_tvmdeploy.tuning.pool_builder import PersistentPoolBuilder
     from pytest_tvmdeploy.tuning.intrinsics import register_working_vnni
     from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
 

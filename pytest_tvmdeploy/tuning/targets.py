@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_tvmdeploy.build import TargetSpec, parse_target
+from pytest_tvmdeploy.targets import TargetSpec, parse_target
 
 if TYPE_CHECKING:
     import tvm

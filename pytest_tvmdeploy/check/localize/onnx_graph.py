@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_tvmdeploy.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
+from pytest_tvmdeploy.check.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
 from pytest_tvmdeploy.sources.onnx_file import OnnxSource
 
 if TYPE_CHECKING:

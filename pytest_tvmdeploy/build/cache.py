@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from pytest_tvmdeploy.errors import ArtifactError
 from pytest_tvmdeploy.files import write_atomic
-from pytest_tvmdeploy.fingerprints import file_sha256
+from pytest_tvmdeploy.hashing import file_sha256
 
 ARTIFACT_NAME = "model.so"
 META_NAME = "meta.json"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_tvmdeploy.build import TargetSpec
+from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 from pytest_tvmdeploy.tuning.selection import records_by_task, selection_fingerprint

@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_tvmdeploy.build import TargetSpec, compile_module, export_library, parse_target, tvm_version
-from pytest_tvmdeploy.cache import ARTIFACT_NAME, Artifact, ArtifactCache, cache_key
+from pytest_tvmdeploy.targets import TargetSpec, parse_target
+from pytest_tvmdeploy.build.compile import compile_module, export_library, tvm_version
+from pytest_tvmdeploy.build.cache import ARTIFACT_NAME, Artifact, ArtifactCache, cache_key
 from pytest_tvmdeploy.errors import ConfigError, InputSpecError, TvmDeployError
-from pytest_tvmdeploy.fingerprints import arrays_fingerprint
+from pytest_tvmdeploy.hashing import arrays_fingerprint
 from pytest_tvmdeploy.inputs import make_inputs, signature
 from pytest_tvmdeploy.quantize import QuantConfig
 from pytest_tvmdeploy.quantize import quantize as quantize_module
-from pytest_tvmdeploy.runners.base import RunResult
+from pytest_tvmdeploy.outputs import RunResult
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.runners.rpc_devices import RPC_TIMEOUT, RemoteSpec
 from pytest_tvmdeploy.sources import ModelSource, open_source
-from pytest_tvmdeploy.tuning.fingerprint import applied_fingerprint, workload_hashes
+from pytest_tvmdeploy.tuning.workloads import applied_fingerprint, workload_hashes
 from pytest_tvmdeploy.tuning.plan import needs_tuning
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 

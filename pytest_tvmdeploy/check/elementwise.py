@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pytest_tvmdeploy.tolerances import Tolerance, ToleranceRules
+from pytest_tvmdeploy.check.tolerances import Tolerance, ToleranceRules
 
 
 @dataclass(frozen=True)

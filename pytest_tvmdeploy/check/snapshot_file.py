@@ -5,11 +5,11 @@ indented JSON (model and input fingerprints, output names, shapes, dtypes, toler
 versions), so a pull request shows in plain text what changed, followed by the outputs as a
 base64-armoured ``.npz`` (dtype and shape exact) and its sha256. Keeping both parts in one file
 lets syrupy's own bookkeeping (written / updated / unused) handle it like any snapshot.
-Matching is tolerance-aware and delegates to :mod:`pytest_tvmdeploy.compare`.
+Matching is tolerance-aware and delegates to :mod:`pytest_tvmdeploy.check.elementwise`.
 
 Use it directly from a test::
 
-    from pytest_tvmdeploy.snapshots import TensorSnapshotExtension
+    from pytest_tvmdeploy.check.snapshot_file import TensorSnapshotExtension
 
     def test_outputs(snapshot):
         assert {"logits": logits} == snapshot(extension_class=TensorSnapshotExtension)
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from pytest_tvmdeploy.compare import Comparison, compare
+from pytest_tvmdeploy.check.elementwise import Comparison, compare
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.files import write_atomic
-from pytest_tvmdeploy.tolerances import ToleranceRules
+from pytest_tvmdeploy.check.tolerances import ToleranceRules
 
 FORMAT_VERSION = 1
 _HEADER = f"# pytest-tvmdeploy tensor snapshot, format {FORMAT_VERSION}: metadata (JSON), then the outputs (.npz, base64)"

@@ -7,9 +7,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from pytest_tvmdeploy.compare import Comparison, compare
-from pytest_tvmdeploy.compare_quantized import QuantBudget, QuantComparison, compare_quantized
-from pytest_tvmdeploy.tolerances import ToleranceRules
+from pytest_tvmdeploy.check.elementwise import Comparison, compare
+from pytest_tvmdeploy.check.quantized import QuantBudget, QuantComparison, compare_quantized
+from pytest_tvmdeploy.check.tolerances import ToleranceRules
 
 Verdict = Union[Comparison, QuantComparison]
 Judge = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], str, str], Verdict]

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pytest_tvmdeploy.compare import compare_arrays, paired_outputs
+from pytest_tvmdeploy.check.elementwise import compare_arrays, paired_outputs
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.tolerances import Tolerance
+from pytest_tvmdeploy.check.tolerances import Tolerance
 
 #: Largest magnitude of a symmetric int8 value: one quantization step is ``max|ref| / 127``.
 INT8_LEVELS = 127

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_tvmdeploy.build import DEFAULT_TARGET, TargetSpec, parse_target
-from pytest_tvmdeploy.compare_quantized import QuantBudget
+from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec, parse_target
+from pytest_tvmdeploy.check.quantized import QuantBudget
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.runners.rpc_devices import RPC_TIMEOUT, RemoteSpec, parse_remote
-from pytest_tvmdeploy.tolerances import ToleranceRules
+from pytest_tvmdeploy.check.tolerances import ToleranceRules
 
 MARKER = "tvm_model"
 

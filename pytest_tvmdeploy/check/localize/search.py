@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from pytest_tvmdeploy.build import TargetSpec, compile_module
-from pytest_tvmdeploy.compare import OutputComparison, compare_arrays
+from pytest_tvmdeploy.targets import TargetSpec
+from pytest_tvmdeploy.build.compile import compile_module
+from pytest_tvmdeploy.check.elementwise import OutputComparison, compare_arrays
 from pytest_tvmdeploy.errors import ConfigError, brief
-from pytest_tvmdeploy.localize.divergence import Divergence
-from pytest_tvmdeploy.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
+from pytest_tvmdeploy.check.localize.divergence import Divergence
+from pytest_tvmdeploy.check.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
 from pytest_tvmdeploy.sources.base import ModelSource
-from pytest_tvmdeploy.tolerances import Tolerance, ToleranceRules
+from pytest_tvmdeploy.check.tolerances import Tolerance, ToleranceRules
 
 if TYPE_CHECKING:
     import tvm
@@ -78,11 +79,11 @@ def instrument(source: ModelSource, inputs: Mapping[str, np.ndarray]) -> Instrum
     from pytest_tvmdeploy.sources.torch_export import ExportedProgramSource
 
     if isinstance(source, ExportedProgramSource):
-        from pytest_tvmdeploy.localize.torch_graph import ExportedProgramGraph
+        from pytest_tvmdeploy.check.localize.torch_graph import ExportedProgramGraph
 
         return ExportedProgramGraph(source, inputs)
     if isinstance(source, OnnxSource):
-        from pytest_tvmdeploy.localize.onnx_graph import OnnxGraph
+        from pytest_tvmdeploy.check.localize.onnx_graph import OnnxGraph
 
         return OnnxGraph(source, inputs)
     raise LocalizationError(f"{source.description}: cannot localise a {source.kind or type(source).__name__} model")
@@ -147,24 +148,10 @@ def _run(module: "tvm.IRModule", target: TargetSpec, arguments: Sequence[np.ndar
 
     executable = build_probe(module, target)
     try:
-        vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
-        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arguments])
+        result = relax_vm(executable)["main"](*tvm_tensors(arguments))
     except Exception as exc:  # noqa: BLE001
         raise LocalizationError(f"running the instrumented module failed: {brief(exc)}") from exc
-    return _as_arrays(result)
-
-
-def _as_arrays(value: Any) -> list[np.ndarray]:
-    """The VM result as arrays: tensors, shapes (as int64 vectors) and scalars, depth first."""
-    import tvm_ffi
-
-    if hasattr(value, "numpy"):
-        return [value.numpy()]
-    if isinstance(value, tvm_ffi.Shape):
-        return [np.asarray(list(value), dtype=np.int64)]
-    if isinstance(value, (bool, int, float)):
-        return [np.asarray(value)]
-    return [array for item in value for array in _as_arrays(item)]
+    return flatten_outputs(result)
 
 
 def _compare(graph: InstrumentedGraph, indices: list[int], references: list[np.ndarray], actual: list[np.ndarray], rules: ToleranceRules) -> list[OutputComparison]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_tvmdeploy.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
+from pytest_tvmdeploy.check.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
 from pytest_tvmdeploy.sources.torch_export import ExportedProgramSource
 
 if TYPE_CHECKING:

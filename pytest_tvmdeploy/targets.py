@@ -1,4 +1,4 @@
-"""Targets and builds: parse a target, ``tvm.compile`` a Relax module, export it as a ``.so``."""
+"""Targets: what the user wrote (``llvm -mcpu=znver4``, JSON) → one canonical :class:`TargetSpec`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_tvmdeploy.errors import BuildError, TargetError, brief
+from pytest_tvmdeploy.errors import TargetError, brief
 
 if TYPE_CHECKING:
     import tvm
@@ -111,43 +111,8 @@ def _label(config: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
 
 
-
-def compile_module(module: "tvm.IRModule", target: TargetSpec) -> Any:
-    """``tvm.compile`` the Relax module for ``target``; returns the VM executable."""
-    import tvm
-
-    tvm_target = target.to_tvm()
-    try:
-        return tvm.compile(module, target=tvm_target)
-    except Exception as exc:  # noqa: BLE001
-        raise BuildError(f"tvm.compile for target {target.json} failed: {brief(exc)}") from exc
-
-
-def export_library(executable: Any, path: Path, cc: str | None = None) -> Path:
-    """Write the executable as a shared library at ``path`` with the host's C++ compiler, or with
-    ``cc`` (a cross compiler such as ``aarch64-linux-gnu-g++``)."""
-    options: dict[str, Any] = {}
-    if cc:
-        from tvm.support import cc as compilers
-
-        options["fcompile"] = compilers.cross_compiler(cc)
-    try:
-        executable.export_library(str(path), **options)
-    except Exception as exc:  # noqa: BLE001
-        compiler = f" with {cc}" if cc else ""
-        raise BuildError(f"export_library to {path}{compiler} failed: {brief(exc)}") from exc
-    return path
-
-
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "x86-64": "x86_64"}
 
 
 def _same_architecture(a: str, b: str) -> bool:
     return _ARCH_ALIASES.get(a.lower(), a.lower()) == _ARCH_ALIASES.get(b.lower(), b.lower())
-
-
-def tvm_version() -> str:
-    """The installed TVM version, read without importing TVM (which costs seconds)."""
-    from importlib.metadata import version
-
-    return version("apache-tvm")

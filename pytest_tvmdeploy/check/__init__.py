@@ -1,0 +1,1 @@
+"""Check stage: judge a deployment's outputs (tolerances, int8 budgets, C++ bitwise, snapshot drift)."""

@@ -1,0 +1,1 @@
+"""Deploy stage: one model through sources → quantize → build → runners, as a :class:`Deployment`."""
