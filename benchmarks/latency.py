@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import model, photo, timed, write_results  # noqa: E402
-from pytest_tvmdeploy.build.compile import parse_target  # noqa: E402
+from pytest_tvmdeploy.targets import parse_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -56,7 +56,7 @@ def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:
 
 def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: int) -> list[dict]:
     from pytest_tvmdeploy import deploy
-    from pytest_tvmdeploy.runners.cpp import SessionCppRunner
+    from pytest_tvmdeploy.runners.cpp_build import SessionCppRunner
 
     sys.path.insert(0, str(ROOT / "fixtures"))
     from images import calibration_set

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_tvmdeploy.runners.cpp import SessionCppRunner
+from pytest_tvmdeploy.runners.cpp_build import SessionCppRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
@@ -95,13 +95,15 @@ def main() -> None:
     runner_option = f"--tvm-cpp-runner={runner}"
     cold_serial, cold_parallel = [], []
     for round_ in range(args.rounds):
-        cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}", runner_option, "--tvm-report=report"))
+        cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}", runner_option,
+                                      "--tvm-report=report"))
         cold_parallel.append(pytest_run(project, project / f"cache-n2-{round_}", runner_option, "--tvm-report=report",
                                         "-n", "2"))
     result["cold_serial_s"] = statistics.median(cold_serial)
     result["cold_n2_s"] = statistics.median(cold_parallel)
     result["n2_speedup"] = result["cold_serial_s"] / result["cold_n2_s"]
-    print(f"cold suite of {len(models)} models: serial {result['cold_serial_s']:.1f} s, -n 2 {result['cold_n2_s']:.1f} s, "
+    print(f"cold suite of {len(models)} models: serial {result['cold_serial_s']:.1f} s, "
+          f"-n 2 {result['cold_n2_s']:.1f} s, "
           f"speed-up {result['n2_speedup']:.2f}x", flush=True)
     cache = project / f"cache-n2-{args.rounds - 1}"  # the report is the last run's
     records = json.loads((project / "report" / "report.json").read_text())["tests"]

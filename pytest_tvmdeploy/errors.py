@@ -33,6 +33,9 @@ class UnsupportedOperatorError(TvmDeployError):
         super().__init__(message)
         self.operators = operators
 
+    def __reduce__(self) -> tuple[object, ...]:  # keeps the operators across the sandbox's pipe
+        return (type(self), (str(self), self.operators))
+
 
 class ConfigError(TvmDeployError):
     """A marker argument, option or ini value that cannot be used."""
@@ -75,3 +78,4 @@ def brief(exc: BaseException) -> str:
     if start > 0 and start < len(lines) - 1:
         start -= 1  # and the sentence that introduces them
     return " ".join(lines[start:])
+

@@ -1,13 +1,22 @@
-"""The result every runner returns: named outputs plus how long loading and calls took."""
+"""The result every runner returns: named outputs plus how long loading and calls took.
+
+Runner names are spelled once, here: the Python VM is ``tvm``, the C++ program ``tvm-cpp``,
+a remote device ``rpc:<device>``; the reference runners are ``pytorch`` and ``onnxruntime``.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+
+#: The Relax VM in Python, on this machine.
+TVM_PYTHON = "tvm"
+#: The C++ program linked to libtvm_runtime (cpp_check/).
+TVM_CPP = "tvm-cpp"
 
 
 @dataclass(frozen=True)
@@ -42,3 +51,34 @@ def timed_calls(call: Callable[[], T], repeat: int) -> tuple[T, tuple[float, ...
         result = call()
         seconds.append(time.perf_counter() - start)
     return result, tuple(seconds)
+
+
+class NamedArrays(Mapping[str, np.ndarray]):
+    """Outputs by name, in model order; ``outputs[0]`` also works (position)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self._arrays = dict(arrays)
+        self._names = list(self._arrays)
+
+    def __getitem__(self, key: str | int) -> np.ndarray:
+        if isinstance(key, int):
+            return self._arrays[self._names[key]]
+        return self._arrays[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in self._arrays.items())
+        return f"NamedArrays({shapes})"
+
+
+def named_like(reference: RunResult, result: RunResult) -> NamedArrays:
+    """A runner's outputs under the reference's names (kept as they are if the counts differ:
+    the comparison then reports the count mismatch)."""
+    if len(result.outputs) != len(reference.outputs):
+        return NamedArrays(result.outputs)
+    return NamedArrays(dict(zip(reference.outputs, result.outputs.values())))

@@ -7,7 +7,6 @@ import platform
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import TargetError, brief
@@ -46,7 +45,7 @@ class TargetSpec:
         arch = self.architecture
         return arch is None or _same_architecture(arch, platform.machine())
 
-    def to_tvm(self) -> "tvm.target.Target":
+    def to_tvm(self) -> tvm.target.Target:
         """The ``tvm.target.Target`` (raises :class:`TargetError` if TVM rejects it)."""
         import tvm
 

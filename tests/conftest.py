@@ -49,7 +49,7 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def cpp_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The C++ runner, built once per session (skips the test without a C++ toolchain)."""
-    from pytest_tvmdeploy.runners.cpp import build_cpp_runner, find_cpp_toolchain
+    from pytest_tvmdeploy.runners.cpp_build import build_cpp_runner, find_cpp_toolchain
 
     reason = find_cpp_toolchain()
     if reason is not None:

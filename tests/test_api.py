@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from pytest_tvmdeploy import compare, deploy
-from pytest_tvmdeploy.deploy.pipeline import _run_cpp
+from pytest_tvmdeploy.deployment.config import DeployConfig
+from pytest_tvmdeploy.deployment.run import run_cpp_check
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -42,7 +43,7 @@ def test_cpp_run_refuses_an_artifact_whose_hash_does_not_match(tmp_path: Path) -
     runner.write_text(f"#!/bin/sh\ntouch {ran}\n")
     runner.chmod(0o755)
     tampered = replace(d.artifact, sha256="0" * 64)
-    result, error = _run_cpp(runner, tampered, dict(d.inputs), repeat=1, timeout=60)
+    result, error = run_cpp_check(tampered, dict(d.inputs), DeployConfig(cpp_runner=runner, cpp_timeout=60))
     assert result is None
     assert error is not None and str(d.artifact_path) in error and "does not match recorded" in error
     assert not ran.exists()  # refused before the child process ever started
@@ -63,8 +64,61 @@ def test_repeat_times_every_runner_and_progress_names_each_phase(tmp_path: Path)
     spec = {"x": ((1, 3, 16, 16), "float32")}
     d = deploy(FIXTURES / "tiny_convnet.onnx", spec, cache_dir=tmp_path, repeat=4, progress=phases.append)
     assert phases == ["load", "reference", "import", "compile", "run"]
-    assert [len(d.runs[name].call_seconds) for name in ("onnxruntime", "tvm-python")] == [4, 4]
-    assert d.timings.run == float(np.median(d.runs["tvm-python"].call_seconds)) > 0
+    assert [len(d.runs[name].call_seconds) for name in ("onnxruntime", "tvm")] == [4, 4]
+    assert d.timings.run == float(np.median(d.runs["tvm"].call_seconds)) > 0
     phases.clear()
     deploy(FIXTURES / "tiny_convnet.onnx", spec, cache_dir=tmp_path, progress=phases.append)
     assert phases == ["load", "reference", "run"]  # cached: nothing imported or compiled
+
+
+VERDICTS = """
+import pytest
+from models import TinyConvNet, seeded
+SPEC = {"x": ((1, 3, 16, 16), "float32")}
+
+@pytest.mark.tvm_model(model=seeded(TinyConvNet()), inputs=SPEC, cpp="off")
+def test_passing(tvm_deployment): pass
+
+@pytest.mark.tvm_model(model=seeded(TinyConvNet()), inputs=SPEC, rtol=0, atol=0, cpp="off")
+def test_failing(tvm_deployment): pass
+"""
+
+
+def test_plain_check_reaches_the_plugins_verdict(project) -> None:
+    import json
+
+    from models import TinyConvNet, seeded
+    from pytest_tvmdeploy import ToleranceRules, check
+    from pytest_tvmdeploy.inputs import seed_for
+
+    project.makepyfile(test_verdicts=VERDICTS)
+    run = project.runpytest("--tvm-report=out", "--tvm-localize=off", "--tvm-cache-dir=cache")
+    run.assert_outcomes(passed=1, failed=1)
+    records = {r["test"].rsplit("::", 1)[-1]: r
+               for r in json.loads((project.path / "out" / "report.json").read_text())["tests"]}
+    for name, rules in (("test_passing", ToleranceRules()), ("test_failing", ToleranceRules(rtol=0, atol=0))):
+        d = deploy(seeded(TinyConvNet()), {"x": ((1, 3, 16, 16), "float32")}, cache_dir=project.path / "cache",
+                   seed=seed_for(f"test_verdicts.py::{name}"))
+        assert d.cache_hit  # the very artifact and inputs the plugin checked
+        result = check(d, rules, localize=False)
+        assert bool(result) is (records[name]["outcome"] == "passed")
+        assert result.summary()["max_abs_error"] == records[name]["max_abs_error"]
+    assert records["test_failing"]["max_abs_error"] > 0
+    assert "outside exact" in result.describe() and records["test_failing"]["stage"] == "compare"
+
+
+def test_check_keeps_a_snapshot_file_without_pytest(tmp_path: Path) -> None:
+    from pytest_tvmdeploy import SnapshotFile, check
+
+    d = deploy(FIXTURES / "tiny_convnet.onnx", {"x": ((1, 3, 16, 16), "float32")}, cache_dir=tmp_path / "cache")
+    path = tmp_path / "golden.tensors"
+    missing = check(d, snapshot=SnapshotFile(path))
+    assert not missing and "does not exist" in missing.describe() and not path.exists()
+    written = check(d, snapshot=SnapshotFile(path, update=True))
+    assert written and written.snapshot == "written" and path.is_file()
+    matched = check(d, snapshot=SnapshotFile(path))
+    assert matched and matched.snapshot == "matched"
+    other = deploy(FIXTURES / "tiny_convnet.onnx", {"x": ((1, 3, 16, 16), "float32")}, cache_dir=tmp_path / "cache",
+                   seed=1)
+    changed = check(other, snapshot=SnapshotFile(path))
+    assert changed.snapshot == "failed" and "the inputs changed since the snapshot was taken" in changed.describe()

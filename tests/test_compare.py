@@ -1,4 +1,4 @@
-"""Unit tests of pytest_tvmdeploy.check.elementwise: statistics, special values, problems, describe()."""
+"""Unit tests of pytest_tvmdeploy.checks.elementwise: statistics, special values, problems, describe()."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pytest_tvmdeploy.check.elementwise import Comparison, compare, compare_arrays
-from pytest_tvmdeploy.check.tolerances import Tolerance, ToleranceRules
+from pytest_tvmdeploy.checks.elementwise import Comparison, compare, compare_arrays
+from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 
 F32_DEFAULT = Tolerance(1e-4, 1e-5)
 
@@ -289,10 +289,11 @@ def test_describe_success_summary():
 
 
 def test_error_histogram_counts_every_element_once():
-    from pytest_tvmdeploy.check.histogram import LOG10_EDGES, error_histogram
+    from pytest_tvmdeploy.checks.histogram import LOG10_EDGES, error_histogram
 
     reference = {"a": np.zeros((2, 5), np.float32), "ids": np.arange(3)}
-    actual = {"a": np.array([[0, 1e-7, 1e-7, 3e-3, 1e-20], [0, 0, np.nan, 5e4, 1.5e-5]], np.float32), "ids": np.arange(3)}
+    actual = {"a": np.array([[0, 1e-7, 1e-7, 3e-3, 1e-20], [0, 0, np.nan, 5e4, 1.5e-5]], np.float32),
+              "ids": np.arange(3)}
     histogram = error_histogram(reference, actual)
     assert histogram["total"] == 10 and histogram["exact"] == 3 and histogram["nonfinite"] == 1
     counts = dict(zip(LOG10_EDGES, histogram["counts"]))

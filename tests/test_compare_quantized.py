@@ -1,4 +1,4 @@
-"""Unit tests of pytest_tvmdeploy.check.quantized: metrics on known data, budgets, problems, describe()."""
+"""Unit tests of pytest_tvmdeploy.checks.quantized: metrics on known data, budgets, problems, describe()."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pytest_tvmdeploy.check.quantized import QuantBudget, QuantComparison, QuantMetrics, compare_quantized
+from pytest_tvmdeploy.checks.quant_budget import QuantBudget
+from pytest_tvmdeploy.checks.quantized import QuantComparison, QuantMetrics, compare_quantized
 from pytest_tvmdeploy.errors import ConfigError
 
 NO_BUDGET = QuantBudget(min_cosine=None, min_sqnr_db=None, max_error_vs_range=None, max_outlier_share=None)

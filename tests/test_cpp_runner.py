@@ -15,7 +15,8 @@ import pytest
 
 from pytest_tvmdeploy.errors import BuildError, RunnerError
 from pytest_tvmdeploy.outputs import RunResult
-from pytest_tvmdeploy.runners.cpp import build_cpp_runner, default_source_dir, find_cpp_toolchain, run_cpp
+from pytest_tvmdeploy.runners.cpp import run_cpp
+from pytest_tvmdeploy.runners.cpp_build import build_cpp_runner, default_source_dir, find_cpp_toolchain
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
@@ -47,7 +48,7 @@ def _python_vm_outputs(path: Path, arrays: list[np.ndarray]) -> list[np.ndarray]
 
 
 def _assert_bitwise_equal(result: RunResult, expected: list[np.ndarray]) -> None:
-    assert result.runner == "cpp"
+    assert result.runner == "tvm-cpp"
     assert list(result.outputs) == [f"output_{i}" for i in range(len(expected))]
     for name, want in zip(result.outputs, expected):
         got = result.outputs[name]

@@ -6,7 +6,8 @@ from pytest_tvmdeploy.errors import brief
 
 
 def test_brief_keeps_the_last_line_after_a_traceback() -> None:
-    text = "Traceback (most recent call last):\n  File \"x.py\", line 1\n\nValueError: Dynamic pads are not supported yet."
+    text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n\n"
+            "ValueError: Dynamic pads are not supported yet.")
     assert brief(Exception(text)) == "ValueError: Dynamic pads are not supported yet."
 
 

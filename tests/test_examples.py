@@ -21,7 +21,8 @@ def demo(pytester: pytest.Pytester, not_an_xdist_worker: None) -> pytest.Pyteste
 def test_demo_suite_passes_against_its_shipped_snapshots(demo: pytest.Pytester) -> None:
     result = demo.runpytest_subprocess("-v")
     result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["*test_efficientnet_lite0_int8_still_sees_the_cat *0.9*/*dB*passed", "*8 snapshots passed.*"])
+    result.stdout.fnmatch_lines(["*test_efficientnet_lite0_int8_still_sees_the_cat *0.9*/*dB*passed",
+                                 "*8 snapshots passed.*"])
     assert "C++ check skipped" not in result.stdout.str()
     assert result.stdout.str().count(" bitwise ") == 8  # every model also ran from C++, identical bits
 
@@ -29,7 +30,8 @@ def test_demo_suite_passes_against_its_shipped_snapshots(demo: pytest.Pytester) 
 def test_perturbed_weight_is_a_model_change_until_the_snapshot_is_updated(demo: pytest.Pytester) -> None:
     tests = demo.path / "test_torchvision_models.py"
     tests.write_text(
-        tests.read_text().replace('model=lambda: seeded("mobilenet_v2")', "model=lambda: perturbed(seeded('mobilenet_v2'))")
+        tests.read_text().replace('model=lambda: seeded("mobilenet_v2")',
+                                  "model=lambda: perturbed(seeded('mobilenet_v2'))")
         + "\n\ndef perturbed(model):\n"
           "    import torch\n"
           "    with torch.no_grad():\n"
@@ -38,6 +40,7 @@ def test_perturbed_weight_is_a_model_change_until_the_snapshot_is_updated(demo: 
     )
     changed = demo.runpytest("-k", "mobilenet_v2 and not onnx")
     changed.assert_outcomes(failed=1)
-    changed.stdout.fnmatch_lines(["snapshot test_mobilenet_v2.tensors: the model changed since the snapshot was taken *"])
+    changed.stdout.fnmatch_lines(["snapshot test_mobilenet_v2.tensors: the model changed since the snapshot was "
+                                  "taken *"])
     demo.runpytest("-k", "mobilenet_v2 and not onnx", "--snapshot-update").assert_outcomes(passed=1)
     demo.runpytest("-k", "mobilenet_v2 and not onnx").assert_outcomes(passed=1)

@@ -1,4 +1,5 @@
-"""report.html: the table carries the records' numbers, text is escaped, the plots decode, a browser shows it."""
+"""report.html: the table carries the records' numbers, text is escaped, the plots decode, a browser shows it;
+and the typed record every report reads, through the terminal table, JUnit properties and report.json."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from pytest_tvmdeploy.report import plots
 from pytest_tvmdeploy.report.html import COLUMNS, render_html, write_html_report
+from pytest_tvmdeploy.report.record import SCHEMA_VERSION, TestRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "unsupported operator <script>alert(\"x\")</script> & 'quotes'"
@@ -30,35 +32,37 @@ def histogram(centre: float, total: int = 1000, exact: int = 100) -> dict[str, A
     return {"log10_edges": edges, "counts": counts, "exact": exact, "total": total}
 
 
-def make_report() -> dict[str, Any]:
+def make_records() -> list[TestRecord]:
     """Five tests of three models: torch and ONNX passing, int8 failing with a divergence, a setup error, an xfail."""
     timings = {"load": 0.5, "reference": 0.0123, "import": 1.25, "compile": 3.5, "run": 0.00456, "cpp_run": 0.00321}
-    return {
-        "tvm": "0.27.0.post1",
-        "targets": [{"label": "llvm", "target": {"kind": "llvm"}}],
-        "tests": [
-            {"test": "test_models.py::test_squeezenet[llvm]", "target": "llvm", "model": "squeezenet1_1",
-             "source": "torch", "reference_name": "pytorch", "outcome": "passed", "cache_hit": False,
-             "artifact": "/cache/ab/model.so", "cpp": "bitwise", "timings": timings, "max_abs_error": 3.25e-06,
-             "error_histogram": histogram(-6)},
-            {"test": "test_models.py::test_squeezenet_onnx[llvm]", "target": "llvm", "model": "squeezenet1_1",
-             "source": "onnx", "reference_name": "onnxruntime", "outcome": "passed", "cache_hit": True,
-             "cpp": "off", "timings": {**timings, "cpp_run": 0.0, "reference": 0.0087},
-             "max_abs_error": 1.5e-05, "error_histogram": histogram(-5, exact=0)},
-            {"test": "test_models.py::test_mobilenet_int8[llvm]", "target": "llvm", "model": "mobilenet_v2",
-             "source": "exported_program", "reference_name": "pytorch", "outcome": "failed", "stage": "compare",
-             "reason": 'int8 cosine 0.91 < budget 0.99 for "logits"', "cache_hit": False, "cpp": "differs",
-             "timings": {**timings, "quantize": 2.0}, "max_abs_error": 0.75,
-             "quant": {"cosine": 0.9123, "sqnr_db": 12.34}, "error_histogram": histogram(-1),
-             "divergence": {"node": "conv2d_17", "op": "relax.nn.conv2d", "max_abs_error": 0.0625,
-                            "summary": "first output outside <atol> after requantize"}},
-            {"test": "test_models.py::test_broken[llvm]", "target": "llvm", "outcome": "error", "stage": "import",
-             "reason": HOSTILE},
-            {"test": "test_models.py::test_known_gap[llvm]", "target": "llvm", "model": "vit_b_16", "source": "onnx",
-             "reference_name": "onnxruntime", "outcome": "xfailed", "stage": "build", "reason": "no schedule",
-             "cpp": "skipped: no cmake", "timings": {"import": 0.5, "reference": 0.02}},
-        ],
-    }
+    return [
+        TestRecord(test="test_models.py::test_squeezenet[llvm]", target="llvm", model="squeezenet1_1",
+                   source="torch", reference_name="pytorch", outcome="passed", cache_hit=False,
+                   artifact="/cache/ab/model.so", cpp="bitwise", timings=timings, max_abs_error=3.25e-06,
+                   error_histogram=histogram(-6)),
+        TestRecord(test="test_models.py::test_squeezenet_onnx[llvm]", target="llvm", model="squeezenet1_1",
+                   source="onnx", reference_name="onnxruntime", outcome="passed", cache_hit=True,
+                   cpp="off", timings={**timings, "cpp_run": 0.0, "reference": 0.0087},
+                   max_abs_error=1.5e-05, error_histogram=histogram(-5, exact=0)),
+        TestRecord(test="test_models.py::test_mobilenet_int8[llvm]", target="llvm", model="mobilenet_v2",
+                   source="exported_program", reference_name="pytorch", outcome="failed", stage="compare",
+                   reason='int8 cosine 0.91 < budget 0.99 for "logits"', cache_hit=False, cpp="differs",
+                   timings={**timings, "quantize": 2.0}, max_abs_error=0.75,
+                   quant={"cosine": 0.9123, "sqnr_db": 12.34}, error_histogram=histogram(-1),
+                   divergence={"node": "conv2d_17", "op": "relax.nn.conv2d", "max_abs_error": 0.0625,
+                               "summary": "first output outside <atol> after requantize"}),
+        TestRecord(test="test_models.py::test_broken[llvm]", target="llvm", outcome="error", stage="import",
+                   reason=HOSTILE),
+        TestRecord(test="test_models.py::test_known_gap[llvm]", target="llvm", model="vit_b_16", source="onnx",
+                   reference_name="onnxruntime", outcome="xfailed", stage="build", reason="no schedule",
+                   cpp="skipped", cpp_note="no cmake", timings={"import": 0.5, "reference": 0.02}),
+    ]
+
+
+def make_report() -> dict[str, Any]:
+    """The report.json content of :func:`make_records` (what render_html reads)."""
+    return {"schema": SCHEMA_VERSION, "tvm": "0.27.0.post1", "targets": [{"label": "llvm", "target": {"kind": "llvm"}}],
+            "tests": [record.to_json() for record in make_records()]}
 
 
 class TableParser(HTMLParser):
@@ -139,7 +143,7 @@ def test_table_has_one_row_per_test_with_its_numbers() -> None:
     assert error_row["stage: reason"] == f"import: {HOSTILE}"
     assert {error_row[c] for c in ("source", "artifact", "TVM ms", "TVM ÷ reference", "max abs error",
                                    "int8 cos / SQNR")} == {"-"}
-    assert xfail_row["C++ check"] == "skipped: no cmake"
+    assert xfail_row["C++ check"] == "skipped no cmake"  # the state, its note on a line below
 
 
 def test_rows_are_coloured_by_outcome_and_header_counts_them() -> None:
@@ -159,7 +163,7 @@ def test_text_is_escaped() -> None:
 
 
 def test_each_plot_decodes_as_png() -> None:
-    records = make_report()["tests"]
+    records = make_records()
     sizes = [assert_png(draw(records)) for draw in (plots.error_histograms, plots.latencies, plots.quantization)]
     assert all(width >= 400 and height >= 200 for width, height in sizes)
     images = parse(render_html(make_report())).images
@@ -170,8 +174,9 @@ def test_each_plot_decodes_as_png() -> None:
 
 
 def test_setup_errors_alone_give_a_table_and_no_plots(tmp_path: Path) -> None:
-    report = {"tvm": "0.27", "targets": [], "tests": [make_report()["tests"][3]]}
-    drawings = [draw(report["tests"]) for draw in (plots.error_histograms, plots.latencies, plots.quantization)]
+    record = make_records()[3]
+    report = {"tvm": "0.27", "targets": [], "tests": [record.to_json()]}
+    drawings = [draw([record]) for draw in (plots.error_histograms, plots.latencies, plots.quantization)]
     assert drawings == [None] * 3
     path = write_html_report(tmp_path, report)
     assert path == tmp_path / "report.html" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
@@ -213,6 +218,90 @@ def test_report_of_a_real_session_renders(project: pytest.Pytester, tmp_path: Pa
     assert sorted(r["outcome"] for r in rows) == ["error", "passed"]
     passed = next(r for r in rows if r["outcome"] == "passed")
     assert passed["source"] == "onnx" and float(passed["TVM ms"]) >= 0 and passed["max abs error"] != "-"
+
+
+def test_records_of_a_newer_schema_are_refused() -> None:
+    report = make_report()
+    report["tests"][0]["schema"] = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match="newer"):
+        render_html(report)
+
+
+def test_case_label_names_the_case_and_target_without_parsing_the_id() -> None:
+    kit = TestRecord(test="pkg/kit/test_kit.py::test_model[llvm-squeezenet1_1-onnx_qdq]", target="llvm",
+                     case="squeezenet1_1-onnx_qdq", model="squeezenet1_1")
+    assert plots.case_label(kit) == "test_model[squeezenet1_1-onnx_qdq] @ llvm"
+    only_target, = (r for r in make_records() if r.test.endswith("test_squeezenet[llvm]"))
+    assert plots.case_label(only_target) == "test_squeezenet[llvm]"  # no case: the id, which names the target
+    assert plots.case_label(TestRecord(test="t.py::test_x", target="llvm")) == "test_x @ llvm"
+
+
+# --- the record itself and the other readers: terminal table, JUnit properties, report.json ---------
+
+def full_record() -> TestRecord:
+    """A record with every field set to something other than its default."""
+    return TestRecord(
+        test="pkg/kit/test_kit.py::test_model[llvm-squeezenet1_1-onnx_qdq]", target="llvm",
+        case="squeezenet1_1-onnx_qdq", model="squeezenet1_1", outcome="failed", stage="compare", reason="differs",
+        source="onnx", reference_name="onnxruntime", cache_hit=True, tuned=True, artifact="/cache/ab/model.so",
+        device="tvm", timings={"import": 1.0, "run": 0.002, "cpp_run": 0.001, "reference": 0.004},
+        cpp="failed", cpp_note="tvm_cpp_check exited with 134", snapshot="matched", max_abs_error=0.5,
+        quant={"cosine": 0.99, "sqnr_db": 20.0}, error_histogram=histogram(-3),
+        divergence={"node": "conv2d_1", "op": "relax.nn.conv2d", "max_abs_error": 0.25})
+
+
+def test_a_full_record_survives_json() -> None:
+    record = full_record()
+    text = json.dumps(record.to_json())  # plain JSON values only
+    assert TestRecord.from_json(json.loads(text)) == record
+    assert TestRecord.from_json(record.to_json()) == record
+
+
+def test_a_record_of_a_newer_schema_raises() -> None:
+    data = {**full_record().to_json(), "schema": SCHEMA_VERSION + 1}
+    with pytest.raises(ValueError, match="newer"):
+        TestRecord.from_json(data)
+
+
+def test_terminal_table_shows_the_cpp_state_and_each_skip_reason_once() -> None:
+    from pytest_tvmdeploy.report.terminal import COLUMNS as TABLE_COLUMNS
+    from pytest_tvmdeploy.report.terminal import format_table, summary_row
+
+    records = [*make_records(), TestRecord(test="t.py::test_other[llvm]", target="llvm", outcome="passed",
+                                          cpp="skipped", cpp_note="no cmake")]
+    rows = [summary_row(r) for r in records]
+    cpp, cpp_ms = TABLE_COLUMNS.index("cpp"), TABLE_COLUMNS.index("cpp ms")
+    assert [row[cpp] for row in rows] == ["bitwise", "off", "differs", "-", "skipped", "skipped"]
+    assert [row[cpp_ms] for row in rows] == ["3.2", "-", "3.2", "-", "-", "-"]  # only a C++ check that ran
+    assert rows[4][-1] == "xfailed (build)" and rows[4][TABLE_COLUMNS.index("ort ms")] == "20.0"
+    lines = format_table(records)
+    assert len(lines) == 1 + len(records) + 2 and lines[0].split() == " ".join(TABLE_COLUMNS).split()
+    assert lines[-2:] == ["artifacts: 2 built, 1 from cache", "C++ check skipped: no cmake"]  # once for two tests
+
+
+def test_junit_properties_give_the_cpp_state_and_its_note() -> None:
+    from pytest_tvmdeploy.report.properties import junit_properties
+
+    properties = dict(junit_properties(full_record()))
+    assert properties["tvm_cpp"] == "failed" and properties["tvm_cpp_note"] == "tvm_cpp_check exited with 134"
+    assert properties == {
+        "tvm_target": "llvm", "tvm_source": "onnx", "tvm_artifact": "cached", "tvm_import_s": 1.0,
+        "tvm_run_ms": 2.0, "tvm_cpp_run_ms": 1.0, "tvm_reference_ms": 4.0, "tvm_cpp": "failed",
+        "tvm_cpp_note": "tvm_cpp_check exited with 134", "tvm_snapshot": "matched", "tvm_max_abs_error": 0.5,
+        "tvm_int8_cosine": 0.99, "tvm_int8_sqnr_db": 20.0}
+    bare = dict(junit_properties(TestRecord(test="t.py::test_x", target="llvm", cpp="bitwise")))
+    assert bare == {"tvm_target": "llvm", "tvm_cpp": "bitwise"}  # no note, no key
+
+
+def test_report_document_holds_each_record_as_json_and_the_schema() -> None:
+    from pytest_tvmdeploy.report.json_report import report_document
+    from pytest_tvmdeploy.targets import parse_target
+
+    records = [full_record(), *make_records()]
+    document = report_document(records, [parse_target("llvm")])
+    assert document["schema"] == SCHEMA_VERSION and document["targets"][0]["label"] == "llvm"
+    assert document["tests"] == [r.to_json() for r in records]
+    assert [TestRecord.from_json(t) for t in json.loads(json.dumps(document))["tests"]] == records
 
 
 # --- in a real browser ------------------------------------------------------------------------------

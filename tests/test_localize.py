@@ -14,13 +14,12 @@ from torch import nn
 
 from faults import drop_nth, scale_nth
 from models import ConvReluPoolConv, TinyConvNet, seeded
-from pytest_tvmdeploy.targets import parse_target
+from pytest_tvmdeploy.checks.localize import Divergence, LocalizationError, localize_divergence, search
+from pytest_tvmdeploy.checks.localize.graph import GraphNode
+from pytest_tvmdeploy.checks.tolerances import ToleranceRules
 from pytest_tvmdeploy.errors import TvmDeployError
-from pytest_tvmdeploy.check.localize import Divergence, LocalizationError, localize_divergence
-from pytest_tvmdeploy.check.localize import search
-from pytest_tvmdeploy.check.localize.graph import GraphNode
 from pytest_tvmdeploy.sources import open_source
-from pytest_tvmdeploy.check.tolerances import ToleranceRules
+from pytest_tvmdeploy.targets import parse_target
 
 LLVM = parse_target("llvm")
 INPUTS = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
@@ -158,7 +157,7 @@ def test_report_record_is_plain_json(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_failing_own_inputs_check_still_reports_the_divergence(monkeypatch: pytest.MonkeyPatch) -> None:
     inject(monkeypatch, scale_nth("relax.nn.conv2d", 2, 1.01))
-    from pytest_tvmdeploy.check.localize.torch_graph import ExportedProgramGraph
+    from pytest_tvmdeploy.checks.localize.torch_graph import ExportedProgramGraph
 
     def refuse(self: Any, values: Any) -> Any:
         raise RuntimeError("no isolation today")
@@ -179,7 +178,8 @@ def test_a_failing_build_raises_a_localization_error(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(search, "build_probe", broken)
 
-    with pytest.raises(LocalizationError, match=r"TinyConvNet: comparing intermediates: RuntimeError: out of registers"):
+    with pytest.raises(LocalizationError,
+                       match=r"TinyConvNet: comparing intermediates: RuntimeError: out of registers"):
         localize(seeded(TinyConvNet()))
     assert issubclass(LocalizationError, TvmDeployError)
 
@@ -194,6 +194,7 @@ def test_per_output_tolerances_reach_only_the_node_that_is_that_output() -> None
     inner = GraphNode(name="conv2d", op="aten.conv2d.default", value="conv2d")
     output = GraphNode(name="linear", op="aten.linear.default", value="linear", output_name="out0", output_index=0)
 
-    assert (search._tolerance(inner, np.dtype("float32"), rules).rtol, search._tolerance(inner, np.dtype("float32"), rules).atol) == (0.5, 1e-5)
+    assert (search._tolerance(inner, np.dtype("float32"), rules).rtol,
+            search._tolerance(inner, np.dtype("float32"), rules).atol) == (0.5, 1e-5)
     assert search._tolerance(output, np.dtype("float32"), rules).atol == 3.0
     assert search._tolerance(inner, np.dtype("int64"), rules).exact

@@ -39,7 +39,8 @@ def test_cpp_outputs_are_bitwise_equal_to_python_for_every_dtype(project: pytest
         def test_dtypes(tvm_deployment):
             same_bits(tvm_deployment)
 
-        @pytest.mark.tvm_model(model=TwoInThreeOut(), cpp=True, inputs={"a": ((2, 4), "float32"), "b": ((3, 4), "float32")})
+        @pytest.mark.tvm_model(model=TwoInThreeOut(), cpp=True,
+                               inputs={"a": ((2, 4), "float32"), "b": ((3, 4), "float32")})
         def test_multi_io(tvm_deployment):
             same_bits(tvm_deployment)
             assert len(tvm_deployment.cpp_outputs) == 3
@@ -61,7 +62,8 @@ def test_resnet18_from_cpp(project: pytest.Pytester) -> None:
         """
         import numpy as np, pytest, torchvision
 
-        @pytest.mark.tvm_model(model=torchvision.models.resnet18(), inputs={"x": ((1, 3, 224, 224), "float32")}, cpp="on")
+        @pytest.mark.tvm_model(model=torchvision.models.resnet18(), inputs={"x": ((1, 3, 224, 224), "float32")},
+                               cpp="on")
         def test_resnet18(tvm_deployment):
             np.testing.assert_array_equal(tvm_deployment.cpp_outputs[0], tvm_deployment.outputs[0])
         """
@@ -96,7 +98,8 @@ def test_crash_of_the_cpp_child_fails_the_test_and_the_session_goes_on(project: 
     project.makepyfile(CONVNET + "\ndef test_after():\n    pass\n")
     result = project.runpytest(f"--tvm-cpp-runner={crashing}", "--tvm-cpp=on")
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines(["C++ runner: C++ runner died with SIGSEGV (signal 11) running */model.so; stderr tail:",
+    result.stdout.fnmatch_lines(["C++ runner: C++ runner died with SIGSEGV (signal 11) running */model.so; "
+                                 "stderr tail:",
                                  "loading the module"])
 
 
@@ -126,7 +129,8 @@ def test_cpp_output_that_differs_is_reported_with_the_first_difference(project: 
     result = project.runpytest(f"--tvm-cpp-runner={lying}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "C++ outputs differ from the Python VM's: out0: 1 of 10 element(s) differ bitwise; first at [[]0, 3[]]: tvm=*, tvm-cpp=*",
+        "C++ outputs differ from the Python VM's: out0: 1 of 10 element(s) differ bitwise; "
+        "first at [[]0, 3[]]: tvm=*, tvm-cpp=*",
         "tvm-cpp output differs from pytorch: 1 of 1 output(s) outside tolerance",
     ])
 
@@ -142,10 +146,12 @@ def _path_without_cmake(tmp: Path) -> str:
     return str(tools)
 
 
-def test_missing_toolchain_skips_in_auto_and_errors_when_on(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_toolchain_skips_in_auto_and_errors_when_on(project: pytest.Pytester,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     project.makepyfile(CONVNET)
     monkeypatch.setenv("PATH", _path_without_cmake(project.path))
-    auto = project.runpytest_subprocess("--tvm-cpp=auto", "-p", "no:cacheprovider", f"--tvm-cache-dir={project.path / 'c1'}")
+    auto = project.runpytest_subprocess("--tvm-cpp=auto", "-p", "no:cacheprovider",
+                                        f"--tvm-cache-dir={project.path / 'c1'}")
     auto.assert_outcomes(passed=1)
     auto.stdout.fnmatch_lines(["*test_convnet  *skipped  *passed", "C++ check skipped: cmake not found on PATH"])
     on = project.runpytest_subprocess("--tvm-cpp=on", f"--tvm-cache-dir={project.path / 'c2'}")
@@ -169,7 +175,8 @@ def test_runner_is_built_once_and_reused_across_runs(project: pytest.Pytester) -
     assert len(builds) == 1
     built_at = builds[0].stat().st_mtime_ns
     project.runpytest().assert_outcomes(passed=3)
-    assert [p.stat().st_mtime_ns for p in (project.path / ".pytest_cache/d/tvmdeploy/cpp-runner").glob("*/tvm_cpp_check")] == [built_at]
+    assert [p.stat().st_mtime_ns
+            for p in (project.path / ".pytest_cache/d/tvmdeploy/cpp-runner").glob("*/tvm_cpp_check")] == [built_at]
 
 
 def test_prebuilt_runner_that_does_not_exist_is_an_error(project: pytest.Pytester) -> None:

@@ -36,7 +36,8 @@ def test_mismatch_is_a_failure_with_diagnostics_and_a_reproducer(project: pytest
         "*reproducer: *",
     ])
     folder = Path(re.search(r"reproducer: (\S+)", result.stdout.str()).group(1))
-    assert sorted(p.name for p in folder.iterdir()) == ["inputs", "model.so", "reference", "reproducer.json", "tvm", "tvm-cpp"]
+    assert sorted(p.name for p in folder.iterdir()) == ["inputs", "model.so", "reference", "reproducer.json", "tvm",
+                                                        "tvm-cpp"]
     # The reproducer replays outside pytest and reaches the same verdict.
     replay = subprocess.run([sys.executable, "-m", "pytest_tvmdeploy.replay", str(folder)],
                             capture_output=True, text=True, timeout=120)
@@ -52,7 +53,8 @@ def test_mismatch_reports_every_failing_output(project: pytest.Pytester) -> None
         from models import TwoInThreeOut
 
         @pytest.mark.tvm_model(model=TwoInThreeOut(), inputs={"a": ((64, 64), "float32"), "b": ((64, 64), "float32")},
-                               tolerances={"out0": {"atol": 1e-3}, 1: {"rtol": 0, "atol": 0}, 2: {"rtol": 0, "atol": 0}})
+                               tolerances={"out0": {"atol": 1e-3}, 1: {"rtol": 0, "atol": 0},
+                                           2: {"rtol": 0, "atol": 0}})
         def test_outputs(tvm_deployment):
             pass
         """
@@ -116,7 +118,8 @@ def test_bad_input_gives_clear_errors_and_the_session_goes_on(project: pytest.Py
         " do not fit the model; ONNX Runtime raised *",
         "test_bad.py::test_wrong_shape_torch: nn.Module TinyConvNet: the inputs [[]('x', (1, 5, 16, 16), 'float32')[]]"
         " do not fit the model; PyTorch raised RuntimeError: *expected input[[]1, 5, 16, 16[]] to have 3 channels*",
-        "test_bad.py::test_wrong_name: nn.Module TinyConvNet: inputs [[]'image'[]] do not match the model's inputs [[]'x'[]]",
+        "test_bad.py::test_wrong_name: nn.Module TinyConvNet: inputs [[]'image'[]] do not match "
+        "the model's inputs [[]'x'[]]",
         "test_bad.py::test_bad_dtype: nn.Module TinyConvNet: input 'x': unsupported dtype 'complex64'*",
         "test_bad.py::test_unsupported_op: nn.Module UnsupportedOp: TVM's torch frontend cannot import operator(s)"
         " special_i0e.default",
@@ -176,8 +179,8 @@ def test_damaged_cache_entry_is_set_aside_and_rebuilt(project: pytest.Pytester) 
 FAULTY_RELU_CONFTEST = """
 import pytest
 from faults import drop_nth
-import pytest_tvmdeploy.deploy.pipeline as deployment
-from pytest_tvmdeploy.check.localize import search
+import pytest_tvmdeploy.deployment.relax_module as deployment
+from pytest_tvmdeploy.checks.localize import search
 
 @pytest.fixture(autouse=True)
 def tvm_drops_the_second_relu(monkeypatch):
@@ -203,7 +206,8 @@ def test_a_diverging_model_names_the_first_wrong_operator(project: pytest.Pytest
     """)
     result = project.runpytest("--tvm-report=out", "--tvm-cache-dir=cache")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*tvm output differs from pytorch*", "*first diverging operator: relu (aten.relu.default*"])
+    result.stdout.fnmatch_lines(["*tvm output differs from pytorch*",
+                                 "*first diverging operator: relu (aten.relu.default*"])
     (record,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
     assert record["divergence"]["node"] == "relu" and record["divergence"]["max_abs_error"] > 0.01
     assert record["divergence"]["previous_node"] is not None

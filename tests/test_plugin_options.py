@@ -36,7 +36,8 @@ def test_changed_weights_rebuild(project: pytest.Pytester, monkeypatch: pytest.M
     project.makepyfile(test_seed="""
         import os, pytest
         from models import TinyConvNet, seeded
-        @pytest.mark.tvm_model(model=seeded(TinyConvNet(), int(os.environ["SEED"])), inputs={"x": ((1, 3, 16, 16), "float32")})
+        @pytest.mark.tvm_model(model=seeded(TinyConvNet(), int(os.environ["SEED"])),
+                               inputs={"x": ((1, 3, 16, 16), "float32")})
         def test_model(tvm_deployment): pass
     """)
     monkeypatch.setenv("SEED", "1")
@@ -150,10 +151,11 @@ def test_no_marked_tests_changes_nothing(project: pytest.Pytester) -> None:
 
 def test_marker_is_registered_and_options_documented(pytester: pytest.Pytester) -> None:
     markers = pytester.runpytest("--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=, snapshot=, quantize=, calibration=, quant_budget=, name=, tune=)*"])
+    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=, "
+                                  "snapshot=, quantize=, calibration=, quant_budget=, name=, tune=)*"])
     helptext = pytester.runpytest("--help")
     helptext.stdout.fnmatch_lines(["*--tvm-target=TARGET*", "*--tvm-rtol=R*", "*--tvm-atol=A*",
-                                   "*--tvm-cache-dir=DIR*", "*--tvm-cpp=*auto,on,off*", "*--tvm-repeat=N*",
+                                   "*--tvm-cache-dir=DIR*", "*--tvm-repeat=N*", "*--tvm-cpp=*auto,on,off*",
                                    "*--tvm-cpp-runner=PATH*", "*--tvm-cpp-timeout=SECONDS*",
                                    "*tvm_target (linelist)*"])
 
@@ -194,13 +196,15 @@ def test_verbose_shows_the_phase_and_the_report_names_models_and_frameworks(proj
     import json
 
     project.makepyfile(test_two=TWO_MODELS.replace('inputs={"x": ((1, 3, 16, 16), "float32")})\ndef test_convnet',
-                                                   'inputs={"x": ((1, 3, 16, 16), "float32")}, name="tiny-net")\ndef test_convnet'))
+                                                   'inputs={"x": ((1, 3, 16, 16), "float32")}, name="tiny-net")'
+                                                   '\ndef test_convnet'))
     first = project.runpytest("-v", "--tvm-report=out", "--tvm-repeat=3")
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines(["*::test_convnet load… reference… import… compile… run… cpp… PASSED*"])
     first.stdout.fnmatch_lines(["test *tvm ms*cpp ms*torch ms*ort ms*tvm/ref*",
                                  "*test_convnet *torch *built *[0-9] *- *[0-9].[0-9][0-9]x *bitwise*"])
-    records = {r["test"].rsplit("::", 1)[1]: r for r in json.loads((project.path / "out" / "report.json").read_text())["tests"]}
+    records = {r["test"].rsplit("::", 1)[1]: r
+               for r in json.loads((project.path / "out" / "report.json").read_text())["tests"]}
     assert records["test_convnet"]["model"] == "tiny-net" and records["test_convnet"]["reference_name"] == "pytorch"
     assert records["test_onnx"]["model"] == "tiny_convnet" and records["test_onnx"]["reference_name"] == "onnxruntime"
     for record in records.values():
@@ -216,3 +220,25 @@ def test_bad_repeat_count_is_a_usage_error(project: pytest.Pytester) -> None:
     result = project.runpytest("--tvm-repeat=0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--tvm-repeat / tvm_repeat: '0' is not a positive whole number*"])
+
+
+def test_tvm_test_targets_supplies_targets_when_no_option_is_given(pytester: pytest.Pytester,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile("""
+        def test_target(tvm_target): pass
+    """)
+    monkeypatch.setenv("TVM_TEST_TARGETS", 'llvm; {"kind": "llvm", "mcpu": "x86-64-v3"}')
+    listed = pytester.runpytest("--collect-only")
+    listed.stdout.fnmatch_lines(["*test_target[[]llvm[]]*", "*test_target[[]llvm-x86-64-v3[]]*"])
+    assert "tvmdeploy targets: llvm, llvm-x86-64-v3" in listed.stdout.str()
+    given = pytester.runpytest("--collect-only", "--tvm-target=llvm -mcpu=znver4")
+    given.stdout.fnmatch_lines(["*test_target*"])
+    assert "tvmdeploy targets: llvm-znver4" in given.stdout.str()  # the command line wins
+
+
+def test_header_names_the_versions_in_use(pytester: pytest.Pytester) -> None:
+    from importlib.metadata import version
+
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines([f"tvmdeploy: TVM {version('apache-tvm')}*torch {version('torch')}*"])

@@ -67,7 +67,8 @@ def test_calibration_modes_without_data_are_an_error_and_the_fixture_can_supply_
     missing = project.runpytest()
     missing.assert_outcomes(errors=1)
     missing.stdout.fnmatch_lines(["*test_kl: nn.Module ConvReluPoolConv: quantize calibrate_mode='kl_divergence' needs "
-                                  "calibration data (calibration= in the marker, or the tvm_calibration_data fixture)*"])
+                                  "calibration data (calibration= in the marker, or the tvm_calibration_data "
+                                  "fixture)*"])
     project.makeconftest(
         """
         import numpy as np, pytest
@@ -107,7 +108,8 @@ def test_a_budget_miss_fails_listing_every_metric(project: pytest.Pytester) -> N
     ])
 
 
-def test_cache_key_follows_the_quantization_config_and_calibration_data(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_key_follows_the_quantization_config_and_calibration_data(project: pytest.Pytester,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     project.makepyfile(
         """
         import os, numpy as np, pytest

@@ -11,12 +11,6 @@ import numpy as np
 import pytest
 
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.quantize.thresholds import (
-    ActivationObserver,
-    kl_divergence_threshold,
-    percentile_threshold,
-    threshold,
-)
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.scales import (
     QMAX,
@@ -29,6 +23,12 @@ from pytest_tvmdeploy.quantize.scales import (
     requantize,
     shift_requantize,
     weight_scales,
+)
+from pytest_tvmdeploy.quantize.thresholds import (
+    ActivationObserver,
+    kl_divergence_threshold,
+    percentile_threshold,
+    threshold,
 )
 
 # ---------------------------------------------------------------------------------------- config
@@ -57,7 +57,8 @@ def test_config_from_value_forms() -> None:
     combined = QuantConfig.from_value("kl_divergence+max")
     assert (combined.calibrate_mode, combined.weight_scale, combined.power2) == ("kl_divergence", "max", False)
     assert QuantConfig.from_value("percentile+max+per_channel").per_channel
-    from_dict = QuantConfig.from_value({"calibrate_mode": "percentile", "percentile": 99.9, "skip_conv_layers": [2, 1, 2]})
+    from_dict = QuantConfig.from_value({"calibrate_mode": "percentile", "percentile": 99.9,
+                                        "skip_conv_layers": [2, 1, 2]})
     assert from_dict.percentile == 99.9 and from_dict.skip_conv_layers == (1, 2)
     assert QuantConfig(debug_enabled_ops=["nn.conv2d"]).debug_enabled_ops == ("nn.conv2d",)
     assert QuantConfig(debug_enabled_ops="matmul").debug_enabled_ops == ("matmul",)

@@ -14,11 +14,11 @@ from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
 from pytest_tvmdeploy.quantize.graph import emit_float, find_sites, main_block, prepare
 from pytest_tvmdeploy.quantize.scales import (
+    fixed_point_multiplier,
+    power2_exponent,
     quantize_bias,
     quantize_to_int8,
     requantize,
-    fixed_point_multiplier,
-    power2_exponent,
     shift_requantize,
     weight_scales,
 )
@@ -37,7 +37,8 @@ def run(module: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
 
 def calls(module: tvm.IRModule, op: str) -> list[relax.Call]:
     _, bindings = main_block(module)
-    return [b.value for b in bindings if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == f"relax.{op}"]
+    return [b.value for b in bindings
+            if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == f"relax.{op}"]
 
 
 def test_quantized_convs_and_matmuls_are_int8_with_int32_accumulation() -> None:
@@ -94,13 +95,15 @@ def _integer_reference(model: ConvReluPoolConv, x: np.ndarray, config: QuantConf
         w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
         weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
         groups = site.call.attrs.groups
-        acc = torch.nn.functional.conv2d(torch.from_numpy(data.astype(np.float64)), torch.from_numpy(weights.astype(np.float64)),
+        acc = torch.nn.functional.conv2d(torch.from_numpy(data.astype(np.float64)),
+                                         torch.from_numpy(weights.astype(np.float64)),
                                          padding=1, groups=groups).numpy().astype(np.int64)
         acc_scales = input_scale * np.broadcast_to(w_scales.astype(np.float64), (weights.shape[0],))
         acc = acc + quantize_bias(site.bias, acc_scales).reshape(1, -1, 1, 1)
         ratio = (acc_scales / output_scale).reshape(1, -1, 1, 1)
         if config.power2:
-            out = shift_requantize(acc, -power2_exponent(ratio), rounding=config.rounding, round_for_shift=config.round_for_shift)
+            out = shift_requantize(acc, -power2_exponent(ratio), rounding=config.rounding,
+                                   round_for_shift=config.round_for_shift)
         else:
             mantissa, shift = fixed_point_multiplier(ratio)
             out = requantize(acc, mantissa, shift, rounding=config.rounding)
@@ -116,10 +119,12 @@ def _integer_reference(model: ConvReluPoolConv, x: np.ndarray, config: QuantConf
 @pytest.mark.parametrize("weight_scale", ["power2", "max"])
 @pytest.mark.parametrize("rounding", ["UPWARD", "TONEAREST"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_int8_pipeline_matches_the_integer_reference_bit_for_bit(weight_scale: str, rounding: str, per_channel: bool) -> None:
+def test_int8_pipeline_matches_the_integer_reference_bit_for_bit(weight_scale: str, rounding: str,
+                                                                 per_channel: bool) -> None:
     model = seeded(ConvReluPoolConv(), 3)
     x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype("float32")
-    config = QuantConfig(weight_scale=weight_scale, rounding=rounding, per_channel=per_channel, global_scale=16.0, **ALL_LAYERS)
+    config = QuantConfig(weight_scale=weight_scale, rounding=rounding, per_channel=per_channel, global_scale=16.0,
+                         **ALL_LAYERS)
     expected = _integer_reference(model, x, config)
     actual = run(quantize(relax_of(model, x.shape), config).module, x)
     np.testing.assert_array_equal(actual, expected)

@@ -13,7 +13,8 @@ from tvm.relax import op as R
 
 from pytest_tvmdeploy import deploy, parse_target
 from pytest_tvmdeploy.build.compile import compile_module
-from pytest_tvmdeploy.check.quantized import QuantBudget, compare_quantized
+from pytest_tvmdeploy.checks.quant_budget import QuantBudget
+from pytest_tvmdeploy.checks.quantized import compare_quantized
 from pytest_tvmdeploy.quantize.vnni import pack_weights, target_has_vnni, use_vnni_convs
 
 VNNI_TARGET = parse_target("llvm -mcpu=cascadelake")  # the oldest VNNI CPU: its code runs on all later ones
@@ -55,7 +56,8 @@ def int8_module(convs: list[dict]) -> tuple[tvm.IRModule, list[np.ndarray]]:
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
-            outs = [bb.emit(R.nn.conv2d(x, relax.const(w), out_dtype="int32", **spec)) for w, spec in zip(weights, convs)]
+            outs = [bb.emit(R.nn.conv2d(x, relax.const(w), out_dtype="int32", **spec))
+                    for w, spec in zip(weights, convs)]
             result = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(result)
     return bb.get(), weights
@@ -104,7 +106,8 @@ def test_the_vnni_form_computes_the_same_integers() -> None:
     expected = [
         torch.nn.functional.conv2d(torch.from_numpy(np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 2), (0, 1)))),
                                    torch.from_numpy(weights[0].astype(np.float64)), stride=2),
-        torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(weights[1].astype(np.float64)),
+        torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)),
+                                   torch.from_numpy(weights[1].astype(np.float64)),
                                    padding=2, dilation=2),
     ]
     for plain, vnni, exact in zip(*results, expected):

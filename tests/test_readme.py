@@ -46,7 +46,8 @@ def test_readme_usage_example_passes(pytester: pytest.Pytester, resnet18_files: 
     ])
 
 
-def test_readme_example_fails_with_diagnostics_at_zero_tolerance(pytester: pytest.Pytester, resnet18_files: Path) -> None:
+def test_readme_example_fails_with_diagnostics_at_zero_tolerance(pytester: pytest.Pytester,
+                                                                 resnet18_files: Path) -> None:
     shutil.copytree(resnet18_files, pytester.path / "models")
     pytester.makepyfile(test_deploy=readme_usage_example())
     result = pytester.runpytest("--tvm-rtol=0", "--tvm-atol=0", "--tvm-snapshot=off")
@@ -76,7 +77,8 @@ def test_readme_cpp_recipe_builds_and_runs_a_so_from_the_shell(tmp_path: Path) -
     from pytest_tvmdeploy import deploy
 
     block = re.search(r"### From C\+\+.*?```sh\n(.*?)```", README, re.S).group(1)
-    d = deploy(ROOT / "fixtures" / "tiny_convnet.onnx", {"x": ((1, 3, 16, 16), "float32")}, cache_dir=tmp_path / "cache")
+    d = deploy(ROOT / "fixtures" / "tiny_convnet.onnx", {"x": ((1, 3, 16, 16), "float32")},
+               cache_dir=tmp_path / "cache")
     np.save(tmp_path / "x.npy", d.inputs["x"])
     script = (block.replace("$(pwd)/.venv/bin/python", sys.executable)
                    .replace("build/cpp", str(tmp_path / "build"))

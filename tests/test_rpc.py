@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rpc_servers import RpcFarm, RpcProcess, free_port  # fixtures/ is on sys.path (conftest.py)
 
 from pytest_tvmdeploy import Deployment, deploy
 from pytest_tvmdeploy.errors import ConfigError, RunnerError
 from pytest_tvmdeploy.runners import rpc_devices
 from pytest_tvmdeploy.runners.rpc import RpcRunResult, run_rpc
 from pytest_tvmdeploy.runners.rpc_devices import RemoteSpec, parse_remote
+from rpc_servers import RpcFarm, RpcProcess, free_port  # fixtures/ is on sys.path (conftest.py)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 KEY = "tvmdeploy-test-cpu"
@@ -135,7 +135,8 @@ def test_protocol_constants_match_tvm() -> None:
     from tvm.rpc import base
 
     assert (rpc_devices.RPC_MAGIC, rpc_devices.RPC_TRACKER_MAGIC) == (base.RPC_MAGIC, base.RPC_TRACKER_MAGIC)
-    assert (rpc_devices.RPC_CODE_SUCCESS, rpc_devices.RPC_CODE_MISMATCH) == (base.RPC_CODE_SUCCESS, base.RPC_CODE_MISMATCH)
+    assert (rpc_devices.RPC_CODE_SUCCESS, rpc_devices.RPC_CODE_MISMATCH) == (base.RPC_CODE_SUCCESS,
+                                                                             base.RPC_CODE_MISMATCH)
     codes = base.TrackerCode
     assert (rpc_devices.TRACKER_SUCCESS, rpc_devices.TRACKER_REQUEST, rpc_devices.TRACKER_SUMMARY) == (
         codes.SUCCESS, codes.REQUEST, codes.SUMMARY)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_tvmdeploy.check.snapshot_file import SnapshotFileError, TensorSnapshot, decode, encode
+from pytest_tvmdeploy.checks.snapshot_file import SnapshotFileError, TensorSnapshot, decode, encode
 
 SUITE = """
 import os, pytest
@@ -143,7 +143,7 @@ def test_tensor_extension_used_directly_with_the_snapshot_fixture(snapshot_proje
     snapshot_project.makepyfile(
         """
         import numpy as np
-        from pytest_tvmdeploy.check.snapshot_file import TensorSnapshotExtension
+        from pytest_tvmdeploy.checks.snapshot_extension import TensorSnapshotExtension
 
         def test_arrays(snapshot):
             values = {"a": np.arange(6, dtype="int64").reshape(2, 3), "b": np.linspace(0, 1, 5, dtype="float16")}

@@ -1,14 +1,15 @@
-"""Unit tests of pytest_tvmdeploy.build.parse_target / TargetSpec."""
+"""Unit tests of pytest_tvmdeploy.targets.parse_target / TargetSpec."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import pytest
 
-from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec, parse_target
 from pytest_tvmdeploy.errors import TargetError
+from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec, parse_target
 
 ID_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -119,5 +120,5 @@ def test_to_tvm_accepts_llvm_with_options():
 def test_target_spec_is_frozen():
     spec = parse_target("llvm")
     assert isinstance(spec, TargetSpec)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.label = "other"  # type: ignore[misc]

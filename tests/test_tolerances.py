@@ -1,13 +1,13 @@
-"""Unit tests of pytest_tvmdeploy.check.tolerances: dtype defaults, test-wide values, per-output overrides."""
+"""Unit tests of pytest_tvmdeploy.checks.tolerances: dtype defaults, test-wide values, per-output overrides."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pytest_tvmdeploy.check.elementwise import compare
+from pytest_tvmdeploy.checks.elementwise import compare
+from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.check.tolerances import Tolerance, ToleranceRules
 
 
 def _tol(rules: ToleranceRules, dtype: str, name: str = "y", index: int = 0) -> Tolerance:

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_tvmdeploy.targets import parse_target
 from pytest_tvmdeploy.build.compile import compile_module, export_library
 from pytest_tvmdeploy.errors import BuildError
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
-from pytest_tvmdeploy.tuning.records import read_database
+from pytest_tvmdeploy.targets import parse_target
 from pytest_tvmdeploy.tuning import (
     RECORD_FILE,
     WORKLOAD_FILE,
@@ -27,6 +26,7 @@ from pytest_tvmdeploy.tuning import (
     tune,
     workload_hashes,
 )
+from pytest_tvmdeploy.tuning.records import read_database
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
@@ -256,7 +256,8 @@ def test_records_of_equal_tasks_from_two_models_stay_loadable(x, tmp_path) -> No
     files = read_database(database)
     assert sum(files.workloads[record.workload].shash in shared for record in files.records) > 2  # tuned again
     assert sum(workload.shash in shared for workload in files.workloads) >= 2  # each under its own module
-    assert len(ms.database.JSONDatabase(work_dir=str(database), allow_missing=False)) == len(_lines(database, RECORD_FILE))
+    assert len(ms.database.JSONDatabase(work_dir=str(database), allow_missing=False)) == len(
+        _lines(database, RECORD_FILE))
     for name, module, expected in (("plain", plain, x.mean(axis=(2, 3))),
                                    ("scaled", scaled, np.maximum(2 * x, 0).mean(axis=(2, 3)))):
         library = export_library(compile_tuned(module, SPEC, database), tmp_path / f"{name}.so")

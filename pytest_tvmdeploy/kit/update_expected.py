@@ -12,45 +12,62 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 from pytest_tvmdeploy.files import write_atomic
 from pytest_tvmdeploy.kit.catalogue import QDQ, SOURCES
 from pytest_tvmdeploy.kit.test_kit import EXPECTED_FAILURES
+from pytest_tvmdeploy.report.record import TestRecord
 
-_CASE = re.compile(r"test_kit\.py::test_model\[(?P<case>[^\]]+)\]")
-_SOURCES = sorted((*SOURCES, QDQ), key=len, reverse=True)  # "onnx_qdq" before "onnx", "torchscript" before "torch"
+#: The file the kit's tests live in (a record from another file is not a kit case).
+KIT_FILE = "test_kit.py"
+#: Every source form a kit case can have.
+KIT_SOURCES = frozenset((*SOURCES, QDQ))
 
 
-def updated(expected: dict[str, dict[str, str]], records: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+def updated(expected: dict[str, dict[str, str]], records: Sequence[TestRecord]) -> dict[str, dict[str, str]]:
     """``expected`` with the outcomes of ``records`` applied."""
     result = {target: dict(cases) for target, cases in expected.items()}
     for record in records:
-        case = _kit_case(record)
+        case = kit_case(record)
         if case is None:
             continue
-        cases = result.setdefault(record.get("target", "llvm"), {})
-        if record.get("outcome") in ("passed", "xpassed"):
+        cases = result.setdefault(record.target, {})
+        if record.outcome in ("passed", "xpassed"):
             cases.pop(case, None)
-        elif record.get("outcome") in ("failed", "error", "xfailed"):
-            # Folders differ per machine: keep only the file name of any path in the reason.
-            text = re.sub(r"/\S*/([^/\s:]+)", r"\1", record.get("reason", "failed"))
-            reason = f"{record.get('stage', 'setup')}: {text}"
-            cases[case] = cases.get(case, reason) if record.get("outcome") == "xfailed" else reason
+        elif record.outcome in ("failed", "error", "xfailed"):
+            reason = _reason(record)
+            # An expected failure keeps the reason it was listed with; a new failure records its own.
+            cases[case] = cases.get(case, reason) if record.outcome == "xfailed" else reason
     return {target: dict(sorted(cases.items())) for target, cases in sorted(result.items())}
 
 
-def _kit_case(record: dict[str, Any]) -> str | None:
-    match = _CASE.search(record.get("test", ""))
-    if match is None:
+def kit_case(record: TestRecord) -> str | None:
+    """``"<model>/<source>"`` of a kit test's record, or ``None`` for any other test."""
+    if not record.case or not record.model or not _in_kit_file(record.test):
         return None
-    label = re.escape(record.get("target", ""))
-    case = re.sub(rf"-{label}$|^{label}-", "", match.group("case")) if label else match.group("case")
-    for source in _SOURCES:
-        if case.endswith(f"-{source}"):
-            return f"{case[: -len(source) - 1]}/{source}"
-    return None
+    prefix = f"{record.model}-"
+    if not record.case.startswith(prefix):
+        return None
+    source = record.case[len(prefix):]
+    return f"{record.model}/{source}" if source in KIT_SOURCES else None
+
+
+def _in_kit_file(node_id: str) -> bool:
+    """Whether the node id's file part (before the first ``::``) is the kit's test file."""
+    return PurePosixPath(node_id.split("::", 1)[0]).name == KIT_FILE
+
+
+def _reason(record: TestRecord) -> str:
+    """``"<stage>: <reason>"``, with folders cut from paths: they differ per machine."""
+    text = re.sub(r"/\S*/([^/\s:]+)", r"\1", record.reason or "failed")
+    return f"{record.stage or 'setup'}: {text}"
+
+
+def read_records(report: Path) -> list[TestRecord]:
+    """The test records of a ``report.json``."""
+    return [TestRecord.from_json(test) for test in json.loads(report.read_text())["tests"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("report", type=Path, help="report.json written by --tvm-report")
     parser.add_argument("--file", type=Path, default=EXPECTED_FAILURES, help="the expected-failures file to rewrite")
     args = parser.parse_args(argv)
-    records = json.loads(args.report.read_text())["tests"]
+    records = read_records(args.report)
     expected = json.loads(args.file.read_text()) if args.file.exists() else {}
     new = updated(expected, records)
     write_atomic(args.file, json.dumps(new, indent=2) + "\n")

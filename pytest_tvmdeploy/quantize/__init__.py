@@ -15,14 +15,13 @@ Pipeline: ``graph`` (fold batch norm and biases into each conv2d / matmul, find 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pytest_tvmdeploy.quantize.config import QuantConfig
+from pytest_tvmdeploy.targets import TargetSpec
 
 if TYPE_CHECKING:  # TVM is imported when a model is quantized, not when the plugin loads
     import tvm
@@ -32,10 +31,11 @@ if TYPE_CHECKING:  # TVM is imported when a model is quantized, not when the plu
 class QuantizedModule:
     """The integer module and what was done to each site."""
 
-    module: "tvm.IRModule"
+    module: tvm.IRModule
     config: QuantConfig
     sites: tuple[dict[str, Any], ...]
     calibration_samples: int
+    vnni_convs: int = 0  # int8 convs rewritten into the VNNI form (uint8 NCHW16c, packed weights)
 
     @property
     def quantized_sites(self) -> int:
@@ -43,7 +43,7 @@ class QuantizedModule:
 
 
 def quantize(
-    module: "tvm.IRModule",
+    module: tvm.IRModule,
     config: QuantConfig | str | Mapping[str, Any] = "int8",
     *,
     calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
@@ -61,6 +61,24 @@ def quantize(
     return QuantizedModule(realize(prepared, sites, scales, config), config, report, samples)
 
 
+def quantize_for_target(
+    module: tvm.IRModule,
+    config: QuantConfig | str | Mapping[str, Any],
+    target: TargetSpec,
+    *,
+    calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+) -> QuantizedModule:
+    """:func:`quantize`, then, on a CPU with VNNI, every int8 conv that fits it rewritten into the
+    VNNI form (uint8 NCHW16c activations, packed weights): the same numbers, ~3x faster tuned."""
+    from pytest_tvmdeploy.quantize.vnni import target_has_vnni, use_vnni_convs
+
+    result = quantize(module, config, calibration=calibration)
+    if not target_has_vnni(target):
+        return result
+    rewritten, count = use_vnni_convs(result.module)
+    return replace(result, module=rewritten, vnni_convs=count)
+
+
 def _describe(site: Any, scales: Any, config: QuantConfig) -> dict[str, Any]:
     from pytest_tvmdeploy.quantize.realize import site_enabled
 
@@ -75,4 +93,4 @@ def _describe(site: Any, scales: Any, config: QuantConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["QuantConfig", "QuantizedModule", "quantize"]
+__all__ = ["QuantConfig", "QuantizedModule", "quantize", "quantize_for_target"]

@@ -7,14 +7,13 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.quantize.thresholds import ActivationObserver, threshold
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import Site, emit_float
 from pytest_tvmdeploy.quantize.realize import SiteScales
 from pytest_tvmdeploy.quantize.scales import activation_scale
+from pytest_tvmdeploy.quantize.thresholds import ActivationObserver, threshold
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
 
@@ -37,7 +36,8 @@ def site_scales(
             f"calibrate_mode={config.calibrate_mode!r} needs calibration data: pass calibration= "
             f"(an iterable of input dicts, or a callable returning one) or use calibrate_mode='global_scale'"
         )
-    observers = [(ActivationObserver(f"site{s.index}.input"), ActivationObserver(f"site{s.index}.output")) for s in sites]
+    observers = [(ActivationObserver(f"site{s.index}.input"), ActivationObserver(f"site{s.index}.output"))
+                 for s in sites]
     observed = emit_float(prepared, sites, observe=True)
     vm = relax_vm(tvm.compile(observed, target=tvm.target.Target("llvm")))
     names = [param.name for param in prepared["main"].params]

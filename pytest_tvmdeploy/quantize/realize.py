@@ -66,7 +66,8 @@ def realize(mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales],
 
 
 class _Realizer:
-    def __init__(self, mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig) -> None:
+    def __init__(self, mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales],
+                 config: QuantConfig) -> None:
         self.func, self.bindings = main_block(mod)
         self.sites = {site.call: site for site in sites}
         self.replaced = {var for site in sites for var in (*site.chain, site.output)}
@@ -107,7 +108,8 @@ class _Realizer:
             self.int8[binding.var] = passed_on
             return
         emitted = substitute(value, self._float)
-        self.floats[binding.var] = self.bb.emit_output(emitted) if not isinstance(binding.var, relax.DataflowVar) else self.bb.emit(emitted)
+        self.floats[binding.var] = (self.bb.emit_output(emitted) if not isinstance(binding.var, relax.DataflowVar)
+                                    else self.bb.emit(emitted))
 
     # -- values in either domain -------------------------------------------------------------
 
@@ -126,7 +128,8 @@ class _Realizer:
         if isinstance(data, relax.Var) and data in self.int8:
             return self.int8[data]
         scale = self.scales[site.index].input
-        quantized = R.astype(R.clip(R.round(R.divide(self._float(data), relax.const(scale, "float32"))), -QMAX, QMAX), "int8")
+        quantized = R.astype(R.clip(R.round(R.divide(self._float(data), relax.const(scale, "float32"))), -QMAX, QMAX),
+                             "int8")
         return self.bb.emit(quantized), scale
 
     # -- sites --------------------------------------------------------------------------------
@@ -182,7 +185,8 @@ class _Realizer:
             rounded = self.bb.emit(R.multiply(rounded, _const((~dead).astype(np.int64), shape)))
         return self.bb.emit(R.astype(R.clip(rounded, *bounds), "int8"))
 
-    def _rounding_shift(self, value: relax.Expr, shift: np.ndarray, shape: tuple[int, ...], *, enabled: bool) -> relax.Expr:
+    def _rounding_shift(self, value: relax.Expr, shift: np.ndarray, shape: tuple[int, ...], *,
+                        enabled: bool) -> relax.Expr:
         """``value >> shift`` rounding as configured: UPWARD adds half a step (ties go up),
         TONEAREST adds one less for negative values (ties go away from zero)."""
         if not shift.any():
@@ -192,7 +196,8 @@ class _Realizer:
             value = self.bb.emit(R.add(value, _const(half, shape)))
             if self.config.rounding == "TONEAREST":
                 negative = R.astype(R.less(value, relax.const(0, "int64")), "int64")
-                value = self.bb.emit(R.subtract(value, R.multiply(negative, _const((shift > 0).astype(np.int64), shape))))
+                value = self.bb.emit(R.subtract(value,
+                                                R.multiply(negative, _const((shift > 0).astype(np.int64), shape))))
         return self.bb.emit(R.right_shift(value, _const(shift, shape)))
 
     # -- int8 pass-through ----------------------------------------------------------------------

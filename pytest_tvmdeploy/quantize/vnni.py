@@ -108,7 +108,8 @@ def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: 
     blocked = te.compute(
         (batch, out_chunks, out_h, out_w, BLOCK),
         lambda n, o, y, x, ob: te.sum(
-            padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, rj * LANES + rk].astype("int32")
+            padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w,
+                   rj * LANES + rk].astype("int32")
             * kernel[o, rc, ry, rx, rj, ob, rk].astype("int32"),
             axis=[ry, rx, rc, rj, rk],
         ),

@@ -12,15 +12,13 @@ from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
 from pytest_tvmdeploy.report import plots
+from pytest_tvmdeploy.report.record import OUTCOMES, TestRecord
 from pytest_tvmdeploy.report.speed import ratio_text
 
-Record = Mapping[str, Any]
-
-OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "error", "skipped")
 COLUMNS = ("model / test", "source", "target", "outcome", "stage: reason", "artifact", "import s", "compile s",
            "TVM ms", "C++ ms", "reference ms", "TVM ÷ reference",
            "C++ check", "max abs error", "int8 cos / SQNR", "first diverging op")
-FIGURES: tuple[tuple[str, Callable[[Sequence[Record]], bytes | None]], ...] = (
+FIGURES: tuple[tuple[str, Callable[[Sequence[TestRecord]], bytes | None]], ...] = (
     ("Error distribution |TVM − reference| per model", plots.error_histograms),
     ("Latency per model", plots.latencies),
     ("int8 quantization metrics", plots.quantization),
@@ -59,8 +57,8 @@ def write_html_report(folder: Path, report: Mapping[str, Any]) -> Path:
 
 
 def render_html(report: Mapping[str, Any]) -> str:
-    """The whole page as a string."""
-    records = list(report.get("tests") or [])
+    """The whole page as a string (a record of a newer schema than this reader's raises ValueError)."""
+    records = [TestRecord.from_json(test) for test in report.get("tests") or []]
     figures = [(title, png) for title, draw in FIGURES if (png := draw(records)) is not None]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -71,11 +69,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     )
 
 
-def header(report: Mapping[str, Any], records: Sequence[Record]) -> str:
+def header(report: Mapping[str, Any], records: Sequence[TestRecord]) -> str:
     """Title, TVM version, targets and the count of each outcome."""
     targets = ", ".join(f"{_text(t.get('label'))} <code>{_text(json.dumps(t.get('target'), sort_keys=True))}</code>"
                         for t in report.get("targets") or [])
-    counts = Counter(str(r.get("outcome", "")) for r in records)
+    counts = Counter(r.outcome or "" for r in records)
     shown = [o for o in OUTCOMES if o != "skipped" or counts[o]]
     badges = "".join(f'<span class="{o}" data-outcome="{o}">{o}: {counts[o]}</span>' for o in shown)
     return (f"<h1>pytest-tvmdeploy report</h1>\n<p class=\"meta\">TVM {_text(report.get('tvm', '?'))}"
@@ -83,64 +81,66 @@ def header(report: Mapping[str, Any], records: Sequence[Record]) -> str:
             f"<p class=\"counts\">{badges}</p>")
 
 
-def table(records: Sequence[Record]) -> str:
+def table(records: Sequence[TestRecord]) -> str:
     """One row per test, coloured by outcome."""
     head = "".join(f"<th>{_text(c)}</th>" for c in COLUMNS)
     body = "\n".join(row(r) for r in records)
     return f"<h2>Tests</h2>\n<table id=\"tests\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
 
 
-def row(record: Record) -> str:
+def row(record: TestRecord) -> str:
     """One ``<tr>``: the cells of :func:`cells`, text already escaped."""
-    outcome = str(record.get("outcome", ""))
     tds = "".join(f'<td class="{kind}">{content}</td>' for kind, content in cells(record))
-    return f'<tr class="{_text(outcome)}" data-test="{_text(record.get("test", ""))}">{tds}</tr>'
+    return f'<tr class="{_text(record.outcome or "")}" data-test="{_text(record.test)}">{tds}</tr>'
 
 
-def cells(record: Record) -> list[tuple[str, str]]:
+def cells(record: TestRecord) -> list[tuple[str, str]]:
     """(CSS class, escaped HTML) of each column of one record; missing values show as ``-``."""
-    timings = record.get("timings") or {}
-    ran_cpp = record.get("cpp") in ("bitwise", "differs")
-    reference = record.get("reference_name")
+    timings = record.timings
+    reference = record.reference_name
     return [
         ("name", _name(record)),
-        ("text", _text(record.get("source", "-"))),
-        ("text", _text(record.get("target", "-"))),
-        ("text", _text(record.get("outcome", "-"))),
+        ("text", _text(record.source or "-")),
+        ("text", _text(record.target or "-")),
+        ("text", _text(record.outcome or "-")),
         ("reason", _reason(record)),
         ("text", _artifact(record)),
         ("num", _number(timings.get("import"), "{:.2f}")),
         ("num", _number(timings.get("compile"), "{:.2f}")),
         ("num", _number(timings.get("run"), "{:.2f}", 1000.0)),
-        ("num", _number(timings.get("cpp_run"), "{:.2f}", 1000.0) if ran_cpp else "-"),
+        ("num", _number(timings.get("cpp_run"), "{:.2f}", 1000.0) if record.ran_cpp else "-"),
         ("num", _number(timings.get("reference"), "{:.2f}", 1000.0)
          + (f"<div class=\"test\">({_text(reference)})</div>" if reference else "")),
         ("num", ratio_text(record)),
-        ("text", _text(record.get("cpp", "-"))),
-        ("num", _number(record.get("max_abs_error"), "{:.2e}")),
-        ("num", _quant(record.get("quant"))),
-        ("detail", _divergence(record.get("divergence"))),
+        ("text", _cpp(record)),
+        ("num", _number(record.max_abs_error, "{:.2e}")),
+        ("num", _quant(record.quant)),
+        ("detail", _divergence(record.divergence)),
     ]
 
 
-def _name(record: Record) -> str:
-    test = f"<div class=\"test\">{_text(record.get('test', ''))}</div>" if record.get("model") else ""
-    return f"<b>{_text(plots.model_name(record))}</b>{test}"
+def _name(record: TestRecord) -> str:
+    test = f"<div class=\"test\">{_text(record.test)}</div>" if record.model else ""
+    return f"<b>{_text(record.model_name)}</b>{test}"
 
 
-def _reason(record: Record) -> str:
-    stage, reason = record.get("stage"), record.get("reason")
-    if not stage and not reason:
+def _reason(record: TestRecord) -> str:
+    if not record.stage and not record.reason:
         return ""
-    return f"<b>{_text(stage or '?')}</b>: {_text(reason or '')}"
+    return f"<b>{_text(record.stage or '?')}</b>: {_text(record.reason or '')}"
 
 
-def _artifact(record: Record) -> str:
-    cached = record.get("cache_hit")
-    if cached is None:
+def _cpp(record: TestRecord) -> str:
+    """The C++ check's state, and on a line of its own why it was skipped or failed."""
+    note = f"<div class=\"test\">{_text(record.cpp_note)}</div>" if record.cpp_note else ""
+    return _text(record.cpp or "-") + note
+
+
+def _artifact(record: TestRecord) -> str:
+    if record.cache_hit is None:
         return "-"
-    state = ("cached" if cached else "built") + (", tuned" if record.get("tuned") else "")
-    return f'<span title="{_text(record.get("artifact", ""))}">{state}</span>'
+    state = ("cached" if record.cache_hit else "built") + (", tuned" if record.tuned else "")
+    return f'<span title="{_text(record.artifact or "")}">{state}</span>'
 
 
 def _quant(quant: Mapping[str, Any] | None) -> str:

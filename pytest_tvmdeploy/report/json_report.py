@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
+from pytest_tvmdeploy.report.record import SCHEMA_VERSION, TestRecord
 
 
-def report_document(records: Sequence[dict[str, Any]], targets: Sequence[Any]) -> dict[str, Any]:
+def report_document(records: Sequence[TestRecord], targets: Sequence[Any]) -> dict[str, Any]:
     """The session's report as plain JSON values (what ``report.json`` holds and the HTML page shows)."""
     report = {
+        "schema": SCHEMA_VERSION,  # readers of report.json check it before trusting the records' keys
         "tvm": version("apache-tvm"),
         "targets": [{"label": t.label, "target": t.as_dict} for t in targets],
-        "tests": list(records),
+        "tests": [r.to_json() for r in records],
     }
+    # default=str: a value that is not JSON (a Path, a numpy scalar) is written as its text
     return json.loads(json.dumps(report, default=str))
 
 

@@ -11,39 +11,38 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pytest_tvmdeploy.outputs import TVM_CPP, TVM_PYTHON
+from pytest_tvmdeploy.report.record import TestRecord
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-Record = Mapping[str, Any]
-
 #: One colour per runner, and one per reference framework (the legend names which one ran).
-COLOURS = {"tvm": "#1f77b4", "tvm-cpp": "#17becf", "pytorch": "#ee4c2c", "onnxruntime": "#7f7f7f"}
+COLOURS = {TVM_PYTHON: "#1f77b4", TVM_CPP: "#17becf", "pytorch": "#ee4c2c", "onnxruntime": "#7f7f7f"}
 FRAMEWORKS = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
 DPI = 100
 
 
-def model_name(record: Record) -> str:
-    """The model a record belongs to: its ``model``, else its test id."""
-    return str(record.get("model") or record.get("test", "?"))
+def case_label(record: TestRecord) -> str:
+    """A short name for one test: its function and case (the parametrization without the target),
+    then the target; a record without a case shows its node id without the file."""
+    if record.case:
+        function = record.test.split("[", 1)[0].rsplit("::", 1)[-1]  # params may hold "::", the name cannot
+        return f"{function}[{record.case}] @ {record.target}"
+    name = record.test.rsplit("::", 1)[-1]
+    return name if not record.target or f"[{record.target}]" in name else f"{name} @ {record.target}"
 
 
-def case_label(record: Record) -> str:
-    """A short name for one test: the node id without its file, plus the target when not in the id."""
-    name = str(record.get("test", "?")).rsplit("::", 1)[-1]
-    target = record.get("target")
-    return name if not target or f"[{target}]" in name else f"{name} @ {target}"
-
-
-def by_model(records: Sequence[Record]) -> dict[str, list[Record]]:
+def by_model(records: Sequence[TestRecord]) -> dict[str, list[TestRecord]]:
     """Records grouped by model name, in first-seen order."""
-    groups: dict[str, list[Record]] = {}
+    groups: dict[str, list[TestRecord]] = {}
     for record in records:
-        groups.setdefault(model_name(record), []).append(record)
+        groups.setdefault(record.model_name, []).append(record)
     return groups
 
 
-def error_histograms(records: Sequence[Record]) -> bytes | None:
+def error_histograms(records: Sequence[TestRecord]) -> bytes | None:
     """One panel per model with one |TVM - reference| distribution per test; None without data."""
     groups = by_model([r for r in records if _histogram(r) is not None])
     if not groups:
@@ -63,8 +62,8 @@ def error_histograms(records: Sequence[Record]) -> bytes | None:
     return _png(figure)
 
 
-def _histogram(record: Record) -> Mapping[str, Any] | None:
-    histogram = record.get("error_histogram")
+def _histogram(record: TestRecord) -> Mapping[str, Any] | None:
+    histogram = record.error_histogram
     if not histogram or not histogram.get("total") or len(histogram.get("counts", ())) == 0:
         return None
     if len(histogram.get("log10_edges", ())) != len(histogram["counts"]) + 1:
@@ -72,7 +71,7 @@ def _histogram(record: Record) -> Mapping[str, Any] | None:
     return histogram
 
 
-def _draw_histogram(axes: Axes, record: Record) -> None:
+def _draw_histogram(axes: Axes, record: TestRecord) -> None:
     histogram = _histogram(record)
     total = histogram["total"]
     fractions = [count / total for count in histogram["counts"]]
@@ -80,7 +79,7 @@ def _draw_histogram(axes: Axes, record: Record) -> None:
     axes.stairs(fractions, histogram["log10_edges"], label=f"{case_label(record)} (exact {exact:.0%})")
 
 
-def latencies(records: Sequence[Record]) -> bytes | None:
+def latencies(records: Sequence[TestRecord]) -> bytes | None:
     """Horizontal bars per test, grouped by model: TVM VM, TVM C++ and the reference, in ms (log scale)."""
     rows = [(r, _latency_bars(r)) for group in by_model(records).values() for r in group]
     rows = [(r, bars) for r, bars in rows if bars]
@@ -91,7 +90,7 @@ def latencies(records: Sequence[Record]) -> bytes | None:
     seen: set[str] = set()
     for y, (_, bars) in enumerate(rows):
         _draw_latency_row(axes, y, bars, seen)
-    _label_rows(axes, [f"{model_name(r)}\n{case_label(r)}" for r, _ in rows])
+    _label_rows(axes, [f"{r.model_name}\n{case_label(r)}" for r, _ in rows])
     _log_ms_axis(axes, [ms for _, bars in rows for *_, ms in bars])
     axes.set_title("Latency per run: TVM and the framework reference", fontsize=10)
     figure.legend(loc="outside upper center", ncols=4, fontsize=8)
@@ -118,26 +117,26 @@ def _log_ms_axis(axes: Axes, values: list[float]) -> None:
     axes.set_xlabel("ms (log scale)")
 
 
-def _latency_bars(record: Record) -> list[tuple[int, str, str, float]]:
+def _latency_bars(record: TestRecord) -> list[tuple[int, str, str, float]]:
     """(slot, colour key, legend label, ms) of each runner with a positive time (a log axis has no 0)."""
-    timings = record.get("timings") or {}
-    ran_cpp = record.get("cpp") in ("bitwise", "differs")  # as the table: other C++ times mean nothing
-    reference = str(record.get("reference_name") or "pytorch")
-    candidates = [("tvm", "TVM (Python VM)", timings.get("run")),
-                  ("tvm-cpp", "TVM (C++)", timings.get("cpp_run") if ran_cpp else None),
+    timings = record.timings
+    reference = record.reference_name or "pytorch"
+    candidates = [(TVM_PYTHON, "TVM (Python VM)", timings.get("run")),
+                  # as the table: C++ times of a check that did not run mean nothing
+                  (TVM_CPP, "TVM (C++)", timings.get("cpp_run") if record.ran_cpp else None),
                   (reference if reference in COLOURS else "pytorch", FRAMEWORKS.get(reference, reference),
                    timings.get("reference"))]
     return [(slot, key, label, 1000.0 * seconds)
             for slot, (key, label, seconds) in enumerate(candidates) if _positive(seconds)]
 
 
-def quantization(records: Sequence[Record]) -> bytes | None:
+def quantization(records: Sequence[TestRecord]) -> bytes | None:
     """Cosine similarity and SQNR (dB) of the int8 outputs against fp32, one bar per test; None without data."""
     rows = [r for group in by_model(records).values() for r in group if _quant(r) is not None]
     if not rows:
         return None
     figure = _figure(9, 2.0 + 0.45 * len(rows))
-    labels = [f"{model_name(r)}\n{case_label(r)}" for r in rows]
+    labels = [f"{r.model_name}\n{case_label(r)}" for r in rows]
     for column, (key, title, colour) in enumerate((("cosine", "cosine similarity", "#2ca02c"),
                                                    ("sqnr_db", "SQNR (dB)", "#9467bd"))):
         axes = figure.add_subplot(1, 2, column + 1)
@@ -163,8 +162,8 @@ def _cosine_range(values: list[float]) -> tuple[float, float]:
     return left, 1.0 + 0.15 * (1.0 - left)
 
 
-def _quant(record: Record) -> Mapping[str, Any] | None:
-    quant = record.get("quant")
+def _quant(record: TestRecord) -> Mapping[str, Any] | None:
+    quant = record.quant
     if not quant or not all(_finite(quant.get(key)) for key in ("cosine", "sqnr_db")):
         return None
     return quant

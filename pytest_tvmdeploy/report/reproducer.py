@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_tvmdeploy.check.tolerances import ToleranceRules
+from pytest_tvmdeploy.checks.tolerances import ToleranceRules
 
 MANIFEST = "reproducer.json"
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from pytest_tvmdeploy.report.record import TestRecord
 
 
-def tvm_to_reference(record: Mapping[str, Any]) -> float | None:
+def tvm_to_reference(record: TestRecord) -> float | None:
     """TVM's median call time over the reference's (PyTorch or ONNX Runtime), or ``None`` when
     either was not timed (a test that stopped early, or a device that did not run the model)."""
-    timings = record.get("timings") or {}
-    tvm, reference = timings.get("run"), timings.get("reference")
+    tvm, reference = record.timings.get("run"), record.timings.get("reference")
     if not all(isinstance(value, (int, float)) and value > 0 for value in (tvm, reference)):
         return None
     return tvm / reference
 
 
-def ratio_text(record: Mapping[str, Any]) -> str:
+def ratio_text(record: TestRecord) -> str:
     """``tvm_to_reference`` as ``"0.37x"``, or ``"-"``."""
     ratio = tvm_to_reference(record)
     return "-" if ratio is None else f"{ratio:.2f}x"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.report.speed import ratio_text
 
 COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "tvm ms", "cpp ms", "torch ms",
@@ -13,55 +13,63 @@ COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "tvm
 REFERENCE_COLUMNS = {"pytorch": "torch ms", "onnxruntime": "ort ms"}
 
 
-def summary_row(record: Mapping[str, Any]) -> tuple[str, ...]:
-    """Format one test's record (as stored in the report's user properties)."""
-    timings = record.get("timings", {})
-    cached = record.get("cache_hit")
+def summary_row(record: TestRecord) -> tuple[str, ...]:
+    """Format one test's record as the table's cells."""
+    timings = record.timings
     return (
-        record["test"],
-        record.get("target", ""),
-        record.get("source", ""),
-        "-" if cached is None else ("cached" if cached else "built") + ("+tuned" if record.get("tuned") else ""),
+        record.test,
+        record.target,
+        record.source or "",
+        _artifact_cell(record),
         f"{timings.get('import', 0.0):.2f}",
         f"{timings.get('compile', 0.0):.2f}",
         f"{1000 * timings.get('run', 0.0):.1f}",
-        f"{1000 * timings.get('cpp_run', 0.0):.1f}" if record.get("cpp") in ("bitwise", "differs") else "-",
+        f"{1000 * timings.get('cpp_run', 0.0):.1f}" if record.ran_cpp else "-",
         *(_reference_cell(record, column) for column in REFERENCE_COLUMNS.values()),
         ratio_text(record),
-        record.get("cpp", "-").split(":")[0],
-        "-" if record.get("max_abs_error") is None else f"{record['max_abs_error']:.2e}",
-        _quant_cell(record.get("quant")),
+        record.cpp or "-",
+        "-" if record.max_abs_error is None else f"{record.max_abs_error:.2e}",
+        _quant_cell(record.quant),
         _result_cell(record),
     )
 
 
-def _reference_cell(record: Mapping[str, Any], column: str) -> str:
-    if REFERENCE_COLUMNS.get(record.get("reference_name", "")) != column or "timings" not in record:
+def _artifact_cell(record: TestRecord) -> str:
+    if record.cache_hit is None:
         return "-"
-    return f"{1000 * record['timings'].get('reference', 0.0):.1f}"
+    return ("cached" if record.cache_hit else "built") + ("+tuned" if record.tuned else "")
 
 
-def _result_cell(record: Mapping[str, Any]) -> str:
+def _reference_cell(record: TestRecord, column: str) -> str:
+    if REFERENCE_COLUMNS.get(record.reference_name or "") != column or "reference" not in record.timings:
+        return "-"
+    return f"{1000 * record.timings['reference']:.1f}"
+
+
+def _result_cell(record: TestRecord) -> str:
     """The outcome, and for a test that did not pass, the stage that stopped it."""
-    outcome = record.get("outcome", "")
-    stage = record.get("stage")
-    return f"{outcome} ({stage})" if stage and outcome != "passed" else outcome
+    outcome = record.outcome or ""
+    return f"{outcome} ({record.stage})" if record.stage and outcome != "passed" else outcome
 
 
-def _quant_cell(quant: Mapping[str, Any] | None) -> str:
+def _quant_cell(quant: Mapping[str, float | None] | None) -> str:
     if not quant or quant.get("cosine") is None:
         return "-"
     return f"{quant['cosine']:.4f}/{quant['sqnr_db']:.1f}dB"
 
 
-def format_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Lines of an aligned text table plus a totals line."""
+def format_table(records: Sequence[TestRecord]) -> list[str]:
+    """Lines of an aligned text table, a totals line and why the C++ check was skipped."""
     rows = [COLUMNS] + [summary_row(r) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    built = sum(1 for r in records if r.get("cache_hit") is False)
-    cached = sum(1 for r in records if r.get("cache_hit") is True)
+    built = sum(1 for r in records if r.cache_hit is False)
+    cached = sum(1 for r in records if r.cache_hit is True)
     lines.append(f"artifacts: {built} built, {cached} from cache")
-    skipped = sorted({r["cpp"] for r in records if str(r.get("cpp", "")).startswith("skipped")})
-    lines.extend(f"C++ check {reason}" for reason in skipped)
-    return lines
+    return lines + skip_lines(records)
+
+
+def skip_lines(records: Sequence[TestRecord]) -> list[str]:
+    """One line per distinct reason the C++ check was skipped, sorted (not one per test)."""
+    notes = sorted({r.cpp_note or "" for r in records if r.cpp == "skipped"})
+    return [f"C++ check skipped: {note}" if note else "C++ check skipped" for note in notes]

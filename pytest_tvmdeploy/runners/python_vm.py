@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pytest_tvmdeploy.errors import RunnerError, brief
-from pytest_tvmdeploy.outputs import RunResult, timed_calls
+from pytest_tvmdeploy.outputs import TVM_PYTHON, RunResult, timed_calls
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
-RUNNER_NAME = "tvm-python"
+RUNNER_NAME = TVM_PYTHON
 
 
 def run_python_vm(module_path: Path, inputs: Mapping[str, np.ndarray], *, repeat: int = 1) -> RunResult:

@@ -28,7 +28,6 @@ import numpy as np
 
 from pytest_tvmdeploy.errors import RunnerError, brief
 from pytest_tvmdeploy.outputs import RunResult
-from pytest_tvmdeploy.vm import relax_vm, tvm_tensors
 from pytest_tvmdeploy.runners.rpc_devices import (
     RPC_TIMEOUT,
     Lease,
@@ -37,6 +36,7 @@ from pytest_tvmdeploy.runners.rpc_devices import (
     parse_remote,
     probe_server,
 )
+from pytest_tvmdeploy.vm import relax_vm, tvm_tensors
 
 RUNNER_PREFIX = "rpc"
 DEFAULT_TIMEOUT = RPC_TIMEOUT
@@ -132,7 +132,6 @@ class _RemoteSession:
             self.failure = _explain(self.stage, exc)
 
     def _run(self) -> None:
-        import tvm
         from tvm import rpc
 
         remote = rpc.connect(
@@ -156,7 +155,8 @@ class _RemoteSession:
         self.stage = "closing the session"
 
 
-def _fetch_outputs(arity: Callable[..., int], output: Callable[..., Any], index: tuple[int, ...] = ()) -> list[np.ndarray]:
+def _fetch_outputs(arity: Callable[..., int], output: Callable[..., Any],
+                   index: tuple[int, ...] = ()) -> list[np.ndarray]:
     """``main``'s last outputs as numpy arrays, nested tuples flattened depth-first.
 
     Like ``VirtualMachine.get_outputs`` but without its self-referencing closure: that cycle

@@ -243,7 +243,8 @@ def _open_tracker(spec: RemoteSpec, where: str, timeout: float) -> socket.socket
         answer = _recv_exactly(sock, 4)
     except TimeoutError:
         sock.close()
-        raise RunnerError(f"{where}: {spec.address} did not answer the tracker handshake within {timeout:g} s") from None
+        raise RunnerError(f"{where}: {spec.address} did not answer the tracker handshake "
+                          f"within {timeout:g} s") from None
     except OSError as exc:
         sock.close()
         raise RunnerError(f"{where}: {spec.address} broke off the tracker handshake ({exc}): "

@@ -51,7 +51,7 @@ class ModelSource(abc.ABC):
         """A hex digest that changes whenever the graph or any weight changes."""
 
     @abc.abstractmethod
-    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> "tvm.IRModule":
+    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
         """Import the model into a Relax ``IRModule`` specialised to these inputs."""
 
     def __repr__(self) -> str:

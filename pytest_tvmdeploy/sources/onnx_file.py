@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError
+from pytest_tvmdeploy.hashing import file_sha256
 from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.outputs import RunResult, timed_calls
-from pytest_tvmdeploy.hashing import file_sha256
 from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class OnnxSource(ModelSource):
             return self._digest
         return self._digest + "".join(file_sha256(p)[:16] for p in external)
 
-    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> "tvm.IRModule":
+    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
         from tvm.relax.frontend.onnx import from_onnx
 
         self._check_names(inputs)

@@ -30,17 +30,17 @@ class ExportedProgramSource(ModelSource):
 
     def __init__(self, description: str, path: Path | None = None) -> None:
         super().__init__(description, path)
-        self._exported: dict[str, "torch.export.ExportedProgram"] = {}
+        self._exported: dict[str, torch.export.ExportedProgram] = {}
 
     @abc.abstractmethod
     def _callable(self) -> Callable[..., Any]:
         """What computes the reference outputs from positional tensors."""
 
     @abc.abstractmethod
-    def _export(self, args: tuple["torch.Tensor", ...]) -> "torch.export.ExportedProgram":
+    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
         """Produce an ExportedProgram for these example inputs."""
 
-    def _positional(self, inputs: Mapping[str, np.ndarray]) -> tuple["torch.Tensor", ...]:
+    def _positional(self, inputs: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
         import torch
 
         names = self.input_names()
@@ -67,7 +67,7 @@ class ExportedProgramSource(ModelSource):
             ) from exc
         return RunResult(self.reference_name, flatten_torch_outputs(result), call_seconds=seconds)
 
-    def exported_program(self, inputs: Mapping[str, np.ndarray]) -> "torch.export.ExportedProgram":
+    def exported_program(self, inputs: Mapping[str, np.ndarray]) -> torch.export.ExportedProgram:
         """The ExportedProgram for these inputs' shapes and dtypes (exported once)."""
         key = repr(signature(inputs))
         if key not in self._exported:
@@ -89,7 +89,7 @@ class ExportedProgramSource(ModelSource):
                 _update_with_tensor(digest, name, group[name])
         return digest.hexdigest()
 
-    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> "tvm.IRModule":
+    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
         from tvm.relax.frontend.torch import from_exported_program
 
         program = self.exported_program(inputs)
@@ -107,7 +107,7 @@ class TorchModuleSource(ExportedProgramSource):
 
     kind = "torch"
 
-    def __init__(self, module: "torch.nn.Module", description: str | None = None) -> None:
+    def __init__(self, module: torch.nn.Module, description: str | None = None) -> None:
         super().__init__(description or f"nn.Module {type(module).__name__}")
         self.module = module.eval()
 
@@ -124,7 +124,7 @@ class TorchModuleSource(ExportedProgramSource):
     def _callable(self) -> Callable[..., Any]:
         return self.module
 
-    def _export(self, args: tuple["torch.Tensor", ...]) -> "torch.export.ExportedProgram":
+    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
         import torch
 
         _quiet_structured_trace()
@@ -156,10 +156,9 @@ class TorchScriptSource(ExportedProgramSource):
     def _callable(self) -> Callable[..., Any]:
         return self.module
 
-    def _export(self, args: tuple["torch.Tensor", ...]) -> "torch.export.ExportedProgram":
-        from torch._export.converter import TS2EPConverter
-
+    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
         import torch
+        from torch._export.converter import TS2EPConverter
 
         _quiet_structured_trace()
         with warnings.catch_warnings():
@@ -205,7 +204,7 @@ class SavedExportedProgramSource(ExportedProgramSource):
     def _callable(self) -> Callable[..., Any]:
         return self.program.module()
 
-    def _export(self, args: tuple["torch.Tensor", ...]) -> "torch.export.ExportedProgram":
+    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
         expected = [tuple(n.meta["val"].shape) for n in self.program.graph.nodes
                     if n.op == "placeholder" and n.name in self.program.graph_signature.user_inputs]
         given = [tuple(a.shape) for a in args]
@@ -247,7 +246,7 @@ def flatten_torch_outputs(result: Any) -> dict[str, np.ndarray]:
     return {f"out{i}": leaf.detach().cpu().numpy().copy() for i, leaf in enumerate(leaves)}
 
 
-def _update_with_tensor(digest: "hashlib._Hash", name: str, tensor: Any) -> None:
+def _update_with_tensor(digest: hashlib._Hash, name: str, tensor: Any) -> None:
     import torch
 
     if not isinstance(tensor, torch.Tensor):

@@ -7,21 +7,25 @@ Importing this package imports neither TVM nor torch::
     executable = compile_tuned(module, spec, Path("tuning/llvm"))
 """
 
-from pytest_tvmdeploy.tuning.apply import compile_tuned
+from pytest_tvmdeploy.tuning.apply import build_with_records, compile_tuned
 from pytest_tvmdeploy.tuning.driver import tune
-from pytest_tvmdeploy.tuning.workloads import database_fingerprint, workload_hashes
 from pytest_tvmdeploy.tuning.plan import needs_tuning
-from pytest_tvmdeploy.tuning.records import RECORD_FILE, WORKLOAD_FILE
+from pytest_tvmdeploy.tuning.records import RECORD_FILE, WORKLOAD_FILE, DatabaseFiles, read_database
 from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary
+from pytest_tvmdeploy.tuning.workloads import applied_fingerprint, database_fingerprint, workload_hashes
 
 __all__ = [
     "RECORD_FILE",
     "WORKLOAD_FILE",
+    "DatabaseFiles",
     "TaskResult",
     "TuningSummary",
+    "applied_fingerprint",
+    "build_with_records",
     "compile_tuned",
     "database_fingerprint",
     "needs_tuning",
+    "read_database",
     "tune",
     "workload_hashes",
 ]

@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.build.compile import compile_module
 from pytest_tvmdeploy.errors import BuildError, brief
+from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, read_database
 from pytest_tvmdeploy.tuning.selection import TaskRecords, records_by_task
 from pytest_tvmdeploy.tuning.targets import record_matcher, tuning_target
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _TENSORIZE = '"Tensorize"'
 
 
-def compile_tuned(module: "tvm.IRModule", target: TargetSpec, database_dir: Path) -> Any:
+def compile_tuned(module: tvm.IRModule, target: TargetSpec, database_dir: Path) -> Any:
     """``tvm.compile`` ``module`` for ``target`` with the records in ``database_dir`` applied.
 
     The result is a Relax VM executable like :func:`pytest_tvmdeploy.build.compile_module`'s,
@@ -35,7 +35,7 @@ def compile_tuned(module: "tvm.IRModule", target: TargetSpec, database_dir: Path
     return build_with_records(module, target, read_database(Path(database_dir)))[0]
 
 
-def build_with_records(module: "tvm.IRModule", target: TargetSpec, files: DatabaseFiles) -> tuple[Any, int]:
+def build_with_records(module: tvm.IRModule, target: TargetSpec, files: DatabaseFiles) -> tuple[Any, int]:
     """:func:`compile_tuned` with the database already read, also returning how many of the
     module's tasks got a stored schedule."""
     if files.is_empty:
@@ -49,15 +49,15 @@ def build_with_records(module: "tvm.IRModule", target: TargetSpec, files: Databa
     return compile_module(prepared, target), applied
 
 
-def chosen_records(files: DatabaseFiles, prepared: "tvm.IRModule", target: TargetSpec) -> list[TaskRecords]:
+def chosen_records(files: DatabaseFiles, prepared: tvm.IRModule, target: TargetSpec) -> list[TaskRecords]:
     """The record a build applies for each task of the prepared module that has one."""
     tasks = extract_tasks(prepared, tuning_target(target))
     return [task for task in records_by_task(files, task_keys(tasks), record_matcher(target)) if task.best]
 
 
 def apply_records(
-    prepared: "tvm.IRModule", target: "tvm.target.Target", files: DatabaseFiles, chosen: list[TaskRecords]
-) -> tuple["tvm.IRModule", int]:
+    prepared: tvm.IRModule, target: tvm.target.Target, files: DatabaseFiles, chosen: list[TaskRecords]
+) -> tuple[tvm.IRModule, int]:
     """Replace each tuned function of ``prepared`` by its scheduled version; also returns how
     many records were applied (see :func:`loadable_database` for the ones that cannot be)."""
     from tvm import relax
@@ -95,7 +95,7 @@ def loadable_database(files: DatabaseFiles, records: list[RecordLine]) -> tuple[
             left_out.append(record)
     hashes = ", ".join(files.workloads[record.workload].shash for record in left_out)
     warnings.warn(f"tuning database {files.folder}: {len(left_out)} record(s) do not replay on their stored "
-                  f"workload (workload hash {hashes}) and are left out; tune again to replace them")
+                  f"workload (workload hash {hashes}) and are left out; tune again to replace them", stacklevel=2)
     return _database_of(files, loaded), loaded
 
 

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.errors import BuildError
+from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.exhausted import note_exhausted
 from pytest_tvmdeploy.tuning.plan import TuningPlan, plan_tuning
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, database_lock, merge_new_records, read_database
 from pytest_tvmdeploy.tuning.selection import is_valid, records_by_task, selection_fingerprint
-from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary
 from pytest_tvmdeploy.tuning.session import run_meta_schedule
+from pytest_tvmdeploy.tuning.summary import TaskResult, TuningSummary
 from pytest_tvmdeploy.tuning.targets import record_matcher, target_key, tuning_target
 from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, task_keys, tuned_workload
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 
 def tune(
-    module: "tvm.IRModule",
+    module: tvm.IRModule,
     target: TargetSpec,
     database_dir: Path,
     *,
@@ -57,11 +57,13 @@ def tune(
         seed = read_database(database_dir)
         tvm_target = tuning_target(target)
         tasks = extract_tasks(prepare_module(module, tvm_target), tvm_target)
-        plan = plan_tuning(seed, task_keys(tasks), target, max_trials=max_trials, max_trials_per_task=max_trials_per_task)
+        plan = plan_tuning(seed, task_keys(tasks), target, max_trials=max_trials,
+                           max_trials_per_task=max_trials_per_task)
         results: tuple[TaskResult, ...] = ()
         added = 0
         if plan.has_work:
-            say(f"tuning {len(plan.todo)} of {len(tasks)} tasks, up to {plan.per_task} trials each, {plan.budget} in all")
+            say(f"tuning {len(plan.todo)} of {len(tasks)} tasks, up to {plan.per_task} trials each, "
+                f"{plan.budget} in all")
             todo = [task for task in tasks if (task.name, task.shash) in plan.todo]
             results, added = _tune_in_copy(_warm_start(seed, todo, target), todo, plan, tvm_target,
                                            label=target.json, say=say)
@@ -107,7 +109,7 @@ def _tune_in_copy(
     seed: DatabaseFiles,
     todo: list[Task],
     plan: TuningPlan,
-    target: "tvm.target.Target",
+    target: tvm.target.Target,
     *,
     label: str,
     say: Callable[[str], None],

@@ -99,7 +99,8 @@ class CurrentTask(logging.Handler):
             self.number, self.name = int(match.group(1)) + 1, match.group(2)
         sending = _SENDING_MESSAGE.search(message)
         if sending and self.name and int(sending.group(1)) > 0:
-            self.progress(f"measuring {sending.group(1)} candidates of task {self.number}/{self.task_count} {self.name}")
+            self.progress(f"measuring {sending.group(1)} candidates of task {self.number}/{self.task_count} "
+                          f"{self.name}")
 
     def described(self) -> str:
         """The last announced task, as error messages name it."""

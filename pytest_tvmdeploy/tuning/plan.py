@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.errors import ConfigError
+from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.exhausted import exhausted_workloads
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 from pytest_tvmdeploy.tuning.selection import records_by_task

@@ -64,7 +64,7 @@ class DatabaseFiles:
     def is_empty(self) -> bool:
         return not self.records
 
-    def subset(self, records: Sequence[RecordLine]) -> "DatabaseFiles":
+    def subset(self, records: Sequence[RecordLine]) -> DatabaseFiles:
         """A database of ``records`` (lines of this one) and only the workloads they use, renumbered."""
         used = sorted({record.workload for record in records})
         renumber = {old: new for new, old in enumerate(used)}
@@ -175,7 +175,8 @@ def _workload(path: Path, number: int, text: str) -> WorkloadLine:
 def _record(path: Path, number: int, text: str, workload_count: int) -> RecordLine:
     value = _json(path, number, text)
     match = _RECORD_LINE.fullmatch(text)
-    if not (match and isinstance(value, list) and len(value) == 2 and isinstance(value[1], list) and len(value[1]) == 4):
+    if not (match and isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)
+            and len(value[1]) == 4):
         raise BuildError(f"tuning database {path} line {number}: not a tuning record ([workload, record] expected)")
     workload = int(match.group(1))
     if workload >= workload_count:

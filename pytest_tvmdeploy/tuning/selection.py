@@ -34,7 +34,8 @@ class TaskRecords:
     best: RecordLine | None    # the record a build applies, if any is valid
 
 
-def records_by_task(files: DatabaseFiles, tasks: Iterable[tuple[str, str]], matches: TargetMatcher) -> list[TaskRecords]:
+def records_by_task(files: DatabaseFiles, tasks: Iterable[tuple[str, str]],
+                    matches: TargetMatcher) -> list[TaskRecords]:
     """Trials and best record for each ``(task name, workload hash)`` on a matching target."""
     by_hash: dict[str, list[RecordLine]] = {}
     for record in files.records:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import BuildError, brief
 from pytest_tvmdeploy.tuning.plan import TRIALS_PER_ITERATION
@@ -36,7 +36,7 @@ COST_MODEL_WARMUP = 100
 
 def run_meta_schedule(
     tasks: list[Task],
-    target: "tvm.target.Target",
+    target: tvm.target.Target,
     work_dir: Path,
     *,
     budget: int,
@@ -51,21 +51,11 @@ def run_meta_schedule(
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
-    from pytest_tvmdeploy.tuning.pool_builder import PersistentPoolBuilder
-    from pytest_tvmdeploy.tuning.intrinsics import register_working_vnni
     from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
+    from pytest_tvmdeploy.tuning.pool_builder import PersistentPoolBuilder
 
-    register_working_vnni()  # tuning contexts need the intrinsics; TVM's VNNI one does not build
     logger = logging.getLogger(META_SCHEDULE_LOGGER)
-    logger.setLevel(logging.WARNING)  # MetaSchedule's console handler takes this level: no log on stdout
-    with _unnamed_handlers_detached(logger):  # creating the contexts configures MetaSchedule's logging
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task.extracted for task in tasks],
-            str(work_dir),
-            strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=population_size(per_task), init_min_unmeasured=INITIAL_UNMEASURED
-            ),
-        )
+    contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger)
     monitor = TuningMonitor([str(context.task_name) for context in contexts], say)
     current = CurrentTask(len(contexts), say)
     logger.addHandler(current)
@@ -102,6 +92,24 @@ def run_meta_schedule(
         runner.pool.shutdown()
         _close_log_files(work_dir)
     return monitor.results()
+
+
+def _tune_contexts(tasks: list[Task], work_dir: Path, per_task: int, logger: logging.Logger) -> tuple[Any, Any]:
+    """MetaSchedule's tuning contexts and task weights, with the search sized for ``per_task``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from pytest_tvmdeploy.tuning.intrinsics import register_working_vnni
+
+    register_working_vnni()  # tuning contexts need the intrinsics; TVM's VNNI one does not build
+    logger.setLevel(logging.WARNING)  # MetaSchedule's console handler takes this level: no log on stdout
+    with _unnamed_handlers_detached(logger):  # creating the contexts configures MetaSchedule's logging
+        return ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [task.extracted for task in tasks],
+            str(work_dir),
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=population_size(per_task), init_min_unmeasured=INITIAL_UNMEASURED
+            ),
+        )
 
 
 def population_size(per_task: int) -> int:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 CORES_KEY = "num-cores"
 
 
-def tuning_target(spec: TargetSpec) -> "tvm.target.Target":
+def tuning_target(spec: TargetSpec) -> tvm.target.Target:
     """The target MetaSchedule tunes for: ``spec``, with ``num-cores`` filled in for CPUs
     (raises :class:`~pytest_tvmdeploy.errors.TargetError` if TVM rejects it)."""
     from tvm.s_tir.meta_schedule.utils import cpu_count
@@ -43,7 +43,7 @@ def target_key(spec: TargetSpec) -> str:
     return _comparable(_exported(spec.to_tvm()), CORES_KEY not in spec.as_dict)
 
 
-def _exported(target: "tvm.target.Target") -> dict[str, Any]:
+def _exported(target: tvm.target.Target) -> dict[str, Any]:
     """The target as the database stores it: plain dicts and lists."""
     return _plain(target.export())
 

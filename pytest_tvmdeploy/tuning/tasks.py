@@ -27,7 +27,7 @@ class Task:
     extracted: Any  # tvm.s_tir.meta_schedule.ExtractedTask
 
 
-def prepare_module(module: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.IRModule":
+def prepare_module(module: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Legalize and fuse ``module`` for ``target`` as ``static_shape_tuning`` does before tuning."""
     import tvm
     from tvm import relax
@@ -46,7 +46,7 @@ def prepare_module(module: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.
         raise BuildError(f"preparing the module for tuning on {target} failed: {brief(exc)}") from exc
 
 
-def extract_tasks(prepared: "tvm.IRModule", target: "tvm.target.Target") -> list[Task]:
+def extract_tasks(prepared: tvm.IRModule, target: tvm.target.Target) -> list[Task]:
     """The module's tuning tasks, one per distinct fused TIR function."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
@@ -63,7 +63,7 @@ def task_keys(tasks: list[Task]) -> list[tuple[str, str]]:
     return [(task.name, task.shash) for task in tasks]
 
 
-def tuned_workload(task: Task) -> "WorkloadLine":
+def tuned_workload(task: Task) -> WorkloadLine:
     """The workload line of the module ``task`` tunes, as MetaSchedule's JSON database stores it."""
     import json
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.errors import ConfigError
+from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, read_database
 from pytest_tvmdeploy.tuning.selection import records_by_task, selection_fingerprint
 from pytest_tvmdeploy.tuning.targets import record_matcher
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def database_fingerprint(
     database_dir: Path,
-    module: "tvm.IRModule | None" = None,
+    module: tvm.IRModule | None = None,
     target: TargetSpec | None = None,
     *,
     workloads: Sequence[str] | None = None,
@@ -50,14 +50,14 @@ def applied_fingerprint(files: DatabaseFiles, workloads: Sequence[str], target: 
     return selection_fingerprint(records_by_task(files, [(w, w) for w in workloads], record_matcher(target)))
 
 
-def workload_hashes(module: "tvm.IRModule", target: TargetSpec) -> tuple[str, ...]:
+def workload_hashes(module: tvm.IRModule, target: TargetSpec) -> tuple[str, ...]:
     """The structural hashes of ``module``'s tuning tasks for ``target``: the database's keys.
 
     They depend only on the module's graph and shapes (not its weights), the target and
     the TVM version, so a caller may keep them next to a model fingerprint.
     """
-    from pytest_tvmdeploy.tuning.tasks import extract_tasks, prepare_module
     from pytest_tvmdeploy.tuning.targets import tuning_target
+    from pytest_tvmdeploy.tuning.tasks import extract_tasks, prepare_module
 
     tvm_target = tuning_target(target)
     return tuple(task.shash for task in extract_tasks(prepare_module(module, tvm_target), tvm_target))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_tvmdeploy.check.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
+from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
 from pytest_tvmdeploy.sources.torch_export import ExportedProgramSource
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class ExportedProgramGraph(InstrumentedGraph):
         recorded = self._recorded
 
         class Recorder(torch.fx.Interpreter):
-            def run_node(self, node: "torch.fx.Node") -> Any:
+            def run_node(self, node: torch.fx.Node) -> Any:
                 result = super().run_node(node)
                 if node.name in wanted:  # copied now: a later in-place op may overwrite it
                     recorded[node.name] = _to_numpy(result)
@@ -50,7 +50,7 @@ class ExportedProgramGraph(InstrumentedGraph):
                 Recorder(self.program.graph_module).run(*self._flat_arguments())
         return [recorded[name] for name in values]
 
-    def traced_module(self, values: Sequence[str]) -> "tvm.IRModule":
+    def traced_module(self, values: Sequence[str]) -> tvm.IRModule:
         graph_module = copy.deepcopy(self.program.graph_module)
         graph = graph_module.graph
         nodes = _nodes_by_name(graph)
@@ -62,7 +62,7 @@ class ExportedProgramGraph(InstrumentedGraph):
         graph = graph_module.graph
         nodes = _nodes_by_name(graph)
         window = [nodes[name] for name in values]
-        feeds: dict[str, "torch.fx.Node"] = {}  # producer name → the program input replacing it
+        feeds: dict[str, torch.fx.Node] = {}  # producer name → the program input replacing it
         for node in _with_tuple_producers(window):
             _feed_inputs(graph, node, feeds)
         snapshots = [_insert_clone_after(graph, node) for node in window]
@@ -70,7 +70,7 @@ class ExportedProgramGraph(InstrumentedGraph):
         feed_values = self.reference_values(list(feeds)) if feeds else []
         return IsolatedProbe(module, tuple(feed_values))
 
-    def _flat_arguments(self) -> list["torch.Tensor"]:
+    def _flat_arguments(self) -> list[torch.Tensor]:
         """The graph module's positional arguments: lifted parameters, buffers, constants, inputs."""
         import torch
         from torch.export.graph_signature import InputKind
@@ -92,7 +92,7 @@ class ExportedProgramGraph(InstrumentedGraph):
         return arguments
 
 
-def _graph_nodes(program: "torch.export.ExportedProgram") -> list[GraphNode]:
+def _graph_nodes(program: torch.export.ExportedProgram) -> list[GraphNode]:
     output_names = _user_output_positions(program)
     nodes = []
     for node in program.graph.nodes:
@@ -111,7 +111,7 @@ def _graph_nodes(program: "torch.export.ExportedProgram") -> list[GraphNode]:
     return nodes
 
 
-def _user_output_positions(program: "torch.export.ExportedProgram") -> dict[str, int]:
+def _user_output_positions(program: torch.export.ExportedProgram) -> dict[str, int]:
     """FX node name → its position among the tensor user outputs (the reference's ``out0``, ...)."""
     from torch.export.graph_signature import TensorArgument
 
@@ -130,7 +130,7 @@ def _ordered_inputs(source: ExportedProgramSource, inputs: Mapping[str, np.ndarr
     return [inputs[name] for name in names if name in inputs]
 
 
-def _is_tensor_node(node: "torch.fx.Node") -> bool:
+def _is_tensor_node(node: torch.fx.Node) -> bool:
     import torch
 
     value = node.meta.get("val")
@@ -148,7 +148,7 @@ def _op_name(target: Any) -> str:
 _MODULE_PREFIX = re.compile(r"^(L\['self'\]\.?|L__self__\.?)")
 
 
-def _module_path(node: "torch.fx.Node") -> str | None:
+def _module_path(node: torch.fx.Node) -> str | None:
     """The innermost ``nn.Module`` the node was traced in (``layer1.0.conv1``), if recorded."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
@@ -172,11 +172,11 @@ def _aten() -> Any:
     return torch.ops.aten
 
 
-def _nodes_by_name(graph: "torch.fx.Graph") -> dict[str, "torch.fx.Node"]:
+def _nodes_by_name(graph: torch.fx.Graph) -> dict[str, torch.fx.Node]:
     return {node.name: node for node in graph.nodes}
 
 
-def _with_tuple_producers(window: list["torch.fx.Node"]) -> list["torch.fx.Node"]:
+def _with_tuple_producers(window: list[torch.fx.Node]) -> list[torch.fx.Node]:
     """The window plus the tuple-valued operators whose items it reads (``getitem``), in order."""
     chosen = {node: None for node in window}
     for node in window:
@@ -187,7 +187,7 @@ def _with_tuple_producers(window: list["torch.fx.Node"]) -> list["torch.fx.Node"
     return sorted(chosen, key=order.__getitem__)
 
 
-def _feed_inputs(graph: "torch.fx.Graph", node: "torch.fx.Node", feeds: dict[str, "torch.fx.Node"]) -> None:
+def _feed_inputs(graph: torch.fx.Graph, node: torch.fx.Node, feeds: dict[str, torch.fx.Node]) -> None:
     """Make ``node`` read each tensor it takes from another operator from a new program input."""
     for producer in list(node.all_input_nodes):
         if not _is_tensor_node(producer):
@@ -201,7 +201,7 @@ def _feed_inputs(graph: "torch.fx.Graph", node: "torch.fx.Node", feeds: dict[str
         node.replace_input_with(producer, copied)
 
 
-def _insert_clone_after(graph: "torch.fx.Graph", node: "torch.fx.Node") -> "torch.fx.Node":
+def _insert_clone_after(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
     """A copy of ``node``'s value taken right after it is computed (later in-place ops miss it)."""
     with graph.inserting_after(node):
         clone = graph.call_function(_aten().clone.default, (node,))
@@ -209,7 +209,7 @@ def _insert_clone_after(graph: "torch.fx.Graph", node: "torch.fx.Node") -> "torc
     return clone
 
 
-def _add_user_input(graph: "torch.fx.Graph", name: str, like: "torch.fx.Node") -> "torch.fx.Node":
+def _add_user_input(graph: torch.fx.Graph, name: str, like: torch.fx.Node) -> torch.fx.Node:
     """A new last placeholder shaped like ``like``'s value."""
     last = [node for node in graph.nodes if node.op == "placeholder"][-1]
     with graph.inserting_after(last):
@@ -219,16 +219,21 @@ def _add_user_input(graph: "torch.fx.Graph", name: str, like: "torch.fx.Node") -
 
 
 def _rebuild(
-    program: "torch.export.ExportedProgram",
-    graph_module: "torch.fx.GraphModule",
-    user_outputs: list["torch.fx.Node"],
-    new_inputs: list["torch.fx.Node"],
-) -> "torch.export.ExportedProgram":
+    program: torch.export.ExportedProgram,
+    graph_module: torch.fx.GraphModule,
+    user_outputs: list[torch.fx.Node],
+    new_inputs: list[torch.fx.Node],
+) -> torch.export.ExportedProgram:
     """``program`` with its graph replaced by ``graph_module`` (an edited copy), returning
     ``user_outputs`` and taking ``new_inputs`` after its own user inputs."""
     from torch.export import ExportedProgram
     from torch.export.graph_signature import (
-        ExportGraphSignature, InputKind, InputSpec, OutputKind, OutputSpec, TensorArgument,
+        ExportGraphSignature,
+        InputKind,
+        InputSpec,
+        OutputKind,
+        OutputSpec,
+        TensorArgument,
     )
     from torch.utils._pytree import tree_structure
 
@@ -267,7 +272,7 @@ def _rebuild(
     )
 
 
-def _import(program: "torch.export.ExportedProgram") -> "tvm.IRModule":
+def _import(program: torch.export.ExportedProgram) -> tvm.IRModule:
     from tvm.relax.frontend.torch import from_exported_program
 
     return from_exported_program(program)

@@ -51,7 +51,7 @@ class IsolatedProbe:
     Call it with the model's inputs followed by ``feeds`` (those framework values), in order.
     """
 
-    module: "tvm.IRModule"
+    module: tvm.IRModule
     feeds: tuple[np.ndarray, ...]
 
 
@@ -70,7 +70,7 @@ class InstrumentedGraph(abc.ABC):
         """The framework's value of each named graph value, on the user inputs."""
 
     @abc.abstractmethod
-    def traced_module(self, values: Sequence[str]) -> "tvm.IRModule":
+    def traced_module(self, values: Sequence[str]) -> tvm.IRModule:
         """The whole model in Relax, returning the named values (in order) instead of its outputs."""
 
     @abc.abstractmethod

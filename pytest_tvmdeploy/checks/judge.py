@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-from pytest_tvmdeploy.check.elementwise import Comparison, compare
-from pytest_tvmdeploy.check.quantized import QuantBudget, QuantComparison, compare_quantized
-from pytest_tvmdeploy.check.tolerances import ToleranceRules
+from pytest_tvmdeploy.checks.elementwise import Comparison, compare
+from pytest_tvmdeploy.checks.quant_budget import QuantBudget
+from pytest_tvmdeploy.checks.quantized import QuantComparison, compare_quantized
+from pytest_tvmdeploy.checks.tolerances import ToleranceRules
 
-Verdict = Union[Comparison, QuantComparison]
+Verdict = Comparison | QuantComparison
 Judge = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], str, str], Verdict]
 
 
@@ -19,7 +20,9 @@ def output_judge(rules: ToleranceRules, budget: QuantBudget | None) -> Judge:
     """``judge(reference, actual, reference_name, actual_name)``: elementwise within ``rules``,
     or, for a quantized model (``budget`` given), the quantization metrics within ``budget``."""
     if budget is None:
-        return lambda ref, act, ref_name, act_name: compare(ref, act, rules, reference_name=ref_name, actual_name=act_name)
+        return lambda ref, act, ref_name, act_name: compare(
+            ref, act, rules, reference_name=ref_name, actual_name=act_name
+        )
     return lambda ref, act, ref_name, act_name: compare_quantized(
         ref, act, budget, reference_name=ref_name, actual_name=act_name
     )

@@ -121,5 +121,6 @@ class Divergence:
         text = (f"{given} within tolerance (max abs error {self.own_max_abs_error:.3g}): it carries "
                 f"differences from earlier operators")
         if self.first_own_node is not None:
-            return text + f"; the first operator outside tolerance on its own is {self.first_own_node} ({self.first_own_op})."
+            return text + (f"; the first operator outside tolerance on its own is {self.first_own_node} "
+                           f"({self.first_own_op}).")
         return text + "; no operator up to it is outside tolerance on its own (accumulated rounding)."

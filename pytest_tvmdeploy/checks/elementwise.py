@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pytest_tvmdeploy.check.tolerances import Tolerance, ToleranceRules
+from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,13 @@ def compare(
     results = []
     for index, name, ref, act in paired_outputs(reference, actual):
         if ref is None:
-            results.append(_problem(name, index, Tolerance(0, 0), act, f"unexpected: {reference_name} has only {index} output(s)"))
+            results.append(_problem(name, index, Tolerance(0, 0), act,
+                                    f"unexpected: {reference_name} has only {index} output(s)"))
             continue
         tolerance = rules.for_output(name, index, ref.dtype)
         if act is None:
-            results.append(_problem(name, index, tolerance, ref, f"missing: {actual_name} produced only {index} output(s)"))
+            results.append(_problem(name, index, tolerance, ref,
+                                    f"missing: {actual_name} produced only {index} output(s)"))
         else:
             results.append(compare_arrays(name, index, ref, act, tolerance))
     return Comparison(reference_name, actual_name, tuple(results))
@@ -126,12 +128,15 @@ def paired_outputs(
         yield index, name, ref, act
 
 
-def compare_arrays(name: str, index: int, reference: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputComparison:
+def compare_arrays(name: str, index: int, reference: np.ndarray, actual: np.ndarray,
+                   tolerance: Tolerance) -> OutputComparison:
     """Elementwise statistics of one output; NaNs in the same places count as equal."""
     if reference.shape != actual.shape:
-        return _problem(name, index, tolerance, reference, f"shape differs: reference {reference.shape}, actual {actual.shape}")
+        return _problem(name, index, tolerance, reference,
+                        f"shape differs: reference {reference.shape}, actual {actual.shape}")
     if reference.dtype != actual.dtype:
-        return _problem(name, index, tolerance, reference, f"dtype differs: reference {reference.dtype}, actual {actual.dtype}")
+        return _problem(name, index, tolerance, reference,
+                        f"dtype differs: reference {reference.dtype}, actual {actual.dtype}")
     total = int(reference.size)
     if total == 0:
         return OutputComparison(name, index, tolerance, reference.shape, str(reference.dtype))

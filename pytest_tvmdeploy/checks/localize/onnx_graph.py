@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_tvmdeploy.check.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
+from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
 from pytest_tvmdeploy.sources.onnx_file import OnnxSource
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class OnnxGraph(InstrumentedGraph):
             raise LocalizationError(f"cannot hand the edited model to ONNX Runtime: {exc}") from exc
         return [np.asarray(v) for v in session.run(values, dict(self.inputs))]
 
-    def traced_module(self, values: Sequence[str]) -> "tvm.IRModule":
+    def traced_module(self, values: Sequence[str]) -> tvm.IRModule:
         return _import(_with_graph_outputs(self.model, values, self._types), self.inputs)
 
     def isolated_probe(self, values: Sequence[str]) -> IsolatedProbe:
@@ -65,7 +65,7 @@ class OnnxGraph(InstrumentedGraph):
         return IsolatedProbe(_import(model, dict(self.inputs) | fed), tuple(fed.values()))
 
 
-def _graph_nodes(model: "onnx.ModelProto", types: Mapping[str, Any]) -> list[GraphNode]:
+def _graph_nodes(model: onnx.ModelProto, types: Mapping[str, Any]) -> list[GraphNode]:
     outputs = {output.name: index for index, output in enumerate(model.graph.output)}
     nodes = []
     for position, node in enumerate(model.graph.node):
@@ -81,7 +81,7 @@ def _graph_nodes(model: "onnx.ModelProto", types: Mapping[str, Any]) -> list[Gra
     return nodes
 
 
-def _value_types(model: "onnx.ModelProto") -> dict[str, Any]:
+def _value_types(model: onnx.ModelProto) -> dict[str, Any]:
     """Tensor name → ``TypeProto`` from shape inference (names it cannot type are absent)."""
     import onnx
 
@@ -98,7 +98,7 @@ def _is_tensor(type_proto: Any) -> bool:
     return type_proto is None or type_proto.WhichOneof("value") in ("tensor_type", None)
 
 
-def _value_info(name: str, types: Mapping[str, Any]) -> "onnx.ValueInfoProto":
+def _value_info(name: str, types: Mapping[str, Any]) -> onnx.ValueInfoProto:
     import onnx
 
     info = onnx.ValueInfoProto(name=name)
@@ -107,7 +107,7 @@ def _value_info(name: str, types: Mapping[str, Any]) -> "onnx.ValueInfoProto":
     return info
 
 
-def _with_graph_outputs(model: "onnx.ModelProto", values: Sequence[str], types: Mapping[str, Any]) -> "onnx.ModelProto":
+def _with_graph_outputs(model: onnx.ModelProto, values: Sequence[str], types: Mapping[str, Any]) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are exactly ``values``, in order."""
     edited = _copy(model)
     del edited.graph.output[:]
@@ -115,7 +115,8 @@ def _with_graph_outputs(model: "onnx.ModelProto", values: Sequence[str], types: 
     return edited
 
 
-def _isolated(model: "onnx.ModelProto", values: Sequence[str], types: Mapping[str, Any]) -> tuple["onnx.ModelProto", list[str]]:
+def _isolated(model: onnx.ModelProto, values: Sequence[str],
+              types: Mapping[str, Any]) -> tuple[onnx.ModelProto, list[str]]:
     """A copy keeping only constants and the nodes producing ``values``; every input such a node
     reads from another node becomes a new graph input. Returns the model and those value names."""
     wanted = set(values)
@@ -141,8 +142,7 @@ def _isolated(model: "onnx.ModelProto", values: Sequence[str], types: Mapping[st
     return edited, list(feeds)
 
 
-def _declare_inputs(model: "onnx.ModelProto", arrays: Mapping[str, np.ndarray]) -> None:
-    import onnx
+def _declare_inputs(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> None:
     from onnx.helper import make_tensor_value_info, np_dtype_to_tensor_dtype
 
     for name, array in arrays.items():
@@ -154,11 +154,11 @@ def _fed_name(value: str) -> str:
     return f"{value}__reference"
 
 
-def _has_subgraph(node: "onnx.NodeProto") -> bool:
+def _has_subgraph(node: onnx.NodeProto) -> bool:
     return any(attribute.g.node or attribute.graphs for attribute in node.attribute)
 
 
-def _copy(model: "onnx.ModelProto") -> "onnx.ModelProto":
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnx
 
     copy = onnx.ModelProto()
@@ -166,7 +166,7 @@ def _copy(model: "onnx.ModelProto") -> "onnx.ModelProto":
     return copy
 
 
-def _import(model: "onnx.ModelProto", inputs: Mapping[str, np.ndarray]) -> "tvm.IRModule":
+def _import(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
     """As :meth:`OnnxSource.to_relax` imports, with these inputs' shapes and dtypes."""
     from tvm.relax.frontend.onnx import from_onnx
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_tvmdeploy.check.elementwise import paired_outputs
+from pytest_tvmdeploy.checks.elementwise import paired_outputs
 
 #: Bin edges in log10 of the absolute error: half decades from 1e-12 to 1e+3. Errors outside
 #: fall into the first or last bin; exact matches are counted apart.

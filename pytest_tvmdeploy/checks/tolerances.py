@@ -74,7 +74,7 @@ class ToleranceRules:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ToleranceRules":
+    def from_json(cls, data: Mapping[str, Any]) -> ToleranceRules:
         return cls(
             rtol=data.get("rtol"),
             atol=data.get("atol"),

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.build.compile import compile_module
-from pytest_tvmdeploy.check.elementwise import OutputComparison, compare_arrays
+from pytest_tvmdeploy.checks.elementwise import OutputComparison, compare_arrays
+from pytest_tvmdeploy.checks.localize.divergence import Divergence
+from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
+from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 from pytest_tvmdeploy.errors import ConfigError, brief
-from pytest_tvmdeploy.check.localize.divergence import Divergence
-from pytest_tvmdeploy.check.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
 from pytest_tvmdeploy.sources.base import ModelSource
-from pytest_tvmdeploy.check.tolerances import Tolerance, ToleranceRules
+from pytest_tvmdeploy.targets import TargetSpec
+from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
 if TYPE_CHECKING:
     import tvm
@@ -79,17 +80,17 @@ def instrument(source: ModelSource, inputs: Mapping[str, np.ndarray]) -> Instrum
     from pytest_tvmdeploy.sources.torch_export import ExportedProgramSource
 
     if isinstance(source, ExportedProgramSource):
-        from pytest_tvmdeploy.check.localize.torch_graph import ExportedProgramGraph
+        from pytest_tvmdeploy.checks.localize.torch_graph import ExportedProgramGraph
 
         return ExportedProgramGraph(source, inputs)
     if isinstance(source, OnnxSource):
-        from pytest_tvmdeploy.check.localize.onnx_graph import OnnxGraph
+        from pytest_tvmdeploy.checks.localize.onnx_graph import OnnxGraph
 
         return OnnxGraph(source, inputs)
     raise LocalizationError(f"{source.description}: cannot localise a {source.kind or type(source).__name__} model")
 
 
-def build_probe(module: "tvm.IRModule", target: TargetSpec) -> Any:
+def build_probe(module: tvm.IRModule, target: TargetSpec) -> Any:
     """Compile an instrumented module (the one place every probe is built)."""
     return compile_module(module, target)
 
@@ -102,7 +103,8 @@ class _Found:
     previous: tuple[int, OutputComparison] | None
 
 
-def _first_divergence(graph: InstrumentedGraph, target: TargetSpec, rules: ToleranceRules, max_outputs: int) -> _Found | None:
+def _first_divergence(graph: InstrumentedGraph, target: TargetSpec, rules: ToleranceRules,
+                      max_outputs: int) -> _Found | None:
     """Compare evenly spaced intermediates, then only those between the last good and first bad."""
     candidates = list(range(len(graph.nodes)))
     compared_before, previous = 0, None
@@ -128,13 +130,15 @@ def _spread(candidates: list[int], count: int) -> list[int]:
     return [candidates[(k + 1) * len(candidates) // count - 1] for k in range(count)]
 
 
-def _traced_comparisons(graph: InstrumentedGraph, indices: list[int], target: TargetSpec, rules: ToleranceRules) -> list[OutputComparison]:
+def _traced_comparisons(graph: InstrumentedGraph, indices: list[int], target: TargetSpec,
+                        rules: ToleranceRules) -> list[OutputComparison]:
     values = [graph.nodes[i].value for i in indices]
     actual = _run(graph.traced_module(values), target, graph.user_inputs)
     return _compare(graph, indices, graph.reference_values(values), actual, rules)
 
 
-def _own_comparisons(graph: InstrumentedGraph, index: int, target: TargetSpec, rules: ToleranceRules, max_outputs: int) -> list[tuple[int, OutputComparison]]:
+def _own_comparisons(graph: InstrumentedGraph, index: int, target: TargetSpec, rules: ToleranceRules,
+                     max_outputs: int) -> list[tuple[int, OutputComparison]]:
     """Operators up to ``index`` (the last ``max_outputs``), each fed the framework's inputs."""
     indices = list(range(max(0, index + 1 - max_outputs), index + 1))
     values = [graph.nodes[i].value for i in indices]
@@ -143,8 +147,7 @@ def _own_comparisons(graph: InstrumentedGraph, index: int, target: TargetSpec, r
     return list(zip(indices, _compare(graph, indices, graph.reference_values(values), actual, rules)))
 
 
-def _run(module: "tvm.IRModule", target: TargetSpec, arguments: Sequence[np.ndarray]) -> list[np.ndarray]:
-    import tvm
+def _run(module: tvm.IRModule, target: TargetSpec, arguments: Sequence[np.ndarray]) -> list[np.ndarray]:
 
     executable = build_probe(module, target)
     try:
@@ -154,9 +157,11 @@ def _run(module: "tvm.IRModule", target: TargetSpec, arguments: Sequence[np.ndar
     return flatten_outputs(result)
 
 
-def _compare(graph: InstrumentedGraph, indices: list[int], references: list[np.ndarray], actual: list[np.ndarray], rules: ToleranceRules) -> list[OutputComparison]:
+def _compare(graph: InstrumentedGraph, indices: list[int], references: list[np.ndarray], actual: list[np.ndarray],
+             rules: ToleranceRules) -> list[OutputComparison]:
     if len(actual) != len(indices):
-        raise LocalizationError(f"the instrumented module returned {len(actual)} values for {len(indices)} intermediates")
+        raise LocalizationError(f"the instrumented module returned {len(actual)} values for {len(indices)} "
+                                f"intermediates")
     comparisons = []
     for index, reference, value in zip(indices, references, actual):
         node = graph.nodes[index]

@@ -1,0 +1,113 @@
+"""Golden outputs kept with syrupy: the tensor snapshot extension and the plugin's snapshot store.
+
+Use the extension directly from a test::
+
+    from pytest_tvmdeploy import TensorSnapshotExtension
+
+    def test_outputs(snapshot):
+        assert {"logits": logits} == snapshot(extension_class=TensorSnapshotExtension)
+
+Keeping metadata and arrays in one file lets syrupy's own bookkeeping (written / updated /
+unused) handle it like any snapshot; matching is tolerance-aware (:mod:`.drift`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+
+from pytest_tvmdeploy.checks.drift import (
+    Judge,
+    compare_with_stored,
+    origin_changed_message,
+    same_origin,
+    set_aside,
+    snapshot_differences,
+    update_command,
+)
+from pytest_tvmdeploy.checks.snapshot_file import (
+    SnapshotFileError,
+    as_snapshot,
+    decode,
+    encode,
+    read_snapshot_file,
+    snapshot_of,
+)
+from pytest_tvmdeploy.checks.tolerances import ToleranceRules
+from pytest_tvmdeploy.files import write_atomic
+
+
+class TensorSnapshotExtension(SingleFileSnapshotExtension):
+    """syrupy extension for output tensors: a ``.tensors`` text file per test, written atomically."""
+
+    file_extension = "tensors"
+    _write_mode = WriteMode.TEXT
+
+    def serialize(self, data: Any, **_: Any) -> str:
+        return encode(as_snapshot(data))
+
+    def matches(self, *, serialized_data: Any, snapshot_data: Any) -> bool:
+        fresh, stored = decode(serialized_data, where="current outputs"), decode(snapshot_data)
+        return same_origin(fresh, stored) and snapshot_differences(fresh, stored) is None
+
+    def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
+        if not snapshot_data:
+            return
+        fresh, stored = decode(serialized_data, where="current outputs"), decode(snapshot_data)
+        if not same_origin(fresh, stored):
+            yield origin_changed_message(stored, fresh)
+            return
+        verdict = snapshot_differences(fresh, stored)
+        if verdict is not None:
+            yield from verdict.describe().splitlines()
+
+    def read_snapshot_data_from_location(self, *, snapshot_location: str, snapshot_name: str,
+                                         session_id: str) -> str | None:
+        return read_snapshot_file(Path(snapshot_location))
+
+    @classmethod
+    def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: Any = None) -> None:
+        data = next(iter(snapshot_collection)).data
+        write_atomic(Path(snapshot_collection.location), data)
+
+
+@dataclass
+class SyrupySnapshot:
+    """The snapshot store of a pytest test: syrupy's ``snapshot`` assertion with our extension.
+
+    The syrupy assertion always runs, so syrupy's report (written/updated/unused) and
+    ``--snapshot-update`` work as usual. A damaged snapshot file is reported (or, when updating,
+    moved aside and rewritten): it is never silently lost.
+    """
+
+    assertion: Any
+    updating: bool
+    test_id: str
+
+    def check(self, deployment: Any, rules: ToleranceRules, judge: Judge | None) -> tuple[list[str], str]:
+        assertion = self.assertion.use_extension(TensorSnapshotExtension)
+        location = Path(TensorSnapshotExtension.get_location(test_location=assertion.test_location,
+                                                             index=assertion.index))
+        fresh = snapshot_of(deployment, rules)
+        failures: list[str] = []
+        try:
+            stored_data = read_snapshot_file(location)
+        except SnapshotFileError as exc:
+            if not self.updating:
+                return [f"snapshot: {exc}"], "damaged"
+            set_aside(location)
+            stored_data = None
+        if stored_data is not None and not self.updating:
+            stored = decode(stored_data, where=str(location))
+            failures += compare_with_stored(stored, fresh, deployment, rules, location.name, judge, self.test_id)
+        if not (assertion == fresh) and not failures:
+            lines = [f"  {line}" for line in assertion.get_assert_diff()]
+            if stored_data is None:
+                lines.append(f"  write it with: {update_command(self.test_id)}")
+            failures.append("\n".join(["snapshot:"] + lines))
+        status = "failed" if failures else ("written" if stored_data is None else "matched")
+        return failures, status

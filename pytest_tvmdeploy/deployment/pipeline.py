@@ -1,0 +1,198 @@
+"""The whole pipeline for one model: source → Relax → build (cached) → run → reference.
+
+Usable without pytest::
+
+    from pytest_tvmdeploy import check, deploy
+    d = deploy(torchvision.models.resnet18(), {"x": ((1, 3, 224, 224), "float32")}, target="llvm")
+    assert check(d)
+
+The framework side (opening the model, its inputs and reference run) and the TVM side (import,
+quantize, tune, build, run) are separate steps: :func:`framework_side` and :func:`tvm_side`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pytest_tvmdeploy.build.cache import Artifact, ArtifactCache, cache_key
+from pytest_tvmdeploy.build.compile import tvm_version
+from pytest_tvmdeploy.deployment.config import Calibration, DeployConfig, needed_samples
+from pytest_tvmdeploy.deployment.relax_module import RelaxModule
+from pytest_tvmdeploy.deployment.result import Deployment, Timings
+from pytest_tvmdeploy.deployment.run import run_cpp_check, run_tvm
+from pytest_tvmdeploy.errors import InputSpecError
+from pytest_tvmdeploy.hashing import arrays_fingerprint
+from pytest_tvmdeploy.inputs import make_inputs, signature
+from pytest_tvmdeploy.outputs import TVM_CPP, NamedArrays, RunResult, named_like
+from pytest_tvmdeploy.sources import ModelSource, open_source
+from pytest_tvmdeploy.tuning import DatabaseFiles, applied_fingerprint, needs_tuning, read_database
+
+#: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
+BUILD_RECIPE = 4
+
+Phase = Callable[[str], None]
+
+
+def deploy(
+    model: Any,
+    inputs: Mapping[str, Any] | list[Any],
+    config: DeployConfig | None = None,
+    *,
+    calibration: Calibration | None = None,
+    progress: Phase | None = None,
+    **options: Any,
+) -> Deployment:
+    """Import, build (or reuse), export and run ``model``; run its reference too.
+
+    ``model`` and ``inputs`` take the same forms as the ``tvm_model`` marker. ``config`` says
+    where and how (see :class:`DeployConfig`); keyword ``options`` are its fields and override it
+    (``deploy(m, inputs, target="llvm -mcpu=znver4", cache_dir=...)``). Without ``cache_dir``
+    the artifact goes to a fresh temporary folder. A quantized config is calibrated on
+    ``calibration`` (input dicts, or a callable returning them) when its mode needs it.
+    ``progress`` is called with each phase's name (load, reference, import, quantize, tune,
+    compile, run, cpp) as it starts. A C++ crash or timeout is recorded in ``cpp_error``, not
+    raised; a target for another architecture without a remote device is built but not run
+    (``not_run`` says why).
+    """
+    config = replace(config, **options) if config is not None else DeployConfig(**options)
+    phase = progress or (lambda name: None)
+    framework = framework_side(model, inputs, config, calibration, phase)
+    return tvm_side(framework, config, phase)
+
+
+@dataclass(frozen=True)
+class FrameworkSide:
+    """What the framework gives a deployment: the opened model, its inputs, its reference run."""
+
+    source: ModelSource
+    arrays: dict[str, np.ndarray]
+    reference: RunResult
+    model_fingerprint: str
+    samples: list[dict[str, np.ndarray]] | None  # calibration data, when quantizing needs it
+    load_seconds: float
+
+
+def framework_side(model: Any, inputs: Mapping[str, Any] | list[Any], config: DeployConfig,
+                   calibration: Calibration | None, phase: Phase) -> FrameworkSide:
+    """Open the model, make its inputs and calibration samples, run the reference."""
+    phase("load")
+    start = time.perf_counter()
+    source = open_source(model, base_dir=config.base_dir, seed=config.seed)
+    load_seconds = time.perf_counter() - start
+    arrays = _inputs_for(source, inputs, config.seed)
+    samples = needed_samples(config, calibration, source.description)
+    phase("reference")
+    reference = source.run_reference(arrays, repeat=config.repeat)
+    return FrameworkSide(source, arrays, reference, source.fingerprint(arrays), samples, load_seconds)
+
+
+def tvm_side(framework: FrameworkSide, config: DeployConfig, phase: Phase) -> Deployment:
+    """Build (or reuse) the artifact and run it in TVM's runners."""
+    module = RelaxModule(framework.source, framework.arrays, config, framework.samples, phase)
+    cache = ArtifactCache(config.cache_dir if config.cache_dir is not None
+                          else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
+    build_inputs = _build_inputs(framework, config)
+    records, applied = _tuning_records(module, config, cache, cache_key(build_inputs))
+    key = cache_key({**build_inputs, "tuning": applied})
+    artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, records))
+    phase("run")
+    tvm_result, not_run = run_tvm(artifact, framework.arrays, config)
+    cpp_result, cpp_error = None, None
+    if config.cpp_runner is not None and config.spec.runs_here:
+        phase("cpp")
+        cpp_result, cpp_error = run_cpp_check(artifact, framework.arrays, config)
+    return _deployment(framework, config, artifact, key, built, module.seconds, tvm_result, not_run,
+                       cpp_result, cpp_error)
+
+
+def _build_inputs(framework: FrameworkSide, config: DeployConfig) -> dict[str, Any]:
+    """Everything the artifact depends on, for its cache key."""
+    return {
+        "model": framework.model_fingerprint,
+        "inputs": signature(framework.arrays),
+        "target": config.spec.json,
+        "tvm": tvm_version(),
+        "recipe": BUILD_RECIPE,
+        "quantize": config.quant.to_json() if config.quant is not None else None,
+        "calibration": [arrays_fingerprint(s) for s in framework.samples] if framework.samples else None,
+        "cc": config.cc,
+    }
+
+
+def _tuning_records(
+    module: RelaxModule, config: DeployConfig, cache: ArtifactCache, build_key: str
+) -> tuple[DatabaseFiles | None, str | None]:
+    """Tune if asked and needed; then the database and the digest of the records it applies to
+    this model (part of the artifact's key, so records for other models do not rebuild it).
+
+    The model's workload hashes are kept in the cache under ``build_key``: once known, a model
+    whose artifact is cached and whose tuning budget is met is neither imported nor prepared."""
+    if config.tuning_dir is None:
+        return None, None
+    records = read_database(config.tuning_dir)  # read once: the key and the build see the same records
+    if records.is_empty and not config.tune:
+        return records, None
+    workloads = cache.remembered("workloads", build_key, lambda: list(module.workloads()))
+    if config.tune and needs_tuning(records, config.spec, workloads, max_trials=config.tune):
+        module.tune()
+        records = read_database(config.tuning_dir)
+    return records, applied_fingerprint(records, workloads, config.spec)
+
+
+def _inputs_for(source: ModelSource, inputs: Mapping[str, Any] | list[Any], seed: int) -> dict[str, np.ndarray]:
+    try:
+        return make_inputs(inputs, seed=seed, names=source.input_names(), optional=source.optional_inputs())
+    except InputSpecError as exc:
+        raise InputSpecError(f"{source.description}: {exc}") from None
+
+
+def _deployment(framework: FrameworkSide, config: DeployConfig, artifact: Artifact, key: str, built: bool,
+                stage: Mapping[str, float], tvm_result: RunResult | None, not_run: str | None,
+                cpp_result: RunResult | None, cpp_error: str | None) -> Deployment:
+    """Assemble the :class:`Deployment` from what each step produced."""
+    reference = framework.reference
+    runs = {r.runner: r for r in (reference, tvm_result, cpp_result) if r is not None}
+    timings = Timings(
+        load=framework.load_seconds,
+        reference=reference.median_call_seconds,
+        import_=stage.get("import", 0.0),
+        quantize=stage.get("quantize", 0.0),
+        tune=stage.get("tune", 0.0),
+        compile=stage.get("compile", 0.0),
+        cached_compile=float(artifact.meta.get("compile_seconds", 0.0)),
+        vm_load=tvm_result.load_seconds if tvm_result is not None else 0.0,
+        run=tvm_result.median_call_seconds if tvm_result is not None else 0.0,
+        cpp_load=runs[TVM_CPP].load_seconds if TVM_CPP in runs else 0.0,
+        cpp_run=runs[TVM_CPP].median_call_seconds if TVM_CPP in runs else 0.0,
+    )
+    source = framework.source
+    return Deployment(
+        model=source.description,
+        source_kind=source.kind,
+        reference_name=source.reference_name,
+        target=config.spec,
+        artifact=artifact,
+        cache_hit=not built,
+        fingerprint=key,
+        model_fingerprint=framework.model_fingerprint,
+        input_fingerprint=arrays_fingerprint(framework.arrays),
+        inputs=NamedArrays(framework.arrays),
+        reference=NamedArrays(reference.outputs),
+        outputs=named_like(reference, tvm_result) if tvm_result is not None else NamedArrays({}),
+        timings=timings,
+        runs=runs,
+        cpp_outputs=named_like(reference, cpp_result) if cpp_result is not None else None,
+        cpp_error=cpp_error,
+        quantization=artifact.meta.get("quantization"),
+        source=source,
+        tuned=bool(artifact.meta.get("tuned_functions")),
+        not_run=not_run,
+        device=tvm_result.runner if tvm_result is not None else None,
+    )

@@ -1,0 +1,97 @@
+"""The model as the Relax module to build: imported, quantized if asked, tuned, built — each at
+most once per deployment (tuning and building both need the module; a cache hit needs neither)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pytest_tvmdeploy.build.cache import ARTIFACT_NAME
+from pytest_tvmdeploy.build.compile import compile_module, export_library, tvm_version
+from pytest_tvmdeploy.deployment.config import DeployConfig
+from pytest_tvmdeploy.inputs import signature
+from pytest_tvmdeploy.quantize import quantize_for_target
+from pytest_tvmdeploy.sources import ModelSource
+from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, tune, workload_hashes
+
+if TYPE_CHECKING:
+    import tvm
+
+
+class RelaxModule:
+    """Builds one model's artifact; ``seconds`` holds the time of each stage it ran."""
+
+    def __init__(self, source: ModelSource, arrays: Mapping[str, np.ndarray], config: DeployConfig,
+                 samples: list[dict[str, np.ndarray]] | None, phase: Callable[[str], None]) -> None:
+        self.source, self.arrays, self.config, self.samples, self.phase = source, arrays, config, samples, phase
+        self.seconds: dict[str, float] = {}
+        self.meta: dict[str, Any] = {}
+        self._module: Any = None
+
+    def get(self) -> tvm.IRModule:
+        if self._module is None:
+            self._module = self._quantized(self.timed("import", lambda: self.source.to_relax(self.arrays)))
+        return self._module
+
+    def _quantized(self, module: tvm.IRModule) -> tvm.IRModule:
+        quant = self.config.quant
+        if quant is None:
+            return module
+        result = self.timed("quantize", lambda: quantize_for_target(module, quant, self.config.spec,
+                                                                    calibration=self.samples))
+        self.meta["quantization"] = {
+            "config": quant.to_json(),
+            "calibration_samples": result.calibration_samples,
+            "quantized_sites": result.quantized_sites,
+            "sites": list(result.sites),
+            "vnni_convs": result.vnni_convs,
+        }
+        return result.module
+
+    def timed(self, name: str, work: Callable[[], Any]) -> Any:
+        self.phase(name)
+        start = time.perf_counter()
+        result = work()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+    def workloads(self) -> tuple[str, ...]:
+        """The workload hashes of the module's tuning tasks for the target."""
+        return workload_hashes(self.get(), self.config.spec)
+
+    def tune(self) -> None:
+        """Tune what the database lacks for this module (nothing when it was tuned before)."""
+        config, relax_module = self.config, self.get()
+        summary = self.timed("tune", lambda: tune(relax_module, config.spec, config.tuning_dir,
+                                                  max_trials=config.tune))
+        self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
+                               "skipped_tasks": len(summary.skipped)}
+
+    def build(self, folder: Path, records: DatabaseFiles | None) -> dict[str, Any]:
+        """Compile (applying the best of ``records`` to the module's tasks) and export into
+        ``folder``; returns the artifact's metadata."""
+        config, relax_module = self.config, self.get()
+
+        def compile_and_export() -> None:
+            if records is not None and not records.is_empty:
+                executable, self.meta["tuned_functions"] = build_with_records(relax_module, config.spec, records)
+            else:
+                executable = compile_module(relax_module, config.spec)
+            export_library(executable, folder / ARTIFACT_NAME, cc=config.cc)
+
+        self.timed("compile", compile_and_export)
+        return {
+            **self.meta,
+            "model": self.source.description,
+            "source_kind": self.source.kind,
+            "target": config.spec.as_dict,
+            "inputs": signature(self.arrays),
+            "tvm": tvm_version(),
+            "cc": config.cc,
+            "import_seconds": self.seconds.get("import", 0.0),
+            "compile_seconds": self.seconds["compile"],
+        }

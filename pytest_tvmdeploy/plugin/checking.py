@@ -1,0 +1,88 @@
+"""The standard checks of a marked test, run before its body by the plain :func:`check`: a
+mismatch fails the test and leaves a reproducer folder. Also owns the snapshot options."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_tvmdeploy.checks import CheckResult, check
+from pytest_tvmdeploy.checks.snapshot_extension import SyrupySnapshot
+from pytest_tvmdeploy.deployment.result import Deployment
+from pytest_tvmdeploy.plugin.deployment import DEPLOYMENT_KEY, SETTINGS_KEY
+from pytest_tvmdeploy.plugin.records import RECORD_KEY
+from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options
+from pytest_tvmdeploy.report.record import TestRecord
+from pytest_tvmdeploy.report.reproducer import write_reproducer
+from pytest_tvmdeploy.settings.marker import ModelTestSettings
+
+SNAPSHOT_KEY = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser, "check", "snapshot")
+
+
+@pytest.fixture(autouse=True)
+def _tvm_snapshot_assertion(request: pytest.FixtureRequest) -> None:
+    """Keep syrupy's ``snapshot`` assertion of a marked test for its snapshot check."""
+    if request.node.get_closest_marker("tvm_model") is not None:
+        request.node.stash[SNAPSHOT_KEY] = request.getfixturevalue("snapshot")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """Run the standard checks of a marked test before its body: a mismatch fails the test."""
+    deployment = item.stash.get(DEPLOYMENT_KEY, None)
+    if deployment is None:
+        return
+    settings = item.stash[SETTINGS_KEY]
+    record = item.stash[RECORD_KEY]
+    result = check(deployment, settings.tolerances, budget=settings.budget, localize=settings.localize,
+                   snapshot=_snapshot_store(item, settings))
+    _fill(record, result)
+    if result.verdict is None:  # the test's own settings do not fit the model
+        pytest.fail(f"{item.nodeid}: {result.describe()}", pytrace=False)
+    if not result:
+        record.stopped("compare", result.failures[0])
+        folder = _reproducer_folder(item)
+        write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances,
+                         actual=result.actual, budget=settings.budget)
+        pytest.fail(_failure_message(result, deployment, folder), pytrace=False)
+
+
+def _snapshot_store(item: pytest.Item, settings: ModelTestSettings) -> SyrupySnapshot | None:
+    if not settings.snapshot:
+        return None
+    updating = bool(item.config.getoption("update_snapshots", False))
+    return SyrupySnapshot(item.stash[SNAPSHOT_KEY], updating=updating, test_id=item.nodeid)
+
+
+def _fill(record: TestRecord, result: CheckResult) -> None:
+    summary = result.summary()
+    record.max_abs_error = summary.get("max_abs_error")
+    record.quant = summary.get("quant")
+    record.error_histogram = result.error_histogram
+    record.divergence = result.divergence
+    record.snapshot = result.snapshot
+    if result.cpp is not None:
+        record.cpp = result.cpp
+        if result.cpp == "failed":
+            record.cpp_note = next((f for f in result.failures if f.startswith("C++ runner:")), None)
+
+
+def _reproducer_folder(item: pytest.Item) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid).strip("_")
+    return item.config.stash[SESSION_KEY].repro_dir / name
+
+
+def _failure_message(result: CheckResult, deployment: Deployment, folder: Path) -> str:
+    return (
+        f"{result.describe()}\n"
+        f"  model: {deployment.model} ({deployment.source_kind}), target: {deployment.target.json}\n"
+        f"  reproducer: {folder}\n"
+        f"  replay it with: python -m pytest_tvmdeploy.replay {folder}"
+    )

@@ -1,0 +1,168 @@
+"""The ``tvm_deployment`` fixture: a marked test's model deployed by the plain :func:`deploy`."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_tvmdeploy.deployment.config import DeployConfig
+from pytest_tvmdeploy.deployment.pipeline import deploy
+from pytest_tvmdeploy.deployment.result import Deployment
+from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.inputs import seed_for
+from pytest_tvmdeploy.plugin.cpp import cpp_runner_for
+from pytest_tvmdeploy.plugin.records import record_of
+from pytest_tvmdeploy.plugin.session import SESSION_KEY
+from pytest_tvmdeploy.report.record import TestRecord
+from pytest_tvmdeploy.settings.marker import ModelTestSettings, model_test_settings
+from pytest_tvmdeploy.settings.options import MARKER
+from pytest_tvmdeploy.settings.session import SessionSettings
+from pytest_tvmdeploy.targets import TargetSpec
+
+DEPLOYMENT_KEY = pytest.StashKey[Deployment]()
+SETTINGS_KEY = pytest.StashKey[ModelTestSettings]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """A marked test uses ``tvm_deployment`` even when its signature does not ask for it."""
+    marks = getattr(obj, "pytestmark", [])
+    marked = any(getattr(m, "name", None) == MARKER for m in marks) or collector.get_closest_marker(MARKER)
+    if marked and inspect.isfunction(obj) and collector.funcnamefilter(name):
+        pytest.mark.usefixtures("tvm_deployment")(obj)
+
+
+@pytest.fixture
+def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> Deployment:
+    """The deployed model of a ``tvm_model`` test: artifact, inputs, reference, TVM outputs, timings."""
+    item = request.node
+    marker = item.get_closest_marker(MARKER)
+    if marker is None:
+        pytest.fail(f"{item.nodeid}: tvm_deployment needs @pytest.mark.{MARKER}(model=..., inputs=...)", pytrace=False)
+    record = record_of(item, tvm_target.label)
+    record.case = _case_id(item)
+    try:
+        deployment: Deployment | None = _deploy(request, marker, tvm_target, record)
+    except TvmDeployError as exc:
+        error: TvmDeployError | None = exc
+    else:
+        error = None
+    if error is not None:  # failing outside the except block keeps the report to our message
+        record.stopped(error.stage, str(error))
+        pytest.fail(f"{item.nodeid}: {error}", pytrace=False)
+    assert deployment is not None
+    _fill(record, deployment)
+    if deployment.not_run is not None:
+        record.stopped("run", deployment.not_run)
+        pytest.skip(f"{item.nodeid}: {deployment.not_run}")
+    item.stash[DEPLOYMENT_KEY] = deployment
+    return deployment
+
+
+def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetSpec, record: TestRecord) -> Deployment:
+    item = request.node
+    if marker.args:
+        raise TvmDeployError(f"@pytest.mark.{MARKER} takes keyword arguments only")
+    session = request.config.stash[SESSION_KEY]
+    settings = model_test_settings(marker.kwargs, session, Path(str(item.fspath)))
+    item.stash[SETTINGS_KEY] = settings
+    record.model = settings.name or model_name(settings.model)
+    config = deploy_config(session, settings, target, seed_for(_seed_id(item)),
+                           cpp_runner_for(request.config, settings.cpp, target, record))
+    return deploy(settings.model, settings.inputs, config, calibration=_calibration(request, settings),
+                  progress=_progress_writer(request.config))
+
+
+def deploy_config(session: SessionSettings, settings: ModelTestSettings, target: TargetSpec, seed: int,
+                  cpp_runner: Path | None) -> DeployConfig:
+    """What the session and the marker say about one deployment."""
+    return DeployConfig(
+        target=target, cache_dir=session.cache_dir, seed=seed, base_dir=settings.base_dir,
+        repeat=session.repeat, cpp_runner=cpp_runner, cpp_timeout=session.cpp_timeout,
+        quantize=settings.quantize, cc=session.cc, tuning_dir=session.tuning_dir(target), tune=settings.tune,
+        remote=session.remote, remote_timeout=session.remote_timeout,
+    )
+
+
+def _fill(record: TestRecord, deployment: Deployment) -> None:
+    record.source = deployment.source_kind
+    record.reference_name = deployment.reference_name
+    record.cache_hit = deployment.cache_hit
+    record.timings = deployment.timings.as_dict()
+    record.artifact = str(deployment.artifact_path)
+    record.tuned = deployment.tuned
+    record.device = deployment.device
+
+
+@pytest.fixture
+def tvm_calibration_data() -> Any:
+    """Calibration data for quantized tests that give no ``calibration=``: override it in your
+    conftest.py to return an iterable of input dicts (or a callable returning one)."""
+    return None
+
+
+def _calibration(request: pytest.FixtureRequest, settings: ModelTestSettings) -> Any:
+    if settings.quantize is None or not settings.quantize.needs_calibration:
+        return None
+    if settings.calibration is not None:
+        return settings.calibration
+    return request.getfixturevalue("tvm_calibration_data")
+
+
+def _progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
+    """With ``-v``, the phase a marked test is in, written after its name as it starts."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if terminal is None or config.getoption("verbose") < 1 or hasattr(config, "workerinput"):
+        return None
+
+    def write(phase: str) -> None:
+        # outside the test's captured output
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            terminal.write(f"{phase}… ", flush=True)
+
+    return write
+
+
+def model_name(model: Any) -> str:
+    """A report name for a marker's ``model=``: a file's name without suffix, a module's class,
+    a factory's name."""
+    if isinstance(model, (str, Path)):
+        return Path(model).stem
+    if callable(model) and not hasattr(model, "forward"):
+        return getattr(model, "__qualname__", type(model).__name__)
+    return type(model).__name__
+
+
+def _without_target(text: str, item: pytest.Item) -> str:
+    """``text`` with the target label taken out of its parametrization id, if the test has one."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "tvm_target" not in callspec.params:
+        return text
+    label = callspec.params["tvm_target"].label
+    return re.sub(rf"(?<=[\[-]){re.escape(label)}(?=[\]-])", "", text)
+
+
+def _seed_id(item: pytest.Item) -> str:
+    """What the seeded data derive from: file name and test id, without folders or the target.
+
+    Without folders, the data stay the same when pytest runs from another directory; without
+    the target, every target sees the same data.
+    """
+    path, _, test = item.nodeid.partition("::")
+    return _without_target(f"{Path(path).name}::{test}", item)
+
+
+def _case_id(item: pytest.Item) -> str | None:
+    """The test's parametrization id without the target label (``None`` if it has none)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    case = _without_target(f"[{callspec.id}]", item)[1:-1].strip("-")
+    return case or None

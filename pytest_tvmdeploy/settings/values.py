@@ -1,0 +1,96 @@
+"""Parsers of option, ini and marker values: each turns text (or a Python value) into one typed
+value, or raises :class:`ConfigError` naming where the value came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pytest_tvmdeploy.errors import ConfigError
+
+#: Values of --tvm-cpp / tvm_cpp / cpp=.
+CPP_MODES = ("auto", "on", "off")
+
+
+def switch(value: Any, where: str) -> bool:
+    """``on``/``off`` (or true/false, a bool) → bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{where}: {value!r} is not on or off")
+
+
+def cpp_mode(value: Any, where: str) -> str:
+    """A C++ switch (``auto``/``on``/``off`` or a bool), normalised."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text not in CPP_MODES:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(CPP_MODES)}")
+    return text
+
+
+def whole_number(value: Any, minimum: int) -> int | None:
+    """``value`` as an int if it is a whole number >= ``minimum``, else ``None``."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        return None
+    return count if count >= minimum else None
+
+
+def trials(value: Any, where: str) -> int:
+    """A tuning budget: a whole number of trials >= 0."""
+    count = whole_number(value, 0)
+    if count is None:
+        raise ConfigError(f"{where}: {value!r} is not a number of trials (a whole number >= 0)")
+    return count
+
+
+def repeat(value: Any, where: str) -> int:
+    """A count of timed calls: a whole number >= 1."""
+    count = whole_number(value, 1)
+    if count is None:
+        raise ConfigError(f"{where}: {value!r} is not a positive whole number")
+    return count
+
+
+def tolerance(value: Any, where: str) -> float | None:
+    """A tolerance >= 0, or ``None`` when not given."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a number") from None
+    if number < 0:
+        raise ConfigError(f"{where}: {number} must be >= 0")
+    return number
+
+
+def seconds(value: Any, where: str) -> float:
+    """A time limit in seconds, >= 0."""
+    number = tolerance(value, where)
+    if number is None:
+        raise ConfigError(f"{where}: a number of seconds is needed")
+    return number
+
+
+def text_or_none(value: Any, where: str) -> str | None:
+    """Stripped text, or ``None`` when empty."""
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def folder(value: Any, rootdir: Path | None) -> Path | None:
+    """A folder, relative to ``rootdir`` unless absolute; ``None`` when empty."""
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        return None
+    path = Path(text)
+    return path if path.is_absolute() or rootdir is None else rootdir / path
+
