@@ -79,3 +79,31 @@ def brief(exc: BaseException) -> str:
         start -= 1  # and the sentence that introduces them
     return " ".join(lines[start:])
 
+
+class SandboxError(TvmDeployError):
+    """The TVM worker process crashed, hung or ran out of memory in ``stage``.
+
+    ``cause`` is the signal's name (``SIGSEGV``), ``timeout`` or an exit code; ``stderr`` holds
+    the last lines the worker printed (TVM's own backtrace, when it prints one).
+    """
+
+    def __init__(self, message: str, *, stage: str, cause: str, stderr: str = "") -> None:
+        full = f"{message}\n  last lines of the worker's stderr:\n{_indent(stderr)}" if stderr.strip() else message
+        super().__init__(full)
+        self.stage, self.cause, self.stderr = stage, cause, stderr
+        self.job: object = None  # the sandbox job that failed, for a reproducer (not pickled)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_sandbox_error, (str(self), self.stage, self.cause, self.stderr))
+
+
+def _sandbox_error(text: str, stage: str, cause: str, stderr: str) -> SandboxError:
+    error = SandboxError.__new__(SandboxError)
+    Exception.__init__(error, text)
+    error.stage, error.cause, error.stderr = stage, cause, stderr
+    error.job = None
+    return error
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())

@@ -247,7 +247,7 @@ def full_record() -> TestRecord:
         device="tvm", timings={"import": 1.0, "run": 0.002, "cpp_run": 0.001, "reference": 0.004},
         cpp="failed", cpp_note="tvm_cpp_check exited with 134", snapshot="matched", max_abs_error=0.5,
         quant={"cosine": 0.99, "sqnr_db": 20.0}, error_histogram=histogram(-3),
-        divergence={"node": "conv2d_1", "op": "relax.nn.conv2d", "max_abs_error": 0.25})
+        divergence={"node": "conv2d_1", "op": "relax.nn.conv2d", "max_abs_error": 0.25}, crash="SIGSEGV")
 
 
 def test_a_full_record_survives_json() -> None:
@@ -286,7 +286,8 @@ def test_junit_properties_give_the_cpp_state_and_its_note() -> None:
     assert properties["tvm_cpp"] == "failed" and properties["tvm_cpp_note"] == "tvm_cpp_check exited with 134"
     assert properties == {
         "tvm_target": "llvm", "tvm_source": "onnx", "tvm_artifact": "cached", "tvm_import_s": 1.0,
-        "tvm_run_ms": 2.0, "tvm_cpp_run_ms": 1.0, "tvm_reference_ms": 4.0, "tvm_cpp": "failed",
+        "tvm_run_ms": 2.0, "tvm_cpp_run_ms": 1.0, "tvm_reference_ms": 4.0, "tvm_stage": "compare",
+        "tvm_crash": "SIGSEGV", "tvm_cpp": "failed",
         "tvm_cpp_note": "tvm_cpp_check exited with 134", "tvm_snapshot": "matched", "tvm_max_abs_error": 0.5,
         "tvm_int8_cosine": 0.99, "tvm_int8_sqnr_db": 20.0}
     bare = dict(junit_properties(TestRecord(test="t.py::test_x", target="llvm", cpp="bitwise")))

@@ -204,13 +204,14 @@ def test_a_diverging_model_names_the_first_wrong_operator(project: pytest.Pytest
         @pytest.mark.tvm_model(model=seeded(ConvReluPoolConv()), inputs={"x": ((1, 3, 16, 16), "float32")})
         def test_model(tvm_deployment): pass
     """)
-    result = project.runpytest("--tvm-report=out", "--tvm-cache-dir=cache")
+    # the fault is injected in this process, so TVM runs here too, not in the sandbox worker
+    result = project.runpytest("--tvm-report=out", "--tvm-cache-dir=cache", "--tvm-isolate=off")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*tvm output differs from pytorch*",
                                  "*first diverging operator: relu (aten.relu.default*"])
     (record,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
     assert record["divergence"]["node"] == "relu" and record["divergence"]["max_abs_error"] > 0.01
     assert record["divergence"]["previous_node"] is not None
-    off = project.runpytest("--tvm-localize=off", "--tvm-cache-dir=cache")
+    off = project.runpytest("--tvm-localize=off", "--tvm-cache-dir=cache", "--tvm-isolate=off")
     off.assert_outcomes(failed=1)
     assert "diverging operator" not in off.stdout.str()

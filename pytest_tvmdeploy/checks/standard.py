@@ -13,6 +13,7 @@ model that fails is localised to its first diverging operator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ from pytest_tvmdeploy.checks.quant_budget import QuantBudget
 from pytest_tvmdeploy.checks.tolerances import ToleranceRules
 from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.outputs import TVM_CPP, TVM_PYTHON, NamedArrays
+
+#: ``localizer(deployment, tolerances)``: the first diverging operator (a Divergence) or ``None``.
+Localizer = Callable[[Any, ToleranceRules], Any]
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ def check(
     budget: QuantBudget | None = None,
     localize: bool = True,
     snapshot: SnapshotStore | None = None,
+    localizer: Localizer | None = None,
 ) -> CheckResult:
     """Run the standard checks on ``deployment``.
 
@@ -66,6 +71,8 @@ def check(
     quantized models). ``localize`` names the first diverging operator of a failing float model
     (one or two extra builds). ``snapshot`` (a :class:`~pytest_tvmdeploy.checks.drift.SnapshotFile`
     or the plugin's syrupy store) adds the drift check against stored golden outputs.
+    ``localizer(deployment, tolerances)`` replaces the in-process localisation (the plugin runs
+    it in its sandbox worker).
     """
     try:
         tolerances.check_names(deployment.output_names)
@@ -78,7 +85,7 @@ def check(
     if not verdict:
         failures.append(verdict.describe())
         if localize and budget is None:
-            paragraph, divergence = _localize(deployment, tolerances)
+            paragraph, divergence = _localize(deployment, tolerances, localizer or _localize_here)
             failures.append(paragraph)
     cpp_failures, cpp = _cpp_check(deployment, judge, failed_already=bool(failures))
     failures += cpp_failures
@@ -112,14 +119,18 @@ def _cpp_check(deployment: Any, judge: Any, *, failed_already: bool) -> tuple[li
     return failures, "differs"
 
 
-def _localize(deployment: Any, tolerances: ToleranceRules) -> tuple[str, dict[str, Any]]:
-    """Where the outputs start to diverge: a paragraph of the failure, and its record."""
+def _localize_here(deployment: Any, tolerances: ToleranceRules) -> Any:
     from pytest_tvmdeploy.checks.localize import localize_divergence
 
+    return localize_divergence(deployment.source, deployment.inputs, deployment.target, tolerances)
+
+
+def _localize(deployment: Any, tolerances: ToleranceRules, localizer: Localizer) -> tuple[str, dict[str, Any]]:
+    """Where the outputs start to diverge: a paragraph of the failure, and its record."""
     if deployment.source is None:
         return "could not localise the divergence: the model source is not available", {"error": "no source"}
     try:
-        divergence = localize_divergence(deployment.source, deployment.inputs, deployment.target, tolerances)
+        divergence = localizer(deployment, tolerances)
     except TvmDeployError as exc:
         return f"could not localise the divergence: {exc}", {"error": str(exc)}
     if divergence is None:

@@ -27,17 +27,22 @@ from pytest_tvmdeploy.deployment.config import Calibration, DeployConfig, needed
 from pytest_tvmdeploy.deployment.relax_module import RelaxModule
 from pytest_tvmdeploy.deployment.result import Deployment, Timings
 from pytest_tvmdeploy.deployment.run import run_cpp_check, run_tvm
+from pytest_tvmdeploy.deployment.sandbox import Sandbox
+from pytest_tvmdeploy.deployment.worker import Job
 from pytest_tvmdeploy.errors import InputSpecError
 from pytest_tvmdeploy.hashing import arrays_fingerprint
 from pytest_tvmdeploy.inputs import make_inputs, signature
 from pytest_tvmdeploy.outputs import TVM_CPP, NamedArrays, RunResult, named_like
 from pytest_tvmdeploy.sources import ModelSource, open_source
+from pytest_tvmdeploy.sources.base import ModelFile
 from pytest_tvmdeploy.tuning import DatabaseFiles, applied_fingerprint, needs_tuning, read_database
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
 BUILD_RECIPE = 4
 
 Phase = Callable[[str], None]
+#: :func:`tvm_side` as the sandbox worker calls it.
+TVM_SIDE = "pytest_tvmdeploy.deployment.pipeline:tvm_side"
 
 
 def deploy(
@@ -47,6 +52,7 @@ def deploy(
     *,
     calibration: Calibration | None = None,
     progress: Phase | None = None,
+    sandbox: Sandbox | None = None,
     **options: Any,
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model``; run its reference too.
@@ -57,14 +63,22 @@ def deploy(
     the artifact goes to a fresh temporary folder. A quantized config is calibrated on
     ``calibration`` (input dicts, or a callable returning them) when its mode needs it.
     ``progress`` is called with each phase's name (load, reference, import, quantize, tune,
-    compile, run, cpp) as it starts. A C++ crash or timeout is recorded in ``cpp_error``, not
-    raised; a target for another architecture without a remote device is built but not run
-    (``not_run`` says why).
+    compile, run, cpp) as it starts. With a ``sandbox``, everything that touches TVM runs in its
+    worker process: a crash, hang or memory blow-up there raises :class:`SandboxError` naming the
+    stage. A C++ crash or timeout is recorded in ``cpp_error``, not raised; a target for another
+    architecture without a remote device is built but not run (``not_run`` says why).
     """
     config = replace(config, **options) if config is not None else DeployConfig(**options)
     phase = progress or (lambda name: None)
     framework = framework_side(model, inputs, config, calibration, phase)
-    return tvm_side(framework, config, phase)
+    job = framework.tvm_job()
+    if sandbox is None:
+        outcome = tvm_side(job, config, phase)
+    else:  # the model crosses to the worker as a file; a crash there fails only this deployment
+        folder = (config.cache_dir or Path(tempfile.gettempdir())) / "models"
+        handed_over = replace(job, source=framework.source.model_file(framework.arrays, folder))
+        outcome = sandbox.run(Job(TVM_SIDE, {"job": handed_over, "config": config}, reports_progress=True), phase)
+    return assemble(framework, config, outcome)
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,43 @@ class FrameworkSide:
     model_fingerprint: str
     samples: list[dict[str, np.ndarray]] | None  # calibration data, when quantizing needs it
     load_seconds: float
+
+    def tvm_job(self) -> TvmJob:
+        """What the TVM side needs of this: no reference, nothing but the model and its data."""
+        return TvmJob(self.source, self.arrays, self.samples, self.model_fingerprint)
+
+
+@dataclass(frozen=True)
+class TvmJob:
+    """The TVM side's input; ``source`` is a :class:`ModelFile` when it crosses to the worker."""
+
+    source: ModelSource | ModelFile
+    arrays: dict[str, np.ndarray]
+    samples: list[dict[str, np.ndarray]] | None
+    model_fingerprint: str
+
+    def opened(self) -> tuple[ModelSource, dict[str, np.ndarray], list[dict[str, np.ndarray]] | None]:
+        """The source to import, with the inputs and calibration samples under its input names."""
+        if not isinstance(self.source, ModelFile):
+            return self.source, self.arrays, self.samples
+        source, arrays = self.source.open(self.arrays)
+        renamed = dict(zip(self.arrays, arrays))
+        samples = [{renamed.get(k, k): v for k, v in s.items()} for s in self.samples] if self.samples else None
+        return source, arrays, samples
+
+
+@dataclass(frozen=True)
+class TvmOutcome:
+    """What the TVM side produced: the artifact and each TVM runner's result."""
+
+    artifact: Artifact
+    key: str
+    built: bool
+    seconds: dict[str, float]          # per stage: import, quantize, tune, compile
+    tvm_result: RunResult | None
+    not_run: str | None
+    cpp_result: RunResult | None
+    cpp_error: str | None
 
 
 def framework_side(model: Any, inputs: Mapping[str, Any] | list[Any], config: DeployConfig,
@@ -93,35 +144,36 @@ def framework_side(model: Any, inputs: Mapping[str, Any] | list[Any], config: De
     return FrameworkSide(source, arrays, reference, source.fingerprint(arrays), samples, load_seconds)
 
 
-def tvm_side(framework: FrameworkSide, config: DeployConfig, phase: Phase) -> Deployment:
-    """Build (or reuse) the artifact and run it in TVM's runners."""
-    module = RelaxModule(framework.source, framework.arrays, config, framework.samples, phase)
+def tvm_side(job: TvmJob, config: DeployConfig, phase: Phase, heartbeat: Phase | None = None) -> TvmOutcome:
+    """Build (or reuse) the artifact and run it in TVM's runners; ``heartbeat`` hears each line
+    of tuning progress."""
+    source, arrays, samples = job.opened()
+    module = RelaxModule(source, arrays, config, samples, phase, heartbeat)
     cache = ArtifactCache(config.cache_dir if config.cache_dir is not None
                           else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
-    build_inputs = _build_inputs(framework, config)
+    build_inputs = _build_inputs(job, config)
     records, applied = _tuning_records(module, config, cache, cache_key(build_inputs))
     key = cache_key({**build_inputs, "tuning": applied})
     artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, records))
     phase("run")
-    tvm_result, not_run = run_tvm(artifact, framework.arrays, config)
+    tvm_result, not_run = run_tvm(artifact, job.arrays, config)
     cpp_result, cpp_error = None, None
     if config.cpp_runner is not None and config.spec.runs_here:
         phase("cpp")
-        cpp_result, cpp_error = run_cpp_check(artifact, framework.arrays, config)
-    return _deployment(framework, config, artifact, key, built, module.seconds, tvm_result, not_run,
-                       cpp_result, cpp_error)
+        cpp_result, cpp_error = run_cpp_check(artifact, job.arrays, config)
+    return TvmOutcome(artifact, key, built, dict(module.seconds), tvm_result, not_run, cpp_result, cpp_error)
 
 
-def _build_inputs(framework: FrameworkSide, config: DeployConfig) -> dict[str, Any]:
+def _build_inputs(job: TvmJob, config: DeployConfig) -> dict[str, Any]:
     """Everything the artifact depends on, for its cache key."""
     return {
-        "model": framework.model_fingerprint,
-        "inputs": signature(framework.arrays),
+        "model": job.model_fingerprint,
+        "inputs": signature(job.arrays),
         "target": config.spec.json,
         "tvm": tvm_version(),
         "recipe": BUILD_RECIPE,
         "quantize": config.quant.to_json() if config.quant is not None else None,
-        "calibration": [arrays_fingerprint(s) for s in framework.samples] if framework.samples else None,
+        "calibration": [arrays_fingerprint(s) for s in job.samples] if job.samples else None,
         "cc": config.cc,
     }
 
@@ -153,12 +205,10 @@ def _inputs_for(source: ModelSource, inputs: Mapping[str, Any] | list[Any], seed
         raise InputSpecError(f"{source.description}: {exc}") from None
 
 
-def _deployment(framework: FrameworkSide, config: DeployConfig, artifact: Artifact, key: str, built: bool,
-                stage: Mapping[str, float], tvm_result: RunResult | None, not_run: str | None,
-                cpp_result: RunResult | None, cpp_error: str | None) -> Deployment:
-    """Assemble the :class:`Deployment` from what each step produced."""
-    reference = framework.reference
-    runs = {r.runner: r for r in (reference, tvm_result, cpp_result) if r is not None}
+def assemble(framework: FrameworkSide, config: DeployConfig, outcome: TvmOutcome) -> Deployment:
+    """The :class:`Deployment` from what the framework side and the TVM side produced."""
+    reference, tvm_result, stage = framework.reference, outcome.tvm_result, outcome.seconds
+    runs = {r.runner: r for r in (reference, tvm_result, outcome.cpp_result) if r is not None}
     timings = Timings(
         load=framework.load_seconds,
         reference=reference.median_call_seconds,
@@ -166,21 +216,21 @@ def _deployment(framework: FrameworkSide, config: DeployConfig, artifact: Artifa
         quantize=stage.get("quantize", 0.0),
         tune=stage.get("tune", 0.0),
         compile=stage.get("compile", 0.0),
-        cached_compile=float(artifact.meta.get("compile_seconds", 0.0)),
+        cached_compile=float(outcome.artifact.meta.get("compile_seconds", 0.0)),
         vm_load=tvm_result.load_seconds if tvm_result is not None else 0.0,
         run=tvm_result.median_call_seconds if tvm_result is not None else 0.0,
         cpp_load=runs[TVM_CPP].load_seconds if TVM_CPP in runs else 0.0,
         cpp_run=runs[TVM_CPP].median_call_seconds if TVM_CPP in runs else 0.0,
     )
-    source = framework.source
+    source, artifact = framework.source, outcome.artifact
     return Deployment(
         model=source.description,
         source_kind=source.kind,
         reference_name=source.reference_name,
         target=config.spec,
         artifact=artifact,
-        cache_hit=not built,
-        fingerprint=key,
+        cache_hit=not outcome.built,
+        fingerprint=outcome.key,
         model_fingerprint=framework.model_fingerprint,
         input_fingerprint=arrays_fingerprint(framework.arrays),
         inputs=NamedArrays(framework.arrays),
@@ -188,11 +238,11 @@ def _deployment(framework: FrameworkSide, config: DeployConfig, artifact: Artifa
         outputs=named_like(reference, tvm_result) if tvm_result is not None else NamedArrays({}),
         timings=timings,
         runs=runs,
-        cpp_outputs=named_like(reference, cpp_result) if cpp_result is not None else None,
-        cpp_error=cpp_error,
+        cpp_outputs=named_like(reference, outcome.cpp_result) if outcome.cpp_result is not None else None,
+        cpp_error=outcome.cpp_error,
         quantization=artifact.meta.get("quantization"),
         source=source,
         tuned=bool(artifact.meta.get("tuned_functions")),
-        not_run=not_run,
+        not_run=outcome.not_run,
         device=tvm_result.runner if tvm_result is not None else None,
     )

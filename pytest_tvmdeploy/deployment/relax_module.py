@@ -26,8 +26,10 @@ class RelaxModule:
     """Builds one model's artifact; ``seconds`` holds the time of each stage it ran."""
 
     def __init__(self, source: ModelSource, arrays: Mapping[str, np.ndarray], config: DeployConfig,
-                 samples: list[dict[str, np.ndarray]] | None, phase: Callable[[str], None]) -> None:
+                 samples: list[dict[str, np.ndarray]] | None, phase: Callable[[str], None],
+                 heartbeat: Callable[[str], None] | None = None) -> None:
         self.source, self.arrays, self.config, self.samples, self.phase = source, arrays, config, samples, phase
+        self.heartbeat = heartbeat  # told each tuning progress line: a long tuning run is alive
         self.seconds: dict[str, float] = {}
         self.meta: dict[str, Any] = {}
         self._module: Any = None
@@ -67,7 +69,7 @@ class RelaxModule:
         """Tune what the database lacks for this module (nothing when it was tuned before)."""
         config, relax_module = self.config, self.get()
         summary = self.timed("tune", lambda: tune(relax_module, config.spec, config.tuning_dir,
-                                                  max_trials=config.tune))
+                                                  max_trials=config.tune, progress=self.heartbeat))
         self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
                                "skipped_tasks": len(summary.skipped)}
 

@@ -6,6 +6,7 @@ plain-Python API (:func:`~pytest_tvmdeploy.deployment`, :func:`~pytest_tvmdeploy
 pytest_plugins = (
     "pytest_tvmdeploy.plugin.session",     # targets, deploy/tuning/remote options, the marker, header
     "pytest_tvmdeploy.plugin.records",     # one TestRecord per test: table, JUnit, report files
+    "pytest_tvmdeploy.plugin.isolation",   # the sandbox worker that runs TVM out of this process
     "pytest_tvmdeploy.plugin.cpp",         # the C++ runner of the session
     "pytest_tvmdeploy.plugin.deployment",  # the tvm_deployment fixture
     "pytest_tvmdeploy.plugin.checking",    # the standard checks, snapshots, reproducers

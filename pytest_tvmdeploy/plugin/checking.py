@@ -3,7 +3,6 @@ mismatch fails the test and leaves a reproducer folder. Also owns the snapshot o
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,9 @@ from pytest_tvmdeploy.checks import CheckResult, check
 from pytest_tvmdeploy.checks.snapshot_extension import SyrupySnapshot
 from pytest_tvmdeploy.deployment.result import Deployment
 from pytest_tvmdeploy.plugin.deployment import DEPLOYMENT_KEY, SETTINGS_KEY
+from pytest_tvmdeploy.plugin.isolation import localizer_of
 from pytest_tvmdeploy.plugin.records import RECORD_KEY
-from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options
+from pytest_tvmdeploy.plugin.session import add_options, reproducer_folder
 from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.report.reproducer import write_reproducer
 from pytest_tvmdeploy.settings.marker import ModelTestSettings
@@ -42,13 +42,13 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     settings = item.stash[SETTINGS_KEY]
     record = item.stash[RECORD_KEY]
     result = check(deployment, settings.tolerances, budget=settings.budget, localize=settings.localize,
-                   snapshot=_snapshot_store(item, settings))
+                   snapshot=_snapshot_store(item, settings), localizer=localizer_of(item.config))
     _fill(record, result)
     if result.verdict is None:  # the test's own settings do not fit the model
         pytest.fail(f"{item.nodeid}: {result.describe()}", pytrace=False)
     if not result:
         record.stopped("compare", result.failures[0])
-        folder = _reproducer_folder(item)
+        folder = reproducer_folder(item)
         write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances,
                          actual=result.actual, budget=settings.budget)
         pytest.fail(_failure_message(result, deployment, folder), pytrace=False)
@@ -72,11 +72,6 @@ def _fill(record: TestRecord, result: CheckResult) -> None:
         record.cpp = result.cpp
         if result.cpp == "failed":
             record.cpp_note = next((f for f in result.failures if f.startswith("C++ runner:")), None)
-
-
-def _reproducer_folder(item: pytest.Item) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid).strip("_")
-    return item.config.stash[SESSION_KEY].repro_dir / name
 
 
 def _failure_message(result: CheckResult, deployment: Deployment, folder: Path) -> str:

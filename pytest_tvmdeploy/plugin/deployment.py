@@ -14,11 +14,13 @@ import pytest
 from pytest_tvmdeploy.deployment.config import DeployConfig
 from pytest_tvmdeploy.deployment.pipeline import deploy
 from pytest_tvmdeploy.deployment.result import Deployment
-from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.errors import SandboxError, TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.plugin.cpp import cpp_runner_for
+from pytest_tvmdeploy.plugin.isolation import sandbox_of
 from pytest_tvmdeploy.plugin.records import record_of
-from pytest_tvmdeploy.plugin.session import SESSION_KEY
+from pytest_tvmdeploy.plugin.session import SESSION_KEY, reproducer_folder
+from pytest_tvmdeploy.report.crash_reproducer import write_crash_reproducer
 from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.settings.marker import ModelTestSettings, model_test_settings
 from pytest_tvmdeploy.settings.options import MARKER
@@ -55,7 +57,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
         error = None
     if error is not None:  # failing outside the except block keeps the report to our message
         record.stopped(error.stage, str(error))
-        pytest.fail(f"{item.nodeid}: {error}", pytrace=False)
+        pytest.fail(f"{item.nodeid}: {error}{_crash_reproducer(item, error, record)}", pytrace=False)
     assert deployment is not None
     _fill(record, deployment)
     if deployment.not_run is not None:
@@ -76,7 +78,18 @@ def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetS
     config = deploy_config(session, settings, target, seed_for(_seed_id(item)),
                            cpp_runner_for(request.config, settings.cpp, target, record))
     return deploy(settings.model, settings.inputs, config, calibration=_calibration(request, settings),
-                  progress=_progress_writer(request.config))
+                  progress=_progress_writer(request.config), sandbox=sandbox_of(request.config))
+
+
+def _crash_reproducer(item: pytest.Item, error: TvmDeployError, record: TestRecord) -> str:
+    """For a crashed, hung or oversized TVM worker: its reproducer folder, as lines of the failure."""
+    if not isinstance(error, SandboxError):
+        return ""
+    record.crash = error.cause
+    if error.job is None:
+        return ""
+    folder = write_crash_reproducer(reproducer_folder(item), test_id=item.nodeid, error=error, job=error.job)
+    return f"\n  reproducer: {folder}\n  replay it with: python -m pytest_tvmdeploy.replay {folder}"
 
 
 def deploy_config(session: SessionSettings, settings: ModelTestSettings, target: TargetSpec, seed: int,

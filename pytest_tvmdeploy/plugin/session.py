@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ def _pytest_cache_dir(config: pytest.Config) -> Path:
     if cache is not None:
         return Path(cache.mkdir("tvmdeploy-root")).parent
     return config.rootpath / ".pytest_cache" / "d"
+
+
+def reproducer_folder(item: pytest.Item) -> Path:
+    """Where a failing test's reproducer goes: one folder per test id."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid).strip("_")
+    return item.config.stash[SESSION_KEY].repro_dir / name
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

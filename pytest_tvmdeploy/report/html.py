@@ -127,7 +127,8 @@ def _name(record: TestRecord) -> str:
 def _reason(record: TestRecord) -> str:
     if not record.stage and not record.reason:
         return ""
-    return f"<b>{_text(record.stage or '?')}</b>: {_text(record.reason or '')}"
+    crash = f" <b>crashed ({_text(record.crash)})</b>" if record.crash else ""
+    return f"<b>{_text(record.stage or '?')}</b>{crash}: {_text(record.reason or '')}"
 
 
 def _cpp(record: TestRecord) -> str:

@@ -18,7 +18,8 @@ def junit_properties(record: TestRecord) -> list[tuple[str, object]]:
         properties.append(("tvm_artifact", "cached" if record.cache_hit else "built"))
     timings = record.timings
     properties += [(name, round(timings[key] * factor, 6)) for key, name, factor in _TIMINGS if key in timings]
-    optional = (("tvm_cpp", record.cpp), ("tvm_cpp_note", record.cpp_note), ("tvm_snapshot", record.snapshot),
+    optional = (("tvm_stage", record.stage), ("tvm_crash", record.crash), ("tvm_cpp", record.cpp),
+                ("tvm_cpp_note", record.cpp_note), ("tvm_snapshot", record.snapshot),
                 ("tvm_max_abs_error", record.max_abs_error))
     properties += [(name, value) for name, value in optional if value is not None]
     quant = record.quant or {}

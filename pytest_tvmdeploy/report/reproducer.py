@@ -38,10 +38,10 @@ def write_reproducer(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     shutil.copy2(deployment.artifact_path, staging / "model.so")
-    _save_arrays(staging / "inputs", deployment.inputs)
-    _save_arrays(staging / "reference", deployment.reference)
+    save_arrays(staging / "inputs", deployment.inputs)
+    save_arrays(staging / "reference", deployment.reference)
     for runner, outputs in (actual if actual is not None else {"tvm": deployment.outputs}).items():
-        _save_arrays(staging / runner, outputs)
+        save_arrays(staging / runner, outputs)
     manifest = {
         "test": test_id,
         "model": deployment.model,
@@ -63,16 +63,13 @@ def write_reproducer(
     return folder
 
 
-
-
-
-
 def load_arrays(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Read ``<folder>/<name>.npy`` for each name, in order."""
     return {name: np.load(folder / f"{_file_name(name)}.npy", allow_pickle=False) for name in names}
 
 
-def _save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write each array as ``<folder>/<name>.npy``."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         np.save(folder / f"{_file_name(name)}.npy", np.asarray(array), allow_pickle=False)

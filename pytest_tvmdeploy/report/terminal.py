@@ -47,8 +47,11 @@ def _reference_cell(record: TestRecord, column: str) -> str:
 
 
 def _result_cell(record: TestRecord) -> str:
-    """The outcome, and for a test that did not pass, the stage that stopped it."""
+    """The outcome, and for a test that did not pass, the stage that stopped it (and for a TVM
+    worker that died, hung or ran out of memory, the signal or limit)."""
     outcome = record.outcome or ""
+    if record.crash and outcome in ("failed", "error"):
+        return f"crashed ({record.stage}, {record.crash})"
     return f"{outcome} ({record.stage})" if record.stage and outcome != "passed" else outcome
 
 

@@ -103,6 +103,16 @@ OPTIONS: tuple[Option, ...] = (
            help="the device key: asked of the RPC tracker, or the match key sent to a --tvm-rpc server"),
     Option("tvm_rpc_timeout", "remote", metavar="SECONDS", default="600", parse=values.seconds,
            help="time limit of one remote run, waiting for a free device included (default 600)"),
+    Option("tvm_isolate", "isolation", ini=True, default="on", choices=("on", "off"), parse=values.switch,
+           help="run everything that touches TVM (import, quantize, tune, build, run, localize) in a "
+                "sandbox worker process, so a TVM crash fails one test, not the session (default on; "
+                "off runs in-process, for debugging with pdb)"),
+    Option("tvm_timeout", "isolation", ini=True, metavar="SECONDS", default="1800", parse=values.seconds,
+           help="time limit of each stage in the sandbox worker; a stage that exceeds it is killed "
+                "and fails its test (default 1800)"),
+    Option("tvm_memory_limit", "isolation", ini=True, metavar="SIZE", parse=values.size,
+           help="memory the sandbox worker may allocate (e.g. 8G); exceeding it fails the test "
+                "instead of exhausting the host (default: no limit)"),
     Option("tvm_report", "report", metavar="DIR",
            help="write DIR/report.json (every marked test's record: target, source, stage, "
                 "reason, times, errors; merged from all xdist workers) and DIR/report.html "

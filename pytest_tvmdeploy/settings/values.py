@@ -94,3 +94,17 @@ def folder(value: Any, rootdir: Path | None) -> Path | None:
     path = Path(text)
     return path if path.is_absolute() or rootdir is None else rootdir / path
 
+
+def size(value: Any, where: str) -> int | None:
+    """A memory size: ``8G``, ``512M``, ``1.5G`` or bytes; ``None`` when not given."""
+    text = str(value).strip().upper().removesuffix("B") if value is not None else ""
+    if not text:
+        return None
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1], 1)
+    try:
+        number = int(float(text[:-1] if scale != 1 else text) * scale)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a size (e.g. 8G, 512M)") from None
+    if number <= 0:
+        raise ConfigError(f"{where}: {value!r} must be a positive size")
+    return number

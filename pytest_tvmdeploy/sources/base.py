@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,8 +55,34 @@ class ModelSource(abc.ABC):
     def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
         """Import the model into a Relax ``IRModule`` specialised to these inputs."""
 
+    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path) -> ModelFile:
+        """The model as a file another process can open (``.pt2`` or ``.onnx``); a form that is
+        not a file yet is written into ``folder`` once, named by its fingerprint."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be handed over as a file")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model as a file, under its source's name and kind: what the TVM worker opens."""
+
+    path: Path
+    description: str
+    kind: str
+
+    def open(self, inputs: Mapping[str, np.ndarray]) -> tuple[ModelSource, dict[str, np.ndarray]]:
+        """The source, and ``inputs`` under its input names: a program exported from TorchScript
+        may name its inputs otherwise (``x_3`` for ``x``), in the same order."""
+        from pytest_tvmdeploy.sources import open_source
+
+        source = open_source(self.path)
+        source.description, source.kind = self.description, self.kind
+        names = source.input_names()
+        if names is not None and len(names) == len(inputs):
+            return source, dict(zip(names, inputs.values()))
+        return source, dict(inputs)
 
 
 

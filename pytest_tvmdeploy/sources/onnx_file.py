@@ -12,7 +12,7 @@ from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError
 from pytest_tvmdeploy.hashing import file_sha256
 from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.outputs import RunResult, timed_calls
-from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
+from pytest_tvmdeploy.sources.base import ModelFile, ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:
     import tvm
@@ -42,6 +42,9 @@ class OnnxSource(ModelSource):
 
     def input_names(self) -> tuple[str, ...] | None:
         return self._inputs
+
+    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path) -> ModelFile:
+        return ModelFile(Path(self.path).resolve(), self.description, self.kind)
 
     def _check_names(self, inputs: Mapping[str, np.ndarray]) -> None:
         if set(inputs) != set(self._inputs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import inspect
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ import numpy as np
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError, brief
 from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.outputs import RunResult, timed_calls
-from pytest_tvmdeploy.sources.base import ModelSource, raise_if_unsupported
+from pytest_tvmdeploy.sources.base import ModelFile, ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +89,21 @@ class ExportedProgramSource(ModelSource):
             for name in sorted(group):
                 _update_with_tensor(digest, name, group[name])
         return digest.hexdigest()
+
+    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path) -> ModelFile:
+        import torch
+
+        if self.path is not None and Path(self.path).suffix.lower() == ".pt2":
+            return ModelFile(Path(self.path).resolve(), self.description, self.kind)
+        # the program is specialised to the inputs' shapes: they are part of its name
+        name = hashlib.sha256(f"{self.fingerprint(inputs)}{signature(inputs)}".encode()).hexdigest()
+        path = Path(folder) / f"{name}.pt2"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged = path.with_name(f".{name}.{os.getpid()}.tmp.pt2")
+            torch.export.save(self.exported_program(inputs), str(staged))
+            os.replace(staged, path)  # whole or absent, whatever process reads it
+        return ModelFile(path.resolve(), self.description, self.kind)
 
     def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
         from tvm.relax.frontend.torch import from_exported_program

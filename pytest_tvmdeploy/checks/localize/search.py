@@ -20,7 +20,7 @@ from pytest_tvmdeploy.checks.localize.divergence import Divergence
 from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
 from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 from pytest_tvmdeploy.errors import ConfigError, brief
-from pytest_tvmdeploy.sources.base import ModelSource
+from pytest_tvmdeploy.sources.base import ModelFile, ModelSource
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
@@ -226,3 +226,14 @@ def _step(source: ModelSource, doing: str, work: Callable[[], T]) -> T:
         raise LocalizationError(f"{source.description}: {doing}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - a diagnostic must not replace the real failure
         raise LocalizationError(f"{source.description}: {doing}: {type(exc).__name__}: {brief(exc)}") from exc
+
+
+def localize_model_file(source: ModelFile, inputs: Mapping[str, np.ndarray], target: TargetSpec,
+                        rules: ToleranceRules) -> Divergence | None:
+    """:func:`localize_divergence` on a model handed over as a file (in the sandbox worker)."""
+    opened, renamed = source.open(inputs)
+    return localize_divergence(opened, renamed, target, rules)
+
+
+#: :func:`localize_model_file` as the sandbox worker calls it.
+LOCALIZE_FILE = "pytest_tvmdeploy.checks.localize.search:localize_model_file"

@@ -1,0 +1,66 @@
+"""Crash isolation: one sandbox worker per pytest process (per xdist worker too) does all TVM
+work, so a crash, hang or memory blow-up in TVM fails one test and the session goes on."""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+import pytest
+
+from pytest_tvmdeploy.checks.localize.search import LOCALIZE_FILE
+from pytest_tvmdeploy.deployment.sandbox import Sandbox
+from pytest_tvmdeploy.deployment.worker import Job
+from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options, option_value
+
+SANDBOX_KEY = pytest.StashKey["Sandbox | None"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser, "isolation")
+
+
+#: Live sandboxes of this process by (timeout, memory limit): sessions run one after another in
+#: one process (pytest.main called twice, pytester) share a worker instead of starting another.
+_SHARED: dict[tuple[float, int | None], Sandbox] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not option_value(config, "tvm_isolate"):
+        config.stash[SANDBOX_KEY] = None
+        return
+    limits = (option_value(config, "tvm_timeout"), option_value(config, "tvm_memory_limit"))
+    if limits not in _SHARED:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        _SHARED[limits] = Sandbox(timeout=limits[0], memory_limit=limits[1],
+                                  log_dir=config.stash[SESSION_KEY].cache_dir / "sandbox" / f"{worker}-{os.getpid()}")
+        atexit.register(_SHARED[limits].close)
+    config.stash[SANDBOX_KEY] = _SHARED[limits]
+
+
+def sandbox_of(config: pytest.Config) -> Sandbox | None:
+    """The session's sandbox, or ``None`` with ``--tvm-isolate=off``."""
+    return config.stash.get(SANDBOX_KEY, None)
+
+
+def localizer_of(config: pytest.Config) -> Any:
+    """A localiser for :func:`~pytest_tvmdeploy.check` that runs its builds in the sandbox."""
+    sandbox = sandbox_of(config)
+    if sandbox is None:
+        return None
+
+    def localize(deployment: Any, rules: Any) -> Any:
+        source = deployment.source.model_file(deployment.inputs, config.stash[SESSION_KEY].cache_dir / "models")
+        return sandbox.run(Job(LOCALIZE_FILE, {"source": source, "inputs": dict(deployment.inputs),
+                                               "target": deployment.target, "rules": rules}))
+
+    return localize
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Start the worker as soon as a marked test is known: it imports TVM and torch while this
+    # process loads the first model and runs its reference.
+    sandbox = sandbox_of(config)
+    if sandbox is not None and any(item.get_closest_marker("tvm_model") for item in items):
+        sandbox.start()

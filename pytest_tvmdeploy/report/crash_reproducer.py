@@ -1,0 +1,77 @@
+"""The reproducer folder of a TVM crash: the model file, the inputs and what was asked of TVM,
+replayed by ``python -m pytest_tvmdeploy.replay <folder>`` in a child process.
+
+Layout: ``model.pt2`` or ``model.onnx``, ``inputs/<name>.npy``, ``calibration/<i>/<name>.npy``
+(when the int8 calibration ran) and ``reproducer.json`` (``"kind": "crash"``, the stage, the
+signal, the target and quantization, the worker's last stderr lines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pytest_tvmdeploy.deployment.config import DeployConfig
+from pytest_tvmdeploy.deployment.pipeline import TVM_SIDE, TvmJob
+from pytest_tvmdeploy.deployment.worker import Job
+from pytest_tvmdeploy.errors import SandboxError
+from pytest_tvmdeploy.report.reproducer import MANIFEST, load_arrays, save_arrays
+from pytest_tvmdeploy.sources.base import ModelFile
+
+CRASH = "crash"
+
+
+def write_crash_reproducer(folder: Path, *, test_id: str, error: SandboxError, job: Job) -> Path:
+    """Write (or replace) the reproducer of a crashed, hung or oversized TVM job; returns ``folder``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    model, arrays, samples, settings = _contents(job)
+    model_name = f"model{model.path.suffix}"
+    shutil.copy2(model.path, staging / model_name)
+    save_arrays(staging / "inputs", arrays)
+    for index, sample in enumerate(samples or []):
+        save_arrays(staging / "calibration" / str(index), sample)
+    manifest = {
+        "kind": CRASH, "job": job.function, "test": test_id, "model": model.description, "source_kind": model.kind,
+        "model_file": model_name, "inputs": list(arrays), "calibration": [list(s) for s in samples or []],
+        "stage": error.stage, "cause": error.cause, "message": str(error).splitlines()[0], "stderr": error.stderr,
+        **settings,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+    return folder
+
+
+def _contents(job: Job) -> tuple[ModelFile, dict[str, Any], list[dict[str, Any]] | None, dict[str, Any]]:
+    """The model file, inputs, calibration samples and the JSON settings of a job."""
+    payload = job.payload
+    if job.function == TVM_SIDE:
+        tvm_job, config = payload["job"], payload["config"]
+        settings = {"target": config.spec.as_dict, "quantize": config.quant.to_json() if config.quant else None,
+                    "cc": config.cc}
+        return tvm_job.source, tvm_job.arrays, tvm_job.samples, settings
+    return payload["source"], payload["inputs"], None, {"target": payload["target"].as_dict,
+                                                        "tolerances": payload["rules"].to_json()}
+
+
+def crash_job(folder: Path, manifest: dict[str, Any], cache_dir: Path) -> Job:
+    """The job a crash reproducer describes, ready for a sandbox."""
+    from pytest_tvmdeploy.checks.tolerances import ToleranceRules
+    from pytest_tvmdeploy.targets import parse_target
+
+    model = ModelFile(folder / manifest["model_file"], manifest["model"], manifest["source_kind"])
+    arrays = load_arrays(folder / "inputs", manifest["inputs"])
+    if manifest["job"] != TVM_SIDE:
+        return Job(manifest["job"], {"source": model, "inputs": arrays, "target": parse_target(manifest["target"]),
+                                     "rules": ToleranceRules.from_json(manifest["tolerances"])})
+    samples = [load_arrays(folder / "calibration" / str(i), names) for i, names in enumerate(manifest["calibration"])]
+    config = DeployConfig(target=manifest["target"], quantize=manifest["quantize"], cc=manifest["cc"],
+                          cache_dir=cache_dir)
+    return Job(TVM_SIDE, {"job": TvmJob(model, arrays, samples or None, "replay"), "config": config},
+               reports_progress=True)
