@@ -106,15 +106,6 @@ class TvmJob:
     samples: list[dict[str, np.ndarray]] | None
     model_fingerprint: str
 
-    def opened(self) -> tuple[ModelSource, dict[str, np.ndarray], list[dict[str, np.ndarray]] | None]:
-        """The source to import, with the inputs and calibration samples under its input names."""
-        if not isinstance(self.source, ModelFile):
-            return self.source, self.arrays, self.samples
-        source, arrays = self.source.open(self.arrays)
-        renamed = dict(zip(self.arrays, arrays))
-        samples = [{renamed.get(k, k): v for k, v in s.items()} for s in self.samples] if self.samples else None
-        return source, arrays, samples
-
 
 @dataclass(frozen=True)
 class TvmOutcome:
@@ -147,8 +138,7 @@ def framework_side(model: Any, inputs: Mapping[str, Any] | list[Any], config: De
 def tvm_side(job: TvmJob, config: DeployConfig, phase: Phase, heartbeat: Phase | None = None) -> TvmOutcome:
     """Build (or reuse) the artifact and run it in TVM's runners; ``heartbeat`` hears each line
     of tuning progress."""
-    source, arrays, samples = job.opened()
-    module = RelaxModule(source, arrays, config, samples, phase, heartbeat)
+    module = RelaxModule(job.source, job.arrays, config, job.samples, phase, heartbeat)
     cache = ArtifactCache(config.cache_dir if config.cache_dir is not None
                           else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
     build_inputs = _build_inputs(job, config)

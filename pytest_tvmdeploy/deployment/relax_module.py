@@ -16,6 +16,7 @@ from pytest_tvmdeploy.deployment.config import DeployConfig
 from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.quantize import quantize_for_target
 from pytest_tvmdeploy.sources import ModelSource
+from pytest_tvmdeploy.sources.base import ModelFile
 from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, tune, workload_hashes
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 class RelaxModule:
     """Builds one model's artifact; ``seconds`` holds the time of each stage it ran."""
 
-    def __init__(self, source: ModelSource, arrays: Mapping[str, np.ndarray], config: DeployConfig,
+    def __init__(self, source: ModelSource | ModelFile, arrays: Mapping[str, np.ndarray], config: DeployConfig,
                  samples: list[dict[str, np.ndarray]] | None, phase: Callable[[str], None],
                  heartbeat: Callable[[str], None] | None = None) -> None:
         self.source, self.arrays, self.config, self.samples, self.phase = source, arrays, config, samples, phase
@@ -36,7 +37,7 @@ class RelaxModule:
 
     def get(self) -> tvm.IRModule:
         if self._module is None:
-            self._module = self._quantized(self.timed("import", lambda: self.source.to_relax(self.arrays)))
+            self._module = self._quantized(self.timed("import", self._import))
         return self._module
 
     def _quantized(self, module: tvm.IRModule) -> tvm.IRModule:
@@ -53,6 +54,16 @@ class RelaxModule:
             "vnni_convs": result.vnni_convs,
         }
         return result.module
+
+    def _import(self) -> tvm.IRModule:
+        """The frontend's module; a model handed over as a file is opened first (only now: a
+        cached artifact needs no model)."""
+        if isinstance(self.source, ModelFile):
+            source, arrays = self.source.open(self.arrays)
+            renamed = dict(zip(self.arrays, arrays))
+            self.samples = [{renamed.get(k, k): v for k, v in s.items()} for s in self.samples or []] or None
+            self.source, self.arrays = source, arrays
+        return self.source.to_relax(self.arrays)
 
     def timed(self, name: str, work: Callable[[], Any]) -> Any:
         self.phase(name)
