@@ -65,41 +65,39 @@ def test_a_tvm_crash_fails_only_its_own_test(project: pytest.Pytester, workers: 
     assert "TVM worker crashed in stage run: killed by SIGFPE" in replay.stdout
 
 
-def test_a_hang_is_killed_at_the_stage_limit(project: pytest.Pytester) -> None:
-    project.makepyfile(test_hang="""
-        import pytest
-        from models import SquareMatmul, TinyConvNet, seeded
+HEALTHY_AFTER = """
+@pytest.mark.tvm_model(model=seeded(TinyConvNet()), inputs={"x": ((1, 3, 16, 16), "float32")})
+def test_after(tvm_deployment): pass
+"""
 
-        @pytest.mark.tvm_model(model=SquareMatmul(), inputs={"x": ((4096, 4096), "float32")}, cpp="off")
-        def test_hang(tvm_deployment): pass
 
-        @pytest.mark.tvm_model(model=seeded(TinyConvNet()), inputs={"x": ((1, 3, 16, 16), "float32")})
-        def test_after(tvm_deployment): pass
-    """)
-    result = project.runpytest_subprocess("--tvm-timeout=45", "--tvm-report=out", "--tvm-cache-dir=cache")
+def _fault_then_healthy(project: pytest.Pytester, fault: str, *options: str) -> tuple[pytest.RunResult, dict]:
+    """Run a faulty marked test followed by a healthy one; the fault errors only its own test."""
+    header = "import pytest\nfrom models import Outer, SquareMatmul, TinyConvNet, seeded\n"
+    project.makepyfile(test_fault=header + fault + HEALTHY_AFTER)
+    result = project.runpytest_subprocess(*options, "--tvm-report=out", "--tvm-cache-dir=cache")
     result.assert_outcomes(passed=1, errors=1)
+    return result, _records(project.path / "out")
+
+
+def test_a_hang_is_killed_at_the_stage_limit(project: pytest.Pytester) -> None:
+    result, records = _fault_then_healthy(project, """
+@pytest.mark.tvm_model(model=SquareMatmul(), inputs={"x": ((4096, 4096), "float32")}, cpp="off")
+def test_hang(tvm_deployment): pass
+""", "--tvm-timeout=45")
     result.stdout.fnmatch_lines(["*test_hang*TVM worker timed out in stage run after 45 s (--tvm-timeout)*"])
-    hang = _records(project.path / "out")["test_hang"]
-    assert (hang["stage"], hang["crash"]) == ("run", "timeout")
+    assert (records["test_hang"]["stage"], records["test_hang"]["crash"]) == ("run", "timeout")
 
 
 def test_a_memory_blow_up_fails_at_the_limit(project: pytest.Pytester) -> None:
-    project.makepyfile(test_memory="""
-        import pytest
-        from models import Outer, TinyConvNet, seeded
-
-        # a 24000 x 24000 float32 output: 2.3 GB, far over the worker's limit
-        @pytest.mark.tvm_model(model=Outer(), inputs={"a": ((24000,), "float32"), "b": ((24000,), "float32")},
-                               cpp="off", snapshot=False)
-        def test_memory(tvm_deployment): pass
-
-        @pytest.mark.tvm_model(model=seeded(TinyConvNet()), inputs={"x": ((1, 3, 16, 16), "float32")})
-        def test_after(tvm_deployment): pass
-    """)
-    result = project.runpytest_subprocess("--tvm-memory-limit=1.5G", "--tvm-report=out", "--tvm-cache-dir=cache")
-    result.assert_outcomes(passed=1, errors=1)
+    # a 24000 x 24000 float32 output: 2.3 GB, far over the worker's limit
+    result, records = _fault_then_healthy(project, """
+@pytest.mark.tvm_model(model=Outer(), inputs={"a": ((24000,), "float32"), "b": ((24000,), "float32")},
+                       cpp="off", snapshot=False)
+def test_memory(tvm_deployment): pass
+""", "--tvm-memory-limit=1.5G")
     result.stdout.fnmatch_lines(["*test_memory*1.5G*--tvm-memory-limit*"])
-    assert _records(project.path / "out")["test_memory"]["stage"] == "run"
+    assert (records["test_memory"]["stage"], records["test_memory"]["crash"]) == ("run", "memory-limit")
 
 
 def test_isolate_off_runs_in_process(project: pytest.Pytester) -> None:
