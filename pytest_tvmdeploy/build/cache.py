@@ -83,7 +83,8 @@ class ArtifactCache:
             artifact.verify()
         except (ArtifactError, ValueError, KeyError) as exc:
             quarantine = self._quarantine(folder)
-            warnings.warn(f"tvmdeploy cache entry {folder} is damaged ({exc}); moved to {quarantine} and rebuilding")
+            warnings.warn(f"tvmdeploy cache entry {folder} is damaged ({exc}); moved to {quarantine} and rebuilding",
+                          stacklevel=2)
             return None
         return artifact
 
@@ -98,7 +99,7 @@ class ArtifactCache:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"tvmdeploy cache file {path} is unreadable ({exc}); computing it again")
+            warnings.warn(f"tvmdeploy cache file {path} is unreadable ({exc}); computing it again", stacklevel=2)
         value = compute()
         write_atomic(path, json.dumps({"key": key, "value": value}, sort_keys=True))
         return value

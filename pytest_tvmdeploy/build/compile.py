@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import tvm
 
 
-def compile_module(module: "tvm.IRModule", target: TargetSpec) -> Any:
+def compile_module(module: tvm.IRModule, target: TargetSpec) -> Any:
     """``tvm.compile`` the Relax module for ``target``; returns the VM executable."""
     import tvm
 
