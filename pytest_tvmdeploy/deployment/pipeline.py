@@ -76,7 +76,8 @@ def deploy(
         outcome = tvm_side(job, config, phase)
     else:  # the model crosses to the worker as a file; a crash there fails only this deployment
         folder = (config.cache_dir or Path(tempfile.gettempdir())) / "models"
-        handed_over = replace(job, source=framework.source.model_file(framework.arrays, folder))
+        model = framework.source.model_file(framework.arrays, folder, framework.model_fingerprint)
+        handed_over = replace(job, source=model)
         outcome = sandbox.run(Job(TVM_SIDE, {"job": handed_over, "config": config}, reports_progress=True), phase)
     return assemble(framework, config, outcome)
 

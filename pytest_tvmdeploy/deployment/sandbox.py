@@ -144,11 +144,9 @@ class Sandbox:
             self._spawn()
 
     def _ensure_worker(self) -> None:
-        if self._process is not None and self._process.poll() is None and self._ready:
-            return
-        if self._process is None or self._process.poll() is not None:
-            self._spawn()
-        self._wait_ready()
+        self.start()
+        if not self._ready:
+            self._wait_ready()
 
     def _spawn(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     record = item.stash[RECORD_KEY]
     result = check(deployment, settings.tolerances, budget=settings.budget, localize=settings.localize,
                    snapshot=_snapshot_store(item, settings), localizer=localizer_of(item.config))
-    _fill(record, result)
+    _fill(record, result, deployment)
     if result.verdict is None:  # the test's own settings do not fit the model
         pytest.fail(f"{item.nodeid}: {result.describe()}", pytrace=False)
     if not result:
@@ -61,7 +61,7 @@ def _snapshot_store(item: pytest.Item, settings: ModelTestSettings) -> SyrupySna
     return SyrupySnapshot(item.stash[SNAPSHOT_KEY], updating=updating, test_id=item.nodeid)
 
 
-def _fill(record: TestRecord, result: CheckResult) -> None:
+def _fill(record: TestRecord, result: CheckResult, deployment: Deployment) -> None:
     summary = result.summary()
     record.max_abs_error = summary.get("max_abs_error")
     record.quant = summary.get("quant")
@@ -71,7 +71,7 @@ def _fill(record: TestRecord, result: CheckResult) -> None:
     if result.cpp is not None:
         record.cpp = result.cpp
         if result.cpp == "failed":
-            record.cpp_note = next((f for f in result.failures if f.startswith("C++ runner:")), None)
+            record.cpp_note = deployment.cpp_error
 
 
 def _failure_message(result: CheckResult, deployment: Deployment, folder: Path) -> str:

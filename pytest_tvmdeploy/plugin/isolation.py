@@ -51,7 +51,8 @@ def localizer_of(config: pytest.Config) -> Any:
         return None
 
     def localize(deployment: Any, rules: Any) -> Any:
-        source = deployment.source.model_file(deployment.inputs, config.stash[SESSION_KEY].cache_dir / "models")
+        source = deployment.source.model_file(deployment.inputs, config.stash[SESSION_KEY].cache_dir / "models",
+                                              deployment.model_fingerprint)
         return sandbox.run(Job(LOCALIZE_FILE, {"source": source, "inputs": dict(deployment.inputs),
                                                "target": deployment.target, "rules": rules}))
 

@@ -8,10 +8,7 @@ signal, the target and quantization, the worker's last stderr lines).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ from pytest_tvmdeploy.deployment.config import DeployConfig
 from pytest_tvmdeploy.deployment.pipeline import TVM_SIDE, TvmJob
 from pytest_tvmdeploy.deployment.worker import Job
 from pytest_tvmdeploy.errors import SandboxError
-from pytest_tvmdeploy.report.reproducer import MANIFEST, load_arrays, save_arrays
+from pytest_tvmdeploy.report.reproducer import load_arrays, publish, save_arrays, staging_folder
 from pytest_tvmdeploy.sources.base import ModelFile
 
 CRASH = "crash"
@@ -27,8 +24,7 @@ CRASH = "crash"
 
 def write_crash_reproducer(folder: Path, *, test_id: str, error: SandboxError, job: Job) -> Path:
     """Write (or replace) the reproducer of a crashed, hung or oversized TVM job; returns ``folder``."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    staging = staging_folder(folder)
     model, arrays, samples, settings = _contents(job)
     model_name = f"model{model.path.suffix}"
     shutil.copy2(model.path, staging / model_name)
@@ -41,11 +37,7 @@ def write_crash_reproducer(folder: Path, *, test_id: str, error: SandboxError, j
         "stage": error.stage, "cause": error.cause, "message": str(error).splitlines()[0], "stderr": error.stderr,
         **settings,
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
-    return folder
+    return publish(staging, folder, manifest)
 
 
 def _contents(job: Job) -> tuple[ModelFile, dict[str, Any], list[dict[str, Any]] | None, dict[str, Any]]:

@@ -35,8 +35,7 @@ def write_reproducer(
 
     ``actual`` maps runner name (``tvm``, ``tvm-cpp``) to its outputs; each gets a folder.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    staging = staging_folder(folder)
     shutil.copy2(deployment.artifact_path, staging / "model.so")
     save_arrays(staging / "inputs", deployment.inputs)
     save_arrays(staging / "reference", deployment.reference)
@@ -56,6 +55,18 @@ def write_reproducer(
         "tolerances": rules.to_json(),
         "quant_budget": budget.to_json() if budget is not None else None,
     }
+    return publish(staging, folder, manifest)
+
+
+def staging_folder(folder: Path) -> Path:
+    """A fresh folder beside ``folder`` to fill before :func:`publish` puts it in its place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+
+
+def publish(staging: Path, folder: Path, manifest: Mapping[str, Any]) -> Path:
+    """Write the manifest and replace ``folder`` with ``staging``: a reader sees the old
+    reproducer or the new one, never half of one."""
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if folder.exists():
         shutil.rmtree(folder)

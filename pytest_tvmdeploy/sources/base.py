@@ -55,9 +55,10 @@ class ModelSource(abc.ABC):
     def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
         """Import the model into a Relax ``IRModule`` specialised to these inputs."""
 
-    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path) -> ModelFile:
+    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path, fingerprint: str) -> ModelFile:
         """The model as a file another process can open (``.pt2`` or ``.onnx``); a form that is
-        not a file yet is written into ``folder`` once, named by its fingerprint."""
+        not a file yet is written into ``folder`` once, named by ``fingerprint`` (this source's
+        :meth:`fingerprint` of ``inputs``, which the caller has already computed)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be handed over as a file")
 
     def __repr__(self) -> str:

@@ -43,7 +43,7 @@ class OnnxSource(ModelSource):
     def input_names(self) -> tuple[str, ...] | None:
         return self._inputs
 
-    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path) -> ModelFile:
+    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path, fingerprint: str) -> ModelFile:
         return ModelFile(Path(self.path).resolve(), self.description, self.kind)
 
     def _check_names(self, inputs: Mapping[str, np.ndarray]) -> None:

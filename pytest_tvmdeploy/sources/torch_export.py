@@ -90,13 +90,13 @@ class ExportedProgramSource(ModelSource):
                 _update_with_tensor(digest, name, group[name])
         return digest.hexdigest()
 
-    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path) -> ModelFile:
+    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path, fingerprint: str) -> ModelFile:
         import torch
 
         if self.path is not None and Path(self.path).suffix.lower() == ".pt2":
             return ModelFile(Path(self.path).resolve(), self.description, self.kind)
         # the program is specialised to the inputs' shapes: they are part of its name
-        name = hashlib.sha256(f"{self.fingerprint(inputs)}{signature(inputs)}".encode()).hexdigest()
+        name = hashlib.sha256(f"{fingerprint}{signature(inputs)}".encode()).hexdigest()
         path = Path(folder) / f"{name}.pt2"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
