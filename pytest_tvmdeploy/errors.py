@@ -67,6 +67,12 @@ class RunnerError(TvmDeployError):
     stage = "run"
 
 
+class StorageError(TvmDeployError):
+    """A file could not be stored (disk full, no permission); what was stored before is untouched."""
+
+    stage = "storage"
+
+
 def brief(exc: BaseException) -> str:
     """The informative line of an exception's text: TVM puts its message after a traceback."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -87,7 +93,7 @@ class SandboxError(TvmDeployError):
     the last lines the worker printed (TVM's own backtrace, when it prints one).
     """
 
-    def __init__(self, message: str, *, stage: str, cause: str, stderr: str = "") -> None:
+    def __init__(self, message: str, *, stage: str = "", cause: str = "", stderr: str = "") -> None:
         full = f"{message}\n  last lines of the worker's stderr:\n{_indent(stderr)}" if stderr.strip() else message
         super().__init__(full)
         self.stage, self.cause, self.stderr = stage, cause, stderr

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -22,7 +23,7 @@ from typing import Any
 from filelock import FileLock
 
 from pytest_tvmdeploy.errors import ArtifactError
-from pytest_tvmdeploy.files import write_atomic
+from pytest_tvmdeploy.files import out_of_space, storage_error, write_atomic
 from pytest_tvmdeploy.hashing import file_sha256
 
 ARTIFACT_NAME = "model.so"
@@ -108,6 +109,7 @@ class ArtifactCache:
         self, key: str, build: Callable[[Path], Mapping[str, Any]]
     ) -> tuple[Artifact, bool]:
         """Return ``(artifact, built)``; ``build(folder)`` writes ``model.so`` there and returns metadata."""
+        self._remove_abandoned()
         found = self.lookup(key)
         if found is not None:
             return found, False
@@ -118,7 +120,11 @@ class ArtifactCache:
             found = self.lookup(key)  # another worker may have built it while we waited
             if found is not None:
                 return found, False
-            staging = Path(tempfile.mkdtemp(prefix=f"tmp-{key[:12]}-", dir=self.root))
+            final = self.entry_dir(key)
+            try:
+                staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(os.getpid())}{key[:12]}-", dir=self.root))
+            except OSError as exc:
+                raise storage_error(final, exc) from exc
             try:
                 extra = dict(build(staging))
                 so_path = staging / ARTIFACT_NAME
@@ -130,10 +136,13 @@ class ArtifactCache:
                     "created": time.time(),
                 }
                 write_atomic(staging / META_NAME, json.dumps(meta, indent=2, sort_keys=True, default=str))
-                final = self.entry_dir(key)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 if not final.exists():
                     os.replace(staging, final)
+            except OSError as exc:
+                if not out_of_space(exc):
+                    raise
+                raise storage_error(final, exc) from exc
             finally:
                 if staging.exists():
                     shutil.rmtree(staging, ignore_errors=True)
@@ -141,6 +150,15 @@ class ArtifactCache:
         if artifact is None:
             raise ArtifactError(f"{self.entry_dir(key)}: artifact vanished right after it was stored")
         return artifact, True
+
+    def _remove_abandoned(self) -> None:
+        """Staging folders left by processes of this host that died mid-build (a crashed or
+        killed worker): never an entry, but they would pile up."""
+        host = _staging_host()
+        for folder in self.root.glob(f"{host}*-*"):
+            pid = folder.name[len(host):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _quarantine(self, folder: Path) -> Path:
         target = self.root / "damaged" / f"{folder.name}-{int(time.time() * 1000)}"
@@ -150,3 +168,22 @@ class ArtifactCache:
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)
         return target
+
+
+def _staging_host() -> str:
+    return f"tmp-{socket.gethostname()}-"
+
+
+def _staging_prefix(pid: int) -> str:
+    """How the folder an entry is built in (then renamed into place) starts: host and process."""
+    return f"{_staging_host()}{pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True

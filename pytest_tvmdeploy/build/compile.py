@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import BuildError, brief
+from pytest_tvmdeploy.files import storage_error
 from pytest_tvmdeploy.targets import TargetSpec
 
 if TYPE_CHECKING:
     import tvm
+
+#: How the linker says it could not write the library.
+DISK_FULL = "No space left on device"
 
 
 def compile_module(module: tvm.IRModule, target: TargetSpec) -> Any:
@@ -34,6 +39,8 @@ def export_library(executable: Any, path: Path, cc: str | None = None) -> Path:
     try:
         executable.export_library(str(path), **options)
     except Exception as exc:  # noqa: BLE001
+        if DISK_FULL in str(exc):  # the linker's words; TVM raises them as a RuntimeError
+            raise storage_error(path, OSError(errno.ENOSPC, DISK_FULL)) from exc
         compiler = f" with {cc}" if cc else ""
         raise BuildError(f"export_library to {path}{compiler} failed: {brief(exc)}") from exc
     return path

@@ -38,6 +38,7 @@ from pytest_tvmdeploy.checks.snapshot_file import (
     snapshot_of,
 )
 from pytest_tvmdeploy.checks.tolerances import ToleranceRules
+from pytest_tvmdeploy.errors import StorageError
 from pytest_tvmdeploy.files import write_atomic
 
 
@@ -105,9 +106,20 @@ class SyrupySnapshot:
             stored = decode(stored_data, where=str(location))
             failures += compare_with_stored(stored, fresh, deployment, rules, location.name, judge, self.test_id)
         if not (assertion == fresh) and not failures:
+            stored_error = _storage_error(assertion)
+            if stored_error is not None:  # a full disk: said plainly, no traceback, no "write it with"
+                return [f"snapshot: {stored_error}"], "failed"
             lines = [f"  {line}" for line in assertion.get_assert_diff()]
             if stored_data is None:
                 lines.append(f"  write it with: {update_command(self.test_id)}")
             failures.append("\n".join(["snapshot:"] + lines))
         status = "failed" if failures else ("written" if stored_data is None else "matched")
         return failures, status
+
+
+def _storage_error(assertion: Any) -> StorageError | None:
+    """The :class:`StorageError` syrupy caught writing the snapshot in its last assertion, if any."""
+    results = getattr(assertion, "_execution_results", {})  # syrupy keeps no public handle on it
+    last = results.get(assertion.num_executions - 1)
+    error = getattr(last, "exception", None)
+    return error if isinstance(error, StorageError) else None

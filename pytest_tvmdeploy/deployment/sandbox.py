@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_tvmdeploy.deployment.worker import ANSWER_FILE, JOB_FILE, Job
-from pytest_tvmdeploy.errors import SandboxError, TvmDeployError
+from pytest_tvmdeploy.errors import ConfigError, SandboxError, TvmDeployError
 
 #: Default limit of one stage (import, quantize, tune, build, run, localize), in seconds: an
 #: untuned vit_b_16 imports, builds and runs within it on two cores.
@@ -44,8 +44,8 @@ class Sandbox:
     """One worker process at a time; :meth:`run` hands it a job and waits for its answer."""
 
     def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, memory_limit: int | None = None,
-                 log_dir: Path | None = None) -> None:
-        self.timeout, self.memory_limit = timeout, memory_limit
+                 log_dir: Path | None = None, setup: tuple[str, ...] = ()) -> None:
+        self.timeout, self.memory_limit, self.setup = timeout, memory_limit, tuple(setup)
         self.log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="tvmdeploy-sandbox-"))
         self._process: subprocess.Popen[bytes] | None = None
         self._events: _EventReader | None = None
@@ -124,7 +124,7 @@ class Sandbox:
             name = signal.Signals(-code).name
             what = f"killed by {name}"
             if -code == signal.SIGKILL:
-                what += " (the out-of-memory killer, or a --tvm-memory-limit breach)"
+                what += " (by the out-of-memory killer or another process)"
         else:
             name, what = f"exit code {code}", f"exited with code {code}"
         if self.memory_limit is not None and _out_of_memory(tail):
@@ -155,7 +155,8 @@ class Sandbox:
         self._log = self.log_dir / f"worker-{self.started}.log"
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", "from pytest_tvmdeploy.deployment.worker import main; main()", str(write_fd)],
+                [sys.executable, "-c", "from pytest_tvmdeploy.deployment.worker import main; main()", *self.setup,
+                 str(write_fd)],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
                 preexec_fn=self._limit_memory if self.memory_limit is not None else None,
             )
@@ -171,6 +172,10 @@ class Sandbox:
             event = self._next_event("start", 0)
         finally:
             self.timeout = saved
+        if "setup_failed" in event:
+            self._process.wait()
+            self._process = None
+            raise ConfigError(event["setup_failed"])
         if "ready" not in event:
             raise SandboxError(f"TVM worker did not start: {event}", stage="start", cause="start")
         self._ready = True

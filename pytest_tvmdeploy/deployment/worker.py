@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.errors import ConfigError, TvmDeployError
 
 JOB_FILE = "job.pkl"
 ANSWER_FILE = "answer.pkl"
@@ -113,9 +113,25 @@ def _import_everything() -> None:
     faulthandler.enable()  # after TVM, which installs its own SIGSEGV handler: Python's stack on a crash
 
 
+def import_setup(modules: tuple[str, ...] | list[str]) -> None:
+    """Import the user's setup modules (``--tvm-setup``): custom converters, TVM functions, passes."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is reported, naming it
+            raise ConfigError(f"--tvm-setup module {name!r} failed to import: {type(exc).__name__}: {exc}\n"
+                              f"{traceback.format_exc(limit=6)}") from exc
+
+
 def main() -> None:
+    """``python -c ... [SETUP_MODULE ...] EVENTS_FD``."""
     events = Events(int(sys.argv[-1]))
     _import_everything()
+    try:
+        import_setup(sys.argv[1:-1])
+    except ConfigError as exc:
+        events.send(setup_failed=str(exc))
+        sys.exit(2)
     serve(events)
 
 

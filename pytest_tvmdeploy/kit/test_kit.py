@@ -1,22 +1,23 @@
 """The kit's tests: every selected catalogue model through every source form, via the plugin.
 
 A model listed in ``expected_failures.json`` for the target is an expected failure, strictly:
-when it starts passing, the kit fails it with XPASS so the list gets updated.
+when it starts passing, the kit fails it with XPASS so the list gets updated. One listed as a crash
+expects the TVM worker to crash (:class:`SandboxError`): failing any other way is a plain failure.
 """
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
 import pytest
 
+from pytest_tvmdeploy.errors import SandboxError
 from pytest_tvmdeploy.kit.catalogue import QDQ, QDQ_BUDGET, CatalogueEntry, select
+from pytest_tvmdeploy.kit.expected import CRASHES, EXPECTED_FAILURES, Expected, Listing, listed_as, read_expected
 from pytest_tvmdeploy.kit.model_files import model_file
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, option_value
-
-EXPECTED_FAILURES = Path(__file__).with_name("expected_failures.json")
+from pytest_tvmdeploy.targets import TargetSpec
 
 
 def _model(entry: CatalogueEntry, source: str, folder: Path):
@@ -29,7 +30,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     entries = select(option_value(config, "tvm_kit_models"))  # the plugin has checked the names
     folder = config.stash[SESSION_KEY].cache_dir / "kit-models"
-    expected = json.loads(Path(option_value(config, "tvm_kit_expected") or EXPECTED_FAILURES).read_text())
+    expected = read_expected(Path(option_value(config, "tvm_kit_expected") or EXPECTED_FAILURES))
     params = []
     for entry in entries:
         for source in entry.cases:
@@ -40,23 +41,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 rtol=entry.rtol, atol=entry.atol, snapshot=False, name=entry.name,
                 quant_budget=QDQ_BUDGET if source == QDQ else None,
             )]
-            reason = _expected_failure(expected, config, f"{entry.name}/{source}")
-            if reason:
-                marks.append(pytest.mark.xfail(reason=reason, strict=True))
+            xfail = _expected_failure(expected, config, f"{entry.name}/{source}")
+            if xfail is not None:
+                marks.append(xfail)
             params.append(pytest.param((entry.name, source), marks=marks, id=f"{entry.name}-{source}"))
     metafunc.parametrize("kit_case", params)
 
 
-def _expected_failure(expected: dict, config: pytest.Config, case: str) -> str | None:
-    """The recorded reason if ``case`` is expected to fail on one of the session's targets."""
+def _expected_failure(expected: Expected, config: pytest.Config, case: str) -> pytest.MarkDecorator | None:
+    """A strict xfail if ``case`` is listed for one of the session's targets (a crash: only a crash)."""
     for target in config.stash[SESSION_KEY].targets:
-        # A target's own list, else its kind's ("llvm" covers llvm -mcpu=...: most failures are
-        # in import, the same for every CPU).
-        listed = expected.get(target.label) or expected.get(str(target.as_dict["kind"]), {})
-        reason = listed.get(case)
-        if reason:
-            return f"{target.label}: {reason}"
+        listed = listed_as(_listing(expected, target), case)
+        if listed is None:
+            continue
+        kind, reason = listed
+        if kind == CRASHES:
+            return pytest.mark.xfail(reason=f"{target.label}: crash: {reason}", strict=True, raises=SandboxError)
+        return pytest.mark.xfail(reason=f"{target.label}: {reason}", strict=True)
     return None
+
+
+def _listing(expected: Expected, target: TargetSpec) -> Listing:
+    """A target's own sets, else its kind's ("llvm" covers llvm -mcpu=...: most failures are in
+    import, the same for every CPU)."""
+    own = expected.get(target.label, {})
+    return own if any(own.values()) else expected.get(str(target.as_dict["kind"]), {})
 
 
 def test_model(kit_case: tuple[str, str], tvm_deployment) -> None:

@@ -2,8 +2,10 @@
 ``python -m pytest_tvmdeploy.kit.update_expected REPORT_JSON [--file expected_failures.json]``.
 
 For every kit case the report ran on a target: failing or erroring cases are listed with their
-stage and reason, passing ones are removed. Cases and targets the run did not cover stay as
-they were, so a partial run (``--tvm-kit-models=...``) updates just its part.
+stage and reason, those that crashed TVM's worker apart from them (with the signal, ``timeout``
+or ``memory-limit`` too), passing ones are removed from both. Cases and targets the run did not
+cover stay as they were, so a partial run (``--tvm-kit-models=...``) updates just its part. The
+file is written in the split format (see :mod:`pytest_tvmdeploy.kit.expected`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,25 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
 from pytest_tvmdeploy.kit.catalogue import QDQ, SOURCES
-from pytest_tvmdeploy.kit.test_kit import EXPECTED_FAILURES
+from pytest_tvmdeploy.kit.expected import (
+    CRASHES,
+    EXPECTED_FAILURES,
+    FAILURES,
+    Expected,
+    Listing,
+    count,
+    dump_expected,
+    empty_listing,
+    listed_as,
+    parse_expected,
+    sorted_expected,
+)
 from pytest_tvmdeploy.report.record import TestRecord
 
 #: The file the kit's tests live in (a record from another file is not a kit case).
@@ -26,21 +41,31 @@ KIT_FILE = "test_kit.py"
 KIT_SOURCES = frozenset((*SOURCES, QDQ))
 
 
-def updated(expected: dict[str, dict[str, str]], records: Sequence[TestRecord]) -> dict[str, dict[str, str]]:
-    """``expected`` with the outcomes of ``records`` applied."""
-    result = {target: dict(cases) for target, cases in expected.items()}
+def updated(expected: Mapping[str, Any], records: Sequence[TestRecord]) -> Expected:
+    """``expected`` (either format) with the outcomes of ``records`` applied."""
+    result = parse_expected(expected)
     for record in records:
         case = kit_case(record)
-        if case is None:
-            continue
-        cases = result.setdefault(record.target, {})
-        if record.outcome in ("passed", "xpassed"):
-            cases.pop(case, None)
-        elif record.outcome in ("failed", "error", "xfailed"):
-            reason = _reason(record)
-            # An expected failure keeps the reason it was listed with; a new failure records its own.
-            cases[case] = cases.get(case, reason) if record.outcome == "xfailed" else reason
-    return {target: dict(sorted(cases.items())) for target, cases in sorted(result.items())}
+        if case is not None:
+            _apply(result.setdefault(record.target, empty_listing()), case, record)
+    return sorted_expected(result)
+
+
+def _apply(listing: Listing, case: str, record: TestRecord) -> None:
+    """One record's outcome on its target's sets: a case is listed in one set at most."""
+    if record.outcome in ("passed", "xpassed"):
+        _drop(listing, case)
+    elif record.outcome == "xfailed" and listed_as(listing, case) is not None:
+        pass  # an expected failure keeps the set and the reason it was listed with
+    elif record.outcome in ("failed", "error", "xfailed"):
+        _drop(listing, case)
+        kind = CRASHES if record.crash else FAILURES
+        listing[kind][case] = _reason(record)
+
+
+def _drop(listing: Listing, case: str) -> None:
+    for cases in listing.values():
+        cases.pop(case, None)
 
 
 def kit_case(record: TestRecord) -> str | None:
@@ -60,9 +85,11 @@ def _in_kit_file(node_id: str) -> bool:
 
 
 def _reason(record: TestRecord) -> str:
-    """``"<stage>: <reason>"``, with folders cut from paths: they differ per machine."""
+    """``"<stage>: <reason>"`` (``"<stage>: <crash>: <reason>"`` for a crash), with folders cut
+    from paths: they differ per machine."""
     text = re.sub(r"/\S*/([^/\s:]+)", r"\1", record.reason or "failed")
-    return f"{record.stage or 'setup'}: {text}"
+    crash = f"{record.crash}: " if record.crash else ""
+    return f"{record.stage or 'setup'}: {crash}{text}"
 
 
 def read_records(report: Path) -> list[TestRecord]:
@@ -77,12 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, default=EXPECTED_FAILURES, help="the expected-failures file to rewrite")
     args = parser.parse_args(argv)
     records = read_records(args.report)
-    expected = json.loads(args.file.read_text()) if args.file.exists() else {}
+    expected = parse_expected(json.loads(args.file.read_text())) if args.file.exists() else {}
     new = updated(expected, records)
-    write_atomic(args.file, json.dumps(new, indent=2) + "\n")
-    before = sum(len(c) for c in expected.values())
-    after = sum(len(c) for c in new.values())
-    print(f"{args.file}: {before} -> {after} expected failure(s)")
+    write_atomic(args.file, dump_expected(new))
+    print(f"{args.file}: {count(expected, FAILURES)} -> {count(new, FAILURES)} expected failure(s), "
+          f"{count(expected, CRASHES)} -> {count(new, CRASHES)} expected crash(es)")
     return 0
 
 

@@ -57,7 +57,10 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
         error = None
     if error is not None:  # failing outside the except block keeps the report to our message
         record.stopped(error.stage, str(error))
-        pytest.fail(f"{item.nodeid}: {error}{_crash_reproducer(item, error, record)}", pytrace=False)
+        message = f"{item.nodeid}: {error}{_crash_reproducer(item, error, record)}"
+        if isinstance(error, SandboxError):
+            raise CrashedDeployment(message, error)
+        pytest.fail(message, pytrace=False)
     assert deployment is not None
     _fill(record, deployment)
     if deployment.not_run is not None:
@@ -65,6 +68,15 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
         pytest.skip(f"{item.nodeid}: {deployment.not_run}")
     item.stash[DEPLOYMENT_KEY] = deployment
     return deployment
+
+
+class CrashedDeployment(pytest.fail.Exception, SandboxError):
+    """A test's failure when TVM's worker crashed: reported like ``pytest.fail`` (our message, no
+    traceback), and still a :class:`SandboxError`, so ``xfail(raises=SandboxError)`` accepts it."""
+
+    def __init__(self, message: str, crash: SandboxError) -> None:
+        pytest.fail.Exception.__init__(self, msg=message, pytrace=False)
+        self.stage, self.cause, self.stderr, self.job = crash.stage, crash.cause, crash.stderr, crash.job
 
 
 def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetSpec, record: TestRecord) -> Deployment:

@@ -11,7 +11,8 @@ import pytest
 
 from pytest_tvmdeploy.checks.localize.search import LOCALIZE_FILE
 from pytest_tvmdeploy.deployment.sandbox import Sandbox
-from pytest_tvmdeploy.deployment.worker import Job
+from pytest_tvmdeploy.deployment.worker import Job, import_setup
+from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options, option_value
 
 SANDBOX_KEY = pytest.StashKey["Sandbox | None"]()
@@ -21,19 +22,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser, "isolation")
 
 
-#: Live sandboxes of this process by (timeout, memory limit): sessions run one after another in
+#: Live sandboxes of this process by (timeout, memory limit, setup modules): sessions run one after another in
 #: one process (pytest.main called twice, pytester) share a worker instead of starting another.
-_SHARED: dict[tuple[float, int | None], Sandbox] = {}
+_SHARED: dict[tuple[float, int | None, tuple[str, ...]], Sandbox] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    setup = option_value(config, "tvm_setup")
     if not option_value(config, "tvm_isolate"):
         config.stash[SANDBOX_KEY] = None
+        try:
+            import_setup(setup)  # TVM work happens in this process
+        except ConfigError as exc:
+            raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
         return
-    limits = (option_value(config, "tvm_timeout"), option_value(config, "tvm_memory_limit"))
+    limits = (option_value(config, "tvm_timeout"), option_value(config, "tvm_memory_limit"), setup)
     if limits not in _SHARED:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        _SHARED[limits] = Sandbox(timeout=limits[0], memory_limit=limits[1],
+        _SHARED[limits] = Sandbox(timeout=limits[0], memory_limit=limits[1], setup=setup,
                                   log_dir=config.stash[SESSION_KEY].cache_dir / "sandbox" / f"{worker}-{os.getpid()}")
         atexit.register(_SHARED[limits].close)
     config.stash[SANDBOX_KEY] = _SHARED[limits]

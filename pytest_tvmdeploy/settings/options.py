@@ -113,6 +113,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("tvm_memory_limit", "isolation", ini=True, metavar="SIZE", parse=values.size,
            help="memory the sandbox worker may allocate (e.g. 8G); exceeding it fails the test "
                 "instead of exhausting the host (default: no limit)"),
+    Option("tvm_setup", "isolation", ini=True, metavar="MODULE", many=True, parse=values.module_names,
+           help="a module imported where TVM runs (the sandbox worker, or this process with "
+                "--tvm-isolate=off) before its first deployment: register custom converters, TVM "
+                "functions or passes there (repeatable)"),
     Option("tvm_report", "report", metavar="DIR",
            help="write DIR/report.json (every marked test's record: target, source, stage, "
                 "reason, times, errors; merged from all xdist workers) and DIR/report.html "

@@ -86,6 +86,16 @@ def text_or_none(value: Any, where: str) -> str | None:
     return text or None
 
 
+def module_names(value: Any, where: str) -> tuple[str, ...]:
+    """Dotted module names, from a list (one per line or option) or comma-separated text."""
+    items = value if isinstance(value, list | tuple) else [value] if value else []
+    names = tuple(name.strip() for item in items for name in str(item).split(",") if name.strip())
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"{where}: {name!r} is not a module name (e.g. my_project.tvm_setup)")
+    return names
+
+
 def folder(value: Any, rootdir: Path | None) -> Path | None:
     """A folder, relative to ``rootdir`` unless absolute; ``None`` when empty."""
     text = str(value).strip() if value is not None else ""

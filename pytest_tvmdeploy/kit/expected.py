@@ -1,0 +1,81 @@
+"""The kit's expected-failures file: per target, the cases that fail and, kept apart, those that crash
+TVM's worker (a signal, a hang, a memory blow-up)::
+
+    {"llvm": {"failures": {"gru/onnx": "import: ..."}, "crashes": {"vit/pt2": "run: SIGSEGV: ..."}}}
+
+A target mapping straight to its cases (the first format) lists failures only; it is still read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+EXPECTED_FAILURES = Path(__file__).with_name("expected_failures.json")
+
+FAILURES, CRASHES = "failures", "crashes"
+#: The sets of a target, in the order they are written.
+KINDS = (FAILURES, CRASHES)
+
+#: One target's sets: kind -> ``"<model>/<source>"`` -> ``"<stage>: <reason>"``.
+Listing = dict[str, dict[str, str]]
+#: The whole file: target label (or target kind) -> its sets.
+Expected = dict[str, Listing]
+
+
+def read_expected(path: Path) -> Expected:
+    """The expected failures and crashes in ``path`` (either format)."""
+    return parse_expected(json.loads(path.read_text()))
+
+
+def parse_expected(data: Mapping[str, Any]) -> Expected:
+    """Every target's sets from a file's JSON (either format)."""
+    return {target: _listing(target, value) for target, value in data.items()}
+
+
+def _listing(target: str, value: Any) -> Listing:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected failures of {target!r}: a mapping of cases, not {value!r}")
+    if not _is_split(value):
+        return {FAILURES: dict(value), CRASHES: {}}  # the flat format: failures only
+    listing = {kind: dict(value.get(kind, {})) for kind in KINDS}
+    both = sorted(listing[FAILURES].keys() & listing[CRASHES].keys())
+    if both:
+        raise ValueError(f"expected failures of {target!r}: {both} listed both as failures and as crashes")
+    return listing
+
+
+def _is_split(value: Mapping[str, Any]) -> bool:
+    """Whether a target's value holds the sets (rather than cases: those are ``model/source``)."""
+    return bool(value) and set(value) <= set(KINDS) and all(isinstance(v, Mapping) for v in value.values())
+
+
+def empty_listing() -> Listing:
+    """A target's sets with nothing listed."""
+    return {kind: {} for kind in KINDS}
+
+
+def listed_as(listing: Listing, case: str) -> tuple[str, str] | None:
+    """``(kind, reason)`` of ``case`` in a target's sets, or ``None`` when it is not listed."""
+    for kind in KINDS:
+        if case in listing.get(kind, {}):
+            return kind, listing[kind][case]
+    return None
+
+
+def count(expected: Expected, kind: str) -> int:
+    """How many cases of ``kind`` are listed, over every target."""
+    return sum(len(listing.get(kind, {})) for listing in expected.values())
+
+
+def sorted_expected(expected: Expected) -> Expected:
+    """Targets and cases in order, both sets present: a stable, reviewable file."""
+    return {target: {kind: dict(sorted(listing.get(kind, {}).items())) for kind in KINDS}
+            for target, listing in sorted(expected.items())}
+
+
+def dump_expected(expected: Expected) -> str:
+    """The file's text (the split format)."""
+    return json.dumps(sorted_expected(expected), indent=2) + "\n"
