@@ -93,6 +93,8 @@ class SandboxError(TvmDeployError):
     the last lines the worker printed (TVM's own backtrace, when it prints one).
     """
 
+    # Defaults only for subclasses that also derive from pytest's outcome exceptions, whose
+    # __init__ passes the message alone up the chain.
     def __init__(self, message: str, *, stage: str = "", cause: str = "", stderr: str = "") -> None:
         full = f"{message}\n  last lines of the worker's stderr:\n{_indent(stderr)}" if stderr.strip() else message
         super().__init__(full)

@@ -109,7 +109,6 @@ class ArtifactCache:
         self, key: str, build: Callable[[Path], Mapping[str, Any]]
     ) -> tuple[Artifact, bool]:
         """Return ``(artifact, built)``; ``build(folder)`` writes ``model.so`` there and returns metadata."""
-        self._remove_abandoned()
         found = self.lookup(key)
         if found is not None:
             return found, False
@@ -120,6 +119,7 @@ class ArtifactCache:
             found = self.lookup(key)  # another worker may have built it while we waited
             if found is not None:
                 return found, False
+            self._remove_abandoned()
             final = self.entry_dir(key)
             try:
                 staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(os.getpid())}{key[:12]}-", dir=self.root))

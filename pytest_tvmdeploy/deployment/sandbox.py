@@ -173,8 +173,7 @@ class Sandbox:
         finally:
             self.timeout = saved
         if "setup_failed" in event:
-            self._process.wait()
-            self._process = None
+            self._kill()
             raise ConfigError(event["setup_failed"])
         if "ready" not in event:
             raise SandboxError(f"TVM worker did not start: {event}", stage="start", cause="start")

@@ -31,7 +31,7 @@ from pytest_tvmdeploy.kit.expected import (
     empty_listing,
     listed_as,
     parse_expected,
-    sorted_expected,
+    read_expected,
 )
 from pytest_tvmdeploy.report.record import TestRecord
 
@@ -48,7 +48,7 @@ def updated(expected: Mapping[str, Any], records: Sequence[TestRecord]) -> Expec
         case = kit_case(record)
         if case is not None:
             _apply(result.setdefault(record.target, empty_listing()), case, record)
-    return sorted_expected(result)
+    return result
 
 
 def _apply(listing: Listing, case: str, record: TestRecord) -> None:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, default=EXPECTED_FAILURES, help="the expected-failures file to rewrite")
     args = parser.parse_args(argv)
     records = read_records(args.report)
-    expected = parse_expected(json.loads(args.file.read_text())) if args.file.exists() else {}
+    expected = read_expected(args.file) if args.file.exists() else {}
     new = updated(expected, records)
     write_atomic(args.file, dump_expected(new))
     print(f"{args.file}: {count(expected, FAILURES)} -> {count(new, FAILURES)} expected failure(s), "
