@@ -12,7 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["latency.py", "overhead.py", "quantization_accuracy.py"])
+@pytest.mark.parametrize("script", ["latency.py", "overhead.py", "quantization_accuracy.py", "dynamic_shapes.py"])
 def test_benchmark_script_shows_its_usage(script: str) -> None:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                           timeout=120)

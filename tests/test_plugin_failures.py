@@ -124,7 +124,8 @@ def test_bad_input_gives_clear_errors_and_the_session_goes_on(project: pytest.Py
         "test_bad.py::test_unsupported_op: nn.Module UnsupportedOp: TVM's torch frontend cannot import operator(s)"
         " special_i0e.default",
         "test_bad.py::test_unknown_marker_argument: @pytest.mark.tvm_model: unknown argument(s) rtl;"
-        " known: model, inputs, rtol, atol, tolerances, cpp, snapshot, quantize, calibration, quant_budget, name, tune",
+        " known: model, inputs, shapes, ranges, static_shapes, rtol, atol, tolerances, cpp, snapshot, quantize,"
+        " calibration, quant_budget, name, tune",
     ])
     assert "During handling of the above exception" not in result.stdout.str()
 

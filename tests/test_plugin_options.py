@@ -151,8 +151,9 @@ def test_no_marked_tests_changes_nothing(project: pytest.Pytester) -> None:
 
 def test_marker_is_registered_and_options_documented(pytester: pytest.Pytester) -> None:
     markers = pytester.runpytest("--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, rtol=, atol=, tolerances=, cpp=, "
-                                  "snapshot=, quantize=, calibration=, quant_budget=, name=, tune=)*"])
+    markers.stdout.fnmatch_lines(["@pytest.mark.tvm_model(model=, inputs=, shapes=, ranges=, static_shapes=, rtol=, "
+                                  "atol=, tolerances=, cpp=, snapshot=, quantize=, calibration=, quant_budget=, "
+                                  "name=, tune=)*"])
     helptext = pytester.runpytest("--help")
     helptext.stdout.fnmatch_lines(["*--tvm-target=TARGET*", "*--tvm-rtol=R*", "*--tvm-atol=A*",
                                    "*--tvm-cache-dir=DIR*", "*--tvm-repeat=N*", "*--tvm-cpp=*auto,on,off*",

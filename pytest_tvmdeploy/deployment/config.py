@@ -25,8 +25,10 @@ class DeployConfig:
     :class:`QuantConfig` fields. ``tuning_dir`` is this target's MetaSchedule database folder
     (its records are applied to the build); ``tune=N`` first tunes the model until it holds ``N``
     trials for it. ``cc`` is the compiler ``export_library`` links with (a cross compiler for
-    another ``mtriple``). ``remote`` runs the ``.so`` on an RPC device; ``cpp_runner`` (see
-    :func:`pytest_tvmdeploy.runners.cpp_build.build_cpp_runner`) also runs it from C++.
+    another ``mtriple``). ``static_shapes`` builds for the inputs' sizes even where the model or
+    its inputs name a dimension (one artifact per shape). ``remote`` runs the ``.so`` on an RPC
+    device; ``cpp_runner`` (see :func:`pytest_tvmdeploy.runners.cpp_build.build_cpp_runner`) also
+    runs it from C++.
     """
 
     target: TargetSpec | str | dict[str, Any] = DEFAULT_TARGET
@@ -42,6 +44,7 @@ class DeployConfig:
     tune: int = 0
     remote: RemoteSpec | None = None
     remote_timeout: float = RPC_TIMEOUT
+    static_shapes: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, TargetSpec):

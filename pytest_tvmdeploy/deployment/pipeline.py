@@ -31,8 +31,9 @@ from pytest_tvmdeploy.deployment.sandbox import Sandbox
 from pytest_tvmdeploy.deployment.worker import Job
 from pytest_tvmdeploy.errors import InputSpecError
 from pytest_tvmdeploy.hashing import arrays_fingerprint
-from pytest_tvmdeploy.inputs import make_inputs, signature
+from pytest_tvmdeploy.inputs import make_inputs
 from pytest_tvmdeploy.outputs import TVM_CPP, NamedArrays, RunResult, named_like
+from pytest_tvmdeploy.shapes import ShapeSignature, SymbolicDims, bind_specs, declared_signature, symbols_of
 from pytest_tvmdeploy.sources import ModelSource, open_source
 from pytest_tvmdeploy.sources.base import ModelFile
 from pytest_tvmdeploy.tuning import DatabaseFiles, applied_fingerprint, needs_tuning, read_database
@@ -50,6 +51,8 @@ def deploy(
     inputs: Mapping[str, Any] | list[Any],
     config: DeployConfig | None = None,
     *,
+    shape: Mapping[str, int] | None = None,
+    dims: SymbolicDims | None = None,
     calibration: Calibration | None = None,
     progress: Phase | None = None,
     sandbox: Sandbox | None = None,
@@ -57,7 +60,11 @@ def deploy(
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model``; run its reference too.
 
-    ``model`` and ``inputs`` take the same forms as the ``tvm_model`` marker. ``config`` says
+    ``model`` and ``inputs`` take the same forms as the ``tvm_model`` marker. A spec may name a
+    dimension (``(("batch", 3, 224, 224), "float32")``): the artifact is built with it symbolic,
+    and this deployment runs at the sizes ``shape`` gives (``{"batch": 8}``); ``dims`` declares
+    each name's range (a size outside it is an :class:`InputSpecError`). An ONNX file's named
+    dimensions stay symbolic too, unless ``static_shapes``. ``config`` says
     where and how (see :class:`DeployConfig`); keyword ``options`` are its fields and override it
     (``deploy(m, inputs, target="llvm -mcpu=znver4", cache_dir=...)``). Without ``cache_dir``
     the artifact goes to a fresh temporary folder. A quantized config is calibrated on
@@ -70,13 +77,13 @@ def deploy(
     """
     config = replace(config, **options) if config is not None else DeployConfig(**options)
     phase = progress or (lambda name: None)
-    framework = framework_side(model, inputs, config, calibration, phase)
+    framework = framework_side(model, inputs, config, calibration, phase, shape, dims)
     job = framework.tvm_job()
     if sandbox is None:
         outcome = tvm_side(job, config, phase)
     else:  # the model crosses to the worker as a file; a crash there fails only this deployment
         folder = (config.cache_dir or Path(tempfile.gettempdir())) / "models"
-        model = framework.source.model_file(framework.arrays, folder, framework.model_fingerprint)
+        model = framework.source.model_file(framework.shapes, folder, framework.model_fingerprint)
         handed_over = replace(job, source=model)
         outcome = sandbox.run(Job(TVM_SIDE, {"job": handed_over, "config": config}, reports_progress=True), phase)
     return assemble(framework, config, outcome)
@@ -88,6 +95,8 @@ class FrameworkSide:
 
     source: ModelSource
     arrays: dict[str, np.ndarray]
+    shapes: ShapeSignature          # what the artifact is built for
+    sizes: dict[str, int]           # each symbolic dimension's size in ``arrays``
     reference: RunResult
     model_fingerprint: str
     samples: list[dict[str, np.ndarray]] | None  # calibration data, when quantizing needs it
@@ -95,7 +104,7 @@ class FrameworkSide:
 
     def tvm_job(self) -> TvmJob:
         """What the TVM side needs of this: no reference, nothing but the model and its data."""
-        return TvmJob(self.source, self.arrays, self.samples, self.model_fingerprint)
+        return TvmJob(self.source, self.arrays, self.shapes, self.samples, self.model_fingerprint)
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class TvmJob:
 
     source: ModelSource | ModelFile
     arrays: dict[str, np.ndarray]
+    shapes: ShapeSignature
     samples: list[dict[str, np.ndarray]] | None
     model_fingerprint: str
 
@@ -123,29 +133,49 @@ class TvmOutcome:
 
 
 def framework_side(model: Any, inputs: Mapping[str, Any] | list[Any], config: DeployConfig,
-                   calibration: Calibration | None, phase: Phase) -> FrameworkSide:
-    """Open the model, make its inputs and calibration samples, run the reference."""
+                   calibration: Calibration | None, phase: Phase, shape: Mapping[str, int] | None = None,
+                   dims: SymbolicDims | None = None) -> FrameworkSide:
+    """Open the model, make its inputs (at ``shape``'s sizes) and calibration samples, work out
+    the shapes to build for, run the reference."""
     phase("load")
     start = time.perf_counter()
     source = open_source(model, base_dir=config.base_dir, seed=config.seed)
     load_seconds = time.perf_counter() - start
-    arrays = _inputs_for(source, inputs, config.seed)
+    arrays = _inputs_for(source, bind_specs(inputs, shape or {}) if symbols_of(inputs) else inputs, config.seed)
+    shapes, sizes = _shapes_for(source, inputs, arrays, dims or SymbolicDims.declare([dict(shape or {})]),
+                                static=config.static_shapes)
     samples = needed_samples(config, calibration, source.description)
     phase("reference")
     reference = source.run_reference(arrays, repeat=config.repeat)
-    return FrameworkSide(source, arrays, reference, source.fingerprint(arrays), samples, load_seconds)
+    return FrameworkSide(source, arrays, shapes, sizes, reference, source.fingerprint(shapes), samples,
+                         load_seconds)
+
+
+def _shapes_for(source: ModelSource, inputs: Mapping[str, Any] | list[Any], arrays: dict[str, np.ndarray],
+                dims: SymbolicDims, static: bool) -> tuple[ShapeSignature, dict[str, int]]:
+    """What to build for (the dimensions ``inputs`` or the model file name stay symbolic unless
+    ``static``), and the sizes ``arrays`` give them: checked against their ranges even when static."""
+    shapes = source.shape_signature(declared_signature(inputs, arrays, dims), static=static)
+    try:
+        sizes = shapes.bind(arrays)
+    except InputSpecError as exc:
+        raise InputSpecError(f"{source.description}: {exc}") from None
+    return (ShapeSignature.of(arrays), {}) if static else (shapes, sizes)
 
 
 def tvm_side(job: TvmJob, config: DeployConfig, phase: Phase, heartbeat: Phase | None = None) -> TvmOutcome:
     """Build (or reuse) the artifact and run it in TVM's runners; ``heartbeat`` hears each line
     of tuning progress."""
-    module = RelaxModule(job.source, job.arrays, config, job.samples, phase, heartbeat)
+    module = RelaxModule(job.source, job.shapes, config, job.samples, phase, heartbeat)
     cache = ArtifactCache(config.cache_dir if config.cache_dir is not None
                           else Path(tempfile.mkdtemp(prefix="tvmdeploy-")))
     build_inputs = _build_inputs(job, config)
-    records, applied = _tuning_records(module, config, cache, cache_key(build_inputs))
+    tasks_key = cache_key(build_inputs)
+    if job.shapes.is_dynamic:  # its tuning tasks depend on the shapes its static copies are made for
+        tasks_key = cache_key({**build_inputs, "specialized": [dict(s) for s in job.shapes.dims.shapes]})
+    records, applied = _tuning_records(module, config, cache, tasks_key)
     key = cache_key({**build_inputs, "tuning": applied})
-    artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, records))
+    artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, records if applied else None))
     phase("run")
     tvm_result, not_run = run_tvm(artifact, job.arrays, config)
     cpp_result, cpp_error = None, None
@@ -159,7 +189,7 @@ def _build_inputs(job: TvmJob, config: DeployConfig) -> dict[str, Any]:
     """Everything the artifact depends on, for its cache key."""
     return {
         "model": job.model_fingerprint,
-        "inputs": signature(job.arrays),
+        "inputs": job.shapes.key(),
         "target": config.spec.json,
         "tvm": tvm_version(),
         "recipe": BUILD_RECIPE,
@@ -224,6 +254,7 @@ def assemble(framework: FrameworkSide, config: DeployConfig, outcome: TvmOutcome
         fingerprint=outcome.key,
         model_fingerprint=framework.model_fingerprint,
         input_fingerprint=arrays_fingerprint(framework.arrays),
+        sizes=framework.sizes,
         inputs=NamedArrays(framework.arrays),
         reference=NamedArrays(reference.outputs),
         outputs=named_like(reference, tvm_result) if tvm_result is not None else NamedArrays({}),

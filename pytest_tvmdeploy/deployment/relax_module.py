@@ -4,7 +4,7 @@ most once per deployment (tuning and building both need the module; a cache hit 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,9 +12,10 @@ import numpy as np
 
 from pytest_tvmdeploy.build.cache import ARTIFACT_NAME
 from pytest_tvmdeploy.build.compile import compile_module, export_library, tvm_version
+from pytest_tvmdeploy.build.specialize import specialize
 from pytest_tvmdeploy.deployment.config import DeployConfig
-from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.quantize import quantize_for_target
+from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import ModelSource
 from pytest_tvmdeploy.sources.base import ModelFile
 from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, tune, workload_hashes
@@ -26,19 +27,29 @@ if TYPE_CHECKING:
 class RelaxModule:
     """Builds one model's artifact; ``seconds`` holds the time of each stage it ran."""
 
-    def __init__(self, source: ModelSource | ModelFile, arrays: Mapping[str, np.ndarray], config: DeployConfig,
+    def __init__(self, source: ModelSource | ModelFile, shapes: ShapeSignature, config: DeployConfig,
                  samples: list[dict[str, np.ndarray]] | None, phase: Callable[[str], None],
                  heartbeat: Callable[[str], None] | None = None) -> None:
-        self.source, self.arrays, self.config, self.samples, self.phase = source, arrays, config, samples, phase
+        self.source, self.shapes, self.config, self.samples, self.phase = source, shapes, config, samples, phase
         self.heartbeat = heartbeat  # told each tuning progress line: a long tuning run is alive
         self.seconds: dict[str, float] = {}
         self.meta: dict[str, Any] = {}
         self._module: Any = None
+        self._tunable: Any = None
 
     def get(self) -> tvm.IRModule:
         if self._module is None:
             self._module = self._quantized(self.timed("import", self._import))
         return self._module
+
+    def tunable(self) -> tvm.IRModule:
+        """The module tuning sees: with symbolic dimensions, plus a static copy of ``main`` per
+        shape the tests run at (see :func:`specialize`), which tuned records then speed up."""
+        if self._tunable is None:
+            module = self.get()
+            self._tunable = specialize(module, self.shapes, self.shapes.dims.shapes) if self.shapes.is_dynamic \
+                else module
+        return self._tunable
 
     def _quantized(self, module: tvm.IRModule) -> tvm.IRModule:
         quant = self.config.quant
@@ -59,11 +70,11 @@ class RelaxModule:
         """The frontend's module; a model handed over as a file is opened first (only now: a
         cached artifact needs no model)."""
         if isinstance(self.source, ModelFile):
-            source, arrays = self.source.open(self.arrays)
-            renamed = dict(zip(self.arrays, arrays))
+            source, shapes = self.source.open(self.shapes)
+            renamed = {old.name: new.name for old, new in zip(self.shapes.inputs, shapes.inputs)}
             self.samples = [{renamed.get(k, k): v for k, v in s.items()} for s in self.samples or []] or None
-            self.source, self.arrays = source, arrays
-        return self.source.to_relax(self.arrays)
+            self.source, self.shapes = source, shapes
+        return self.source.to_relax(self.shapes)
 
     def timed(self, name: str, work: Callable[[], Any]) -> Any:
         self.phase(name)
@@ -74,23 +85,24 @@ class RelaxModule:
 
     def workloads(self) -> tuple[str, ...]:
         """The workload hashes of the module's tuning tasks for the target."""
-        return workload_hashes(self.get(), self.config.spec)
+        return workload_hashes(self.tunable(), self.config.spec)
 
     def tune(self) -> None:
         """Tune what the database lacks for this module (nothing when it was tuned before)."""
-        config, relax_module = self.config, self.get()
+        config, relax_module = self.config, self.tunable()
         summary = self.timed("tune", lambda: tune(relax_module, config.spec, config.tuning_dir,
                                                   max_trials=config.tune, progress=self.heartbeat))
         self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
                                "skipped_tasks": len(summary.skipped)}
 
     def build(self, folder: Path, records: DatabaseFiles | None) -> dict[str, Any]:
-        """Compile (applying the best of ``records`` to the module's tasks) and export into
-        ``folder``; returns the artifact's metadata."""
-        config, relax_module = self.config, self.get()
+        """Compile (applying the best of ``records`` to the module's tasks, ``None`` when none
+        applies) and export into ``folder``; returns the artifact's metadata."""
+        config, tuned = self.config, records is not None and not records.is_empty
+        relax_module = self.tunable() if tuned else self.get()
 
         def compile_and_export() -> None:
-            if records is not None and not records.is_empty:
+            if tuned:
                 executable, self.meta["tuned_functions"] = build_with_records(relax_module, config.spec, records)
             else:
                 executable = compile_module(relax_module, config.spec)
@@ -102,7 +114,7 @@ class RelaxModule:
             "model": self.source.description,
             "source_kind": self.source.kind,
             "target": config.spec.as_dict,
-            "inputs": signature(self.arrays),
+            "inputs": self.shapes.key(),
             "tvm": tvm_version(),
             "cc": config.cc,
             "import_seconds": self.seconds.get("import", 0.0),

@@ -58,10 +58,16 @@ class Deployment:
     tuned: bool = False        # stored schedules (tuning records) were applied to some of its functions
     not_run: str | None = None  # why TVM did not run it (built for another architecture), else None
     device: str | None = None  # which runner produced ``outputs`` (tvm, rpc:<device>)
+    sizes: Mapping[str, int] = field(default_factory=dict)  # the symbolic dimensions' sizes in this run
 
     @property
     def artifact_path(self) -> Path:
         return self.artifact.path
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the artifact was built with symbolic dimensions (and this run binds them)."""
+        return bool(self.sizes)
 
     @property
     def output_names(self) -> list[str]:

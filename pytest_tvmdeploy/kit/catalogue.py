@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_tvmdeploy.shapes import SymbolicDims, bind_specs, shape_id
+
 #: Every way a model reaches TVM: the module itself, and the three files teams receive.
 SOURCES = ("torch", "torchscript", "onnx", "pt2")
 #: The ONNX file after ONNX Runtime's static int8 quantizer (QDQ format); ONNX Runtime runs it as
@@ -15,6 +17,9 @@ QDQ = "onnx_qdq"
 #: fuses it into integer kernels while TVM dequantizes around float ops, so roundings differ.
 QDQ_BUDGET = {"min_cosine": 0.999, "min_sqnr_db": 25.0, "max_error_vs_range": 0.05}
 IMAGE = {"x": ((1, 3, 224, 224), "float32")}
+#: Images of any batch size: one artifact for batch 1 and batch 4.
+BATCHED_IMAGES = {"x": (("batch", 3, 224, 224), "float32")}
+BATCH_1_AND_4 = ({"batch": 1}, {"batch": 4})
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,21 @@ class CatalogueEntry:
     atol: float | None = None
     tags: frozenset[str] = field(default_factory=frozenset)  # "default": in the quick subset
     note: str = ""
+    shapes: tuple[dict[str, int], ...] = ()  # sizes of the dimensions ``inputs`` names: one artifact for all
 
     @property
     def cases(self) -> tuple[str, ...]:
         """The source forms checked for this model (``onnx_qdq`` when it is tagged ``qdq``)."""
         return self.sources + ((QDQ,) if "qdq" in self.tags else ())
+
+    @property
+    def shape_ids(self) -> tuple[str | None, ...]:
+        """The id of each shape the model is checked at (``(None,)`` for a model of fixed shape)."""
+        return tuple(shape_id(shape) for shape in self.shapes) or (None,)
+
+    def example_inputs(self) -> Any:
+        """``inputs`` at the sizes the model files are exported at."""
+        return bind_specs(self.inputs, SymbolicDims.declare(self.shapes).example) if self.shapes else self.inputs
 
 
 def _torchvision(name: str, **kwargs: Any) -> Callable[[], Any]:
@@ -106,6 +121,14 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry("transformer_encoder", _transformer_encoder, {"src": ((1, 16, 64), "float32")}, tags=DEFAULT),
     CatalogueEntry("gru", _recurrent("GRU"), {"x": ((1, 12, 16), "float32")}, tags=DEFAULT),
     CatalogueEntry("lstm", _recurrent("LSTM"), {"x": ((1, 12, 16), "float32")}),
+    CatalogueEntry("transformer_encoder_seq", _transformer_encoder, {"src": ((1, "seq", 64), "float32")},
+                   shapes=({"seq": 8}, {"seq": 64}, {"seq": 128}), tags=DEFAULT),
+    CatalogueEntry("gru_seq", _recurrent("GRU"), {"x": ((1, "seq", 16), "float32")},
+                   shapes=({"seq": 8}, {"seq": 32})),
+    CatalogueEntry("lstm_seq", _recurrent("LSTM"), {"x": ((1, "seq", 16), "float32")},
+                   shapes=({"seq": 8}, {"seq": 32})),
+    CatalogueEntry("squeezenet1_1_batch", _torchvision("squeezenet1_1"), BATCHED_IMAGES, shapes=BATCH_1_AND_4),
+    CatalogueEntry("resnet18_batch", _torchvision("resnet18"), BATCHED_IMAGES, shapes=BATCH_1_AND_4),
     CatalogueEntry("resnet18", _torchvision("resnet18"), IMAGE, tags=WITH_QDQ),
     CatalogueEntry("mobilenet_v2", _torchvision("mobilenet_v2"), IMAGE, tags=WITH_QDQ),
     CatalogueEntry("mobilenet_v3_small", _torchvision("mobilenet_v3_small"), IMAGE),

@@ -58,11 +58,23 @@ def empty_listing() -> Listing:
 
 
 def listed_as(listing: Listing, case: str) -> tuple[str, str] | None:
-    """``(kind, reason)`` of ``case`` in a target's sets, or ``None`` when it is not listed."""
-    for kind in KINDS:
-        if case in listing.get(kind, {}):
-            return kind, listing[kind][case]
+    """``(kind, reason)`` of ``case`` in a target's sets, or ``None`` when it is not listed. A case
+    at one shape (``gru_seq/onnx[seq=8]``) is also listed by its model and source alone."""
+    for key in dict.fromkeys((case, whole_case(case))):
+        for kind in KINDS:
+            if key in listing.get(kind, {}):
+                return kind, listing[kind][key]
     return None
+
+
+def shape_case(case: str, shape: str | None) -> str:
+    """The case of one shape of a model with named dimensions: ``gru_seq/onnx[seq=8]``."""
+    return f"{case}[{shape}]" if shape else case
+
+
+def whole_case(case: str) -> str:
+    """``gru_seq/onnx`` of ``gru_seq/onnx[seq=8]``: the case at every shape."""
+    return case.split("[", 1)[0]
 
 
 def count(expected: Expected, kind: str) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pytest_tvmdeploy.inputs import make_inputs
 from pytest_tvmdeploy.kit.catalogue import QDQ, CatalogueEntry
@@ -31,7 +33,8 @@ def model_file(entry: CatalogueEntry, source: str, folder: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         module = entry.build()
-    example = tuple(torch.from_numpy(a) for a in make_inputs(entry.inputs, seed=0).values())
+    example = tuple(torch.from_numpy(a) for a in make_inputs(entry.example_inputs(), seed=0).values())
+    dynamic = _named_axes(entry)
     # Written under its final name (TorchScript and .pt2 archives record it), then moved in place.
     with tempfile.TemporaryDirectory(dir=path.parent) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -40,11 +43,33 @@ def model_file(entry: CatalogueEntry, source: str, folder: Path) -> Path:
             torch.jit.trace(module, example, check_trace=False).save(str(staged))
         elif source == "onnx":
             names = list(entry.inputs)
-            torch.onnx.export(module, example, str(staged), input_names=names, dynamo=False)
+            if dynamic:  # the TorchScript-based exporter bakes sizes into reshapes; torch.export's keeps them
+                with contextlib.redirect_stdout(io.StringIO()):
+                    torch.onnx.export(module, example, str(staged), input_names=names, dynamo=True,
+                                      dynamic_shapes=_export_dims(dynamic), external_data=False, verbose=False)
+            else:
+                torch.onnx.export(module, example, str(staged), input_names=names, dynamo=False)
         else:
-            torch.export.save(torch.export.export(module, example), str(staged))
+            program = torch.export.export(module, example, dynamic_shapes=_export_dims(dynamic) if dynamic else None)
+            torch.export.save(program, str(staged))
         os.replace(staged, path)
     return path
+
+
+def _export_dims(named_axes: dict[str, dict[int, str]]) -> tuple[dict[int, Any] | None, ...]:
+    """torch.export's ``dynamic_shapes`` for the named axes: one ``Dim`` per name."""
+    import torch
+
+    dims = {name: torch.export.Dim(name, min=1) for axes in named_axes.values() for name in axes.values()}
+    return tuple({axis: dims[name] for axis, name in axes.items()} or None for axes in named_axes.values())
+
+
+def _named_axes(entry: CatalogueEntry) -> dict[str, dict[int, str]]:
+    """Each input's named axes (``{"x": {0: "batch"}}``), as the files keep them symbolic."""
+    if not entry.shapes:
+        return {}
+    return {name: {axis: dim for axis, dim in enumerate(spec[0]) if isinstance(dim, str)}
+            for name, spec in entry.inputs.items()}
 
 
 def _quantized_onnx(entry: CatalogueEntry, float_model: Path, path: Path) -> Path:

@@ -14,7 +14,15 @@ import pytest
 
 from pytest_tvmdeploy.errors import SandboxError
 from pytest_tvmdeploy.kit.catalogue import QDQ, QDQ_BUDGET, CatalogueEntry, select
-from pytest_tvmdeploy.kit.expected import CRASHES, EXPECTED_FAILURES, Expected, Listing, listed_as, read_expected
+from pytest_tvmdeploy.kit.expected import (
+    CRASHES,
+    EXPECTED_FAILURES,
+    Expected,
+    Listing,
+    listed_as,
+    read_expected,
+    shape_case,
+)
 from pytest_tvmdeploy.kit.model_files import model_file
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, option_value
 from pytest_tvmdeploy.targets import TargetSpec
@@ -36,16 +44,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for source in entry.cases:
             factory = partial(_model, entry, source, folder)
             factory.__qualname__ = f"kit model {entry.name} ({source})"  # how errors name it
-            marks = [pytest.mark.tvm_model(
-                model=factory, inputs=entry.inputs,
-                rtol=entry.rtol, atol=entry.atol, snapshot=False, name=entry.name,
-                quant_budget=QDQ_BUDGET if source == QDQ else None,
-            )]
-            xfail = _expected_failure(expected, config, f"{entry.name}/{source}")
-            if xfail is not None:
-                marks.append(xfail)
-            params.append(pytest.param((entry.name, source), marks=marks, id=f"{entry.name}-{source}"))
-    metafunc.parametrize("kit_case", params)
+            # a model with named dimensions: one test per shape, one artifact for them all
+            for shape, shape_id in zip(entry.shapes or (None,), entry.shape_ids):
+                marks = [pytest.mark.tvm_model(
+                    model=factory, inputs=entry.inputs, shapes=list(entry.shapes) or None,
+                    rtol=entry.rtol, atol=entry.atol, snapshot=False, name=entry.name,
+                    quant_budget=QDQ_BUDGET if source == QDQ else None,
+                )]
+                xfail = _expected_failure(expected, config, shape_case(f"{entry.name}/{source}", shape_id))
+                if xfail is not None:
+                    marks.append(xfail)
+                case_id = "-".join(filter(None, (entry.name, source, shape_id)))
+                params.append(pytest.param((entry.name, source), shape, marks=marks, id=case_id))
+    metafunc.parametrize(("kit_case", "tvm_shape"), params, indirect=["tvm_shape"])
 
 
 def _expected_failure(expected: Expected, config: pytest.Config, case: str) -> pytest.MarkDecorator | None:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
-from pytest_tvmdeploy.kit.catalogue import QDQ, SOURCES
+from pytest_tvmdeploy.kit.catalogue import CATALOGUE, QDQ, SOURCES
 from pytest_tvmdeploy.kit.expected import (
     CRASHES,
     EXPECTED_FAILURES,
@@ -32,6 +32,8 @@ from pytest_tvmdeploy.kit.expected import (
     listed_as,
     parse_expected,
     read_expected,
+    shape_case,
+    whole_case,
 )
 from pytest_tvmdeploy.report.record import TestRecord
 
@@ -53,6 +55,7 @@ def updated(expected: Mapping[str, Any], records: Sequence[TestRecord]) -> Expec
 
 def _apply(listing: Listing, case: str, record: TestRecord) -> None:
     """One record's outcome on its target's sets: a case is listed in one set at most."""
+    _per_shape(listing, case)
     if record.outcome in ("passed", "xpassed"):
         _drop(listing, case)
     elif record.outcome == "xfailed" and listed_as(listing, case) is not None:
@@ -63,20 +66,35 @@ def _apply(listing: Listing, case: str, record: TestRecord) -> None:
         listing[kind][case] = _reason(record)
 
 
+def _per_shape(listing: Listing, case: str) -> None:
+    """A model listed at every shape (``gru_seq/onnx``) becomes listed at each shape, so one
+    shape's outcome changes only its own line."""
+    whole = whole_case(case)
+    listed = listed_as(listing, whole) if whole != case else None
+    if listed is None:
+        return
+    kind, reason = listed
+    _drop(listing, whole)
+    entry = next((e for e in CATALOGUE if whole.startswith(f"{e.name}/")), None)
+    for shape in entry.shape_ids if entry is not None else ():
+        listing[kind][shape_case(whole, shape)] = reason
+
+
 def _drop(listing: Listing, case: str) -> None:
     for cases in listing.values():
         cases.pop(case, None)
 
 
 def kit_case(record: TestRecord) -> str | None:
-    """``"<model>/<source>"`` of a kit test's record, or ``None`` for any other test."""
+    """``"<model>/<source>"`` (``"<model>/<source>[<shape>]"`` at one shape of a model with named
+    dimensions) of a kit test's record, or ``None`` for any other test."""
     if not record.case or not record.model or not _in_kit_file(record.test):
         return None
-    prefix = f"{record.model}-"
-    if not record.case.startswith(prefix):
+    prefix, suffix = f"{record.model}-", f"-{record.shape}" if record.shape else ""
+    if not record.case.startswith(prefix) or not record.case.endswith(suffix):
         return None
-    source = record.case[len(prefix):]
-    return f"{record.model}/{source}" if source in KIT_SOURCES else None
+    source = record.case[len(prefix):len(record.case) - len(suffix)]
+    return shape_case(f"{record.model}/{source}", record.shape) if source in KIT_SOURCES else None
 
 
 def _in_kit_file(node_id: str) -> bool:

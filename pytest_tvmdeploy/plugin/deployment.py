@@ -25,6 +25,7 @@ from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.settings.marker import ModelTestSettings, model_test_settings
 from pytest_tvmdeploy.settings.options import MARKER
 from pytest_tvmdeploy.settings.session import SessionSettings
+from pytest_tvmdeploy.shapes import shape_id
 from pytest_tvmdeploy.targets import TargetSpec
 
 DEPLOYMENT_KEY = pytest.StashKey[Deployment]()
@@ -41,7 +42,8 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
 
 @pytest.fixture
-def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> Deployment:
+def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec,
+                   tvm_shape: dict[str, int] | None) -> Deployment:
     """The deployed model of a ``tvm_model`` test: artifact, inputs, reference, TVM outputs, timings."""
     item = request.node
     marker = item.get_closest_marker(MARKER)
@@ -50,7 +52,7 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec) -> De
     record = record_of(item, tvm_target.label)
     record.case = _case_id(item)
     try:
-        deployment: Deployment | None = _deploy(request, marker, tvm_target, record)
+        deployment: Deployment | None = _deploy(request, marker, tvm_target, tvm_shape, record)
     except TvmDeployError as exc:
         error: TvmDeployError | None = exc
     else:
@@ -79,7 +81,8 @@ class CrashedDeployment(pytest.fail.Exception, SandboxError):
         self.stage, self.cause, self.stderr, self.job = crash.stage, crash.cause, crash.stderr, crash.job
 
 
-def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetSpec, record: TestRecord) -> Deployment:
+def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetSpec, shape: dict[str, int] | None,
+            record: TestRecord) -> Deployment:
     item = request.node
     if marker.args:
         raise TvmDeployError(f"@pytest.mark.{MARKER} takes keyword arguments only")
@@ -89,8 +92,17 @@ def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetS
     record.model = settings.name or model_name(settings.model)
     config = deploy_config(session, settings, target, seed_for(_seed_id(item)),
                            cpp_runner_for(request.config, settings.cpp, target, record))
-    return deploy(settings.model, settings.inputs, config, calibration=_calibration(request, settings),
-                  progress=_progress_writer(request.config), sandbox=sandbox_of(request.config))
+    if shape is None and settings.shapes:
+        if len(settings.shapes) > 1:
+            raise TvmDeployError(f"@pytest.mark.{MARKER}(shapes=) gives {len(settings.shapes)} shapes but this test "
+                                 f"runs at none of them: give one shape per test when the marker sits on a "
+                                 f"pytest.param, or request the tvm_shape fixture")
+        shape = settings.shapes[0]
+    if shape is not None:
+        record.shape = shape_id(shape)
+    return deploy(settings.model, settings.inputs, config, shape=shape, dims=settings.dims,
+                  calibration=_calibration(request, settings), progress=_progress_writer(request.config),
+                  sandbox=sandbox_of(request.config))
 
 
 def _crash_reproducer(item: pytest.Item, error: TvmDeployError, record: TestRecord) -> str:
@@ -111,7 +123,7 @@ def deploy_config(session: SessionSettings, settings: ModelTestSettings, target:
         target=target, cache_dir=session.cache_dir, seed=seed, base_dir=settings.base_dir,
         repeat=session.repeat, cpp_runner=cpp_runner, cpp_timeout=session.cpp_timeout,
         quantize=settings.quantize, cc=session.cc, tuning_dir=session.tuning_dir(target), tune=settings.tune,
-        remote=session.remote, remote_timeout=session.remote_timeout,
+        remote=session.remote, remote_timeout=session.remote_timeout, static_shapes=settings.static_shapes,
     )
 
 
@@ -123,6 +135,8 @@ def _fill(record: TestRecord, deployment: Deployment) -> None:
     record.artifact = str(deployment.artifact_path)
     record.tuned = deployment.tuned
     record.device = deployment.device
+    if deployment.sizes and record.shape is None:  # the test's own shape names it best (torch renames)
+        record.shape = shape_id(deployment.sizes)
 
 
 @pytest.fixture

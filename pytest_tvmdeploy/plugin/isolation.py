@@ -14,6 +14,7 @@ from pytest_tvmdeploy.deployment.sandbox import Sandbox
 from pytest_tvmdeploy.deployment.worker import Job, import_setup
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options, option_value
+from pytest_tvmdeploy.shapes import ShapeSignature
 
 SANDBOX_KEY = pytest.StashKey["Sandbox | None"]()
 
@@ -57,8 +58,9 @@ def localizer_of(config: pytest.Config) -> Any:
         return None
 
     def localize(deployment: Any, rules: Any) -> Any:
-        source = deployment.source.model_file(deployment.inputs, config.stash[SESSION_KEY].cache_dir / "models",
-                                              deployment.model_fingerprint)
+        folder = config.stash[SESSION_KEY].cache_dir / "models"
+        shapes = ShapeSignature.of(deployment.inputs)  # localised at this run's sizes
+        source = deployment.source.model_file(shapes, folder, deployment.model_fingerprint)
         return sandbox.run(Job(LOCALIZE_FILE, {"source": source, "inputs": dict(deployment.inputs),
                                                "target": deployment.target, "rules": rules}))
 

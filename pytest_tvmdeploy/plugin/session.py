@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.settings.marker import marker_shapes
 from pytest_tvmdeploy.settings.options import MARKER, MARKER_NAMES, Option, options_of
 from pytest_tvmdeploy.settings.session import OptionValues, SessionSettings, session_settings
+from pytest_tvmdeploy.shapes import shape_id
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.versions import report_header
 
@@ -92,6 +94,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     targets = metafunc.config.stash[SESSION_KEY].targets
     if "tvm_target" in metafunc.fixturenames and len(targets) > 1:
         metafunc.parametrize("tvm_target", targets, ids=[t.label for t in targets], indirect=True)
+    # A marker with shapes= runs once per shape (one artifact for them all)
+    marker = metafunc.definition.get_closest_marker(MARKER)
+    if "tvm_shape" in metafunc.fixturenames and marker is not None and marker.kwargs.get("shapes") is not None:
+        try:
+            shapes, _ = marker_shapes(marker.kwargs)
+        except TvmDeployError:
+            return  # the test itself reports it, as every marker error
+        if len(shapes) > 1:
+            metafunc.parametrize("tvm_shape", shapes, ids=[shape_id(s) for s in shapes], indirect=True)
 
 
 @pytest.fixture
@@ -99,3 +110,10 @@ def tvm_target(request: pytest.FixtureRequest) -> TargetSpec:
     """The TVM target this test deploys to (one of ``--tvm-target``)."""
     param = getattr(request, "param", None)
     return param if param is not None else request.config.stash[SESSION_KEY].targets[0]
+
+
+@pytest.fixture
+def tvm_shape(request: pytest.FixtureRequest) -> dict[str, int] | None:
+    """The sizes of the named input dimensions this test runs at (one of the marker's ``shapes=``),
+    or ``None`` when its inputs name none."""
+    return getattr(request, "param", None)

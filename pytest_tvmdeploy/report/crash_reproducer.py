@@ -17,6 +17,7 @@ from pytest_tvmdeploy.deployment.pipeline import TVM_SIDE, TvmJob
 from pytest_tvmdeploy.deployment.worker import Job
 from pytest_tvmdeploy.errors import SandboxError
 from pytest_tvmdeploy.report.reproducer import load_arrays, publish, save_arrays, staging_folder
+from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources.base import ModelFile
 
 CRASH = "crash"
@@ -46,7 +47,7 @@ def _contents(job: Job) -> tuple[ModelFile, dict[str, Any], list[dict[str, Any]]
     if job.function == TVM_SIDE:
         tvm_job, config = payload["job"], payload["config"]
         settings = {"target": config.spec.as_dict, "quantize": config.quant.to_json() if config.quant else None,
-                    "cc": config.cc}
+                    "cc": config.cc, "shapes": tvm_job.shapes.to_json()}
         return tvm_job.source, tvm_job.arrays, tvm_job.samples, settings
     return payload["source"], payload["inputs"], None, {"target": payload["target"].as_dict,
                                                         "tolerances": payload["rules"].to_json()}
@@ -65,5 +66,6 @@ def crash_job(folder: Path, manifest: dict[str, Any], cache_dir: Path) -> Job:
     samples = [load_arrays(folder / "calibration" / str(i), names) for i, names in enumerate(manifest["calibration"])]
     config = DeployConfig(target=manifest["target"], quantize=manifest["quantize"], cc=manifest["cc"],
                           cache_dir=cache_dir)
-    return Job(TVM_SIDE, {"job": TvmJob(model, arrays, samples or None, "replay"), "config": config},
+    shapes = ShapeSignature.from_json(manifest["shapes"]) if "shapes" in manifest else ShapeSignature.of(arrays)
+    return Job(TVM_SIDE, {"job": TvmJob(model, arrays, shapes, samples or None, "replay"), "config": config},
                reports_progress=True)

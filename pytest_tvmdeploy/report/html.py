@@ -15,7 +15,7 @@ from pytest_tvmdeploy.report import plots
 from pytest_tvmdeploy.report.record import OUTCOMES, TestRecord
 from pytest_tvmdeploy.report.speed import ratio_text
 
-COLUMNS = ("model / test", "source", "target", "outcome", "stage: reason", "artifact", "import s", "compile s",
+COLUMNS = ("model / test", "source", "shape", "target", "outcome", "stage: reason", "artifact", "import s", "compile s",
            "TVM ms", "C++ ms", "reference ms", "TVM ÷ reference",
            "C++ check", "max abs error", "int8 cos / SQNR", "first diverging op")
 FIGURES: tuple[tuple[str, Callable[[Sequence[TestRecord]], bytes | None]], ...] = (
@@ -101,6 +101,7 @@ def cells(record: TestRecord) -> list[tuple[str, str]]:
     return [
         ("name", _name(record)),
         ("text", _text(record.source or "-")),
+        ("text", _text(record.shape or "-")),
         ("text", _text(record.target or "-")),
         ("text", _text(record.outcome or "-")),
         ("reason", _reason(record)),

@@ -29,6 +29,7 @@ class TestRecord:
     target: str                            # target label (``llvm``, ``llvm-znver4``)
     case: str | None = None                # parametrization id without the target label
     model: str | None = None               # the model's report name
+    shape: str | None = None               # the sizes of the named input dimensions (batch=8), if any
     outcome: str | None = None             # one of OUTCOMES, once the test has finished
     stage: str | None = None               # where a test that did not pass stopped (import, build, compare, ...)
     reason: str | None = None              # the first line of why

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.report.speed import ratio_text
 
-COLUMNS = ("test", "target", "source", "artifact", "import s", "compile s", "tvm ms", "cpp ms", "torch ms",
+COLUMNS = ("test", "target", "source", "shape", "artifact", "import s", "compile s", "tvm ms", "cpp ms", "torch ms",
            "ort ms", "tvm/ref", "cpp", "max abs err", "int8 cos/sqnr", "result")
 #: Which latency column the reference's time goes to.
 REFERENCE_COLUMNS = {"pytorch": "torch ms", "onnxruntime": "ort ms"}
@@ -20,6 +20,7 @@ def summary_row(record: TestRecord) -> tuple[str, ...]:
         record.test,
         record.target,
         record.source or "",
+        record.shape or "-",
         _artifact_cell(record),
         f"{timings.get('import', 0.0):.2f}",
         f"{timings.get('compile', 0.0):.2f}",

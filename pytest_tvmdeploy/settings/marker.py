@@ -14,6 +14,7 @@ from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.settings import values
 from pytest_tvmdeploy.settings.options import MARKER, MARKER_ARGUMENTS, MARKER_NAMES
 from pytest_tvmdeploy.settings.session import SessionSettings
+from pytest_tvmdeploy.shapes import Range, SymbolicDims, parse_ranges, parse_shapes, symbols_of
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,14 @@ class ModelTestSettings:
     budget_given: bool = False
     localize: bool = True
     tune: int = 0
+    shapes: tuple[dict[str, int], ...] = ()   # the sizes of the named dimensions, one test each
+    ranges: dict[str, Range] | None = None     # the declared range of each named dimension
+    static_shapes: bool = False
+
+    @property
+    def dims(self) -> SymbolicDims:
+        """What the test declares about its named dimensions (ranges, export sizes)."""
+        return SymbolicDims.declare(self.shapes, self.ranges)
 
     @property
     def budget(self) -> QuantBudget | None:
@@ -45,6 +54,7 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
     """Validate the marker's arguments and apply session defaults (the marker wins)."""
     _check_names(marker_kwargs)
     given = _MarkerValues(marker_kwargs)
+    shapes, ranges = marker_shapes(marker_kwargs)
     return ModelTestSettings(
         model=marker_kwargs["model"],
         inputs=marker_kwargs["inputs"],
@@ -63,7 +73,31 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         budget_given=marker_kwargs.get("quant_budget") is not None,
         localize=session.localize,
         tune=given.get("tune", values.trials, session.tune),
+        shapes=tuple(shapes),
+        ranges=ranges,
+        static_shapes=given.get("static_shapes", values.switch, session.static_shapes),
     )
+
+
+def marker_shapes(marker_kwargs: Mapping[str, Any]) -> tuple[list[dict[str, int]], dict[str, Range]]:
+    """The shapes (``shapes=``) and ranges (``ranges=``, or those ``shapes=`` gives as ranges)
+    of a marker; a shape outside its range is caught when the test makes its inputs."""
+    where = f"@pytest.mark.{MARKER}"
+    shapes, ranges = [], {}
+    if marker_kwargs.get("shapes") is not None:
+        shapes, ranges = parse_shapes(marker_kwargs["shapes"], f"{where}(shapes=)")
+    if marker_kwargs.get("ranges") is not None:
+        ranges = {**ranges, **parse_ranges(marker_kwargs["ranges"], f"{where}(ranges=)")}
+    named = symbols_of(marker_kwargs.get("inputs") or {})
+    unsized = [name for name in named if not shapes or any(name not in shape for shape in shapes)]
+    unknown = sorted({name for shape in shapes for name in shape} - set(named))
+    if unknown:
+        raise ConfigError(f"{where}(shapes=) sizes {', '.join(map(repr, unknown))}, which no input of inputs= names "
+                          f"(name it in a spec's shape, e.g. (({unknown[0]!r}, 3, 224, 224), 'float32'))")
+    if unsized:
+        raise ConfigError(f"{where}: inputs name the dimension(s) {', '.join(map(repr, unsized))}: give "
+                          f"shapes= with a size for each, e.g. shapes=[{{{unsized[0]!r}: 1}}, {{{unsized[0]!r}: 8}}]")
+    return shapes, ranges
 
 
 class _MarkerValues:

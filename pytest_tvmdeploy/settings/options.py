@@ -80,6 +80,10 @@ OPTIONS: tuple[Option, ...] = (
            help="keep each marked test's reference outputs as a syrupy snapshot under "
                 "__snapshots__/ and check PyTorch and TVM against it (default on; "
                 "--snapshot-update writes them)"),
+    Option("tvm_static_shapes", "deploy", ini=True, default="off", choices=("on", "off"), parse=values.switch,
+           help="build every marked model for its test's input sizes, even where the inputs name a "
+                "dimension (shapes=) or an ONNX file leaves one open (dim_param): one artifact per "
+                "shape, instead of one symbolic artifact for them all (default off)"),
     Option("tvm_quantize", "deploy", metavar="MODE",
            help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
                 "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
@@ -154,6 +158,14 @@ MARKER_ARGUMENTS: tuple[MarkerArgument, ...] = (
                             "relative to the test file", required=True),
     MarkerArgument("inputs", "dict name -> array/tensor or (shape, dtype[, (low, high)]) spec, or a list "
                              "in positional order", required=True),
+    MarkerArgument("shapes", "the sizes to run at when inputs name a dimension, e.g. inputs={'x': (('batch', 3, "
+                             "224, 224), 'float32')}: a list [{'batch': 1}, {'batch': 8}] (a test id each, one "
+                             "artifact for all), or ranges {'batch': (1, 32)} (run at both ends)"),
+    MarkerArgument("ranges", "the sizes each named dimension may take, {'batch': (1, 32)} (high None: unbounded); "
+                             "the artifact is bounded by them and a shape outside is an error"),
+    MarkerArgument("static_shapes", "build for each shape's sizes (one artifact per shape) instead of one "
+                                    "symbolic artifact (default: --tvm-static-shapes)",
+                   overrides="tvm_static_shapes"),
     MarkerArgument("rtol", "relative tolerance for every floating output", overrides="tvm_rtol"),
     MarkerArgument("atol", "absolute tolerance for every floating output", overrides="tvm_atol"),
     MarkerArgument("tolerances", "per-output overrides: {name or index: {'rtol': .., 'atol': ..}}"),

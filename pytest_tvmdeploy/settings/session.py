@@ -36,6 +36,7 @@ class SessionSettings:
     cc: str | None = None
     remote: RemoteSpec | None = None
     remote_timeout: float = 600.0
+    static_shapes: bool = False
 
     def tuning_dir(self, target: TargetSpec) -> Path:
         """This target's tuning database folder."""
@@ -89,6 +90,7 @@ def session_settings(
         cc=given["tvm_cc"],
         remote=_remote(given["tvm_rpc"], given["tvm_rpc_tracker"], given["tvm_rpc_key"]),
         remote_timeout=given["tvm_rpc_timeout"],
+        static_shapes=given["tvm_static_shapes"],
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from pytest_tvmdeploy.errors import UnsupportedOperatorError
 from pytest_tvmdeploy.outputs import RunResult
+from pytest_tvmdeploy.shapes import ShapeSignature
 
 if TYPE_CHECKING:
     import tvm
@@ -21,9 +22,9 @@ if TYPE_CHECKING:
 class ModelSource(abc.ABC):
     """A model in one of the supported forms, loaded and ready to import into TVM.
 
-    Subclasses implement the four steps of the pipeline that depend on the form:
-    naming inputs, running the framework reference, fingerprinting the model,
-    and importing it as a Relax ``IRModule``.
+    Subclasses implement the steps of the pipeline that depend on the form: naming inputs,
+    running the framework reference, fingerprinting the model and importing it as a Relax
+    ``IRModule`` for a :class:`ShapeSignature` (its named dimensions stay symbolic).
     """
 
     #: Short name of the form (``torch``, ``torchscript``, ``exported_program``, ``onnx``).
@@ -47,18 +48,23 @@ class ModelSource(abc.ABC):
     def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
         """Run the model in its own framework (``repeat`` timed calls); outputs are flattened and named."""
 
+    def shape_signature(self, declared: ShapeSignature, static: bool = False) -> ShapeSignature:
+        """What to build for: the dimensions the test names (``declared``), and those the model
+        file itself leaves open unless ``static`` (then the test's sizes fix them)."""
+        return declared
+
     @abc.abstractmethod
-    def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:
+    def fingerprint(self, shapes: ShapeSignature) -> str:
         """A hex digest that changes whenever the graph or any weight changes."""
 
     @abc.abstractmethod
-    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
-        """Import the model into a Relax ``IRModule`` specialised to these inputs."""
+    def to_relax(self, shapes: ShapeSignature) -> tvm.IRModule:
+        """Import the model into a Relax ``IRModule`` for these shapes (names stay symbolic)."""
 
-    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path, fingerprint: str) -> ModelFile:
+    def model_file(self, shapes: ShapeSignature, folder: Path, fingerprint: str) -> ModelFile:
         """The model as a file another process can open (``.pt2`` or ``.onnx``); a form that is
         not a file yet is written into ``folder`` once, named by ``fingerprint`` (this source's
-        :meth:`fingerprint` of ``inputs``, which the caller has already computed)."""
+        :meth:`fingerprint` for ``shapes``, which the caller has already computed)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be handed over as a file")
 
     def __repr__(self) -> str:
@@ -73,17 +79,17 @@ class ModelFile:
     description: str
     kind: str
 
-    def open(self, inputs: Mapping[str, np.ndarray]) -> tuple[ModelSource, dict[str, np.ndarray]]:
-        """The source, and ``inputs`` under its input names: a program exported from TorchScript
+    def open(self, shapes: ShapeSignature) -> tuple[ModelSource, ShapeSignature]:
+        """The source, and ``shapes`` under its input names: a program exported from TorchScript
         may name its inputs otherwise (``x_3`` for ``x``), in the same order."""
         from pytest_tvmdeploy.sources import open_source
 
         source = open_source(self.path)
         source.description, source.kind = self.description, self.kind
         names = source.input_names()
-        if names is not None and len(names) == len(inputs):
-            return source, dict(zip(names, inputs.values()))
-        return source, dict(inputs)
+        if names is not None and len(names) == len(shapes.inputs):
+            return source, shapes.renamed(names)
+        return source, shapes
 
 
 

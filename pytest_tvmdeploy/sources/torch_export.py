@@ -17,6 +17,7 @@ import numpy as np
 from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError, brief
 from pytest_tvmdeploy.inputs import signature
 from pytest_tvmdeploy.outputs import RunResult, timed_calls
+from pytest_tvmdeploy.shapes import InputShape, Range, ShapeSignature, SymbolicDims
 from pytest_tvmdeploy.sources.base import ModelFile, ModelSource, raise_if_unsupported
 
 if TYPE_CHECKING:
@@ -38,8 +39,9 @@ class ExportedProgramSource(ModelSource):
         """What computes the reference outputs from positional tensors."""
 
     @abc.abstractmethod
-    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-        """Produce an ExportedProgram for these example inputs."""
+    def _export(self, args: tuple[torch.Tensor, ...], dynamic: tuple[Any, ...] | None) -> torch.export.ExportedProgram:
+        """Produce an ExportedProgram for these example inputs; ``dynamic`` is torch.export's
+        ``dynamic_shapes`` (a ``{axis: Dim}`` per input), ``None`` for a static program."""
 
     def _positional(self, inputs: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
         import torch
@@ -68,47 +70,58 @@ class ExportedProgramSource(ModelSource):
             ) from exc
         return RunResult(self.reference_name, flatten_torch_outputs(result), call_seconds=seconds)
 
-    def exported_program(self, inputs: Mapping[str, np.ndarray]) -> torch.export.ExportedProgram:
-        """The ExportedProgram for these inputs' shapes and dtypes (exported once)."""
-        key = repr(signature(inputs))
+    def exported_program(self, shapes: ShapeSignature) -> torch.export.ExportedProgram:
+        """The ExportedProgram for these shapes (exported once): a named dimension becomes a
+        ``torch.export.Dim`` over its declared range."""
+        key = repr(shapes.key())
         if key not in self._exported:
             try:
-                self._exported[key] = self._export(self._positional(inputs))
+                self._exported[key] = self._export(self._positional(shapes.example_arrays()),
+                                                   _dynamic_shapes(shapes, self.input_names()))
             except (InputSpecError, ModelSourceError):
                 raise
             except Exception as exc:  # noqa: BLE001
+                if shapes.is_dynamic and "Constraints violated" in str(exc):
+                    said = next((line.strip(" -") for line in str(exc).splitlines() if "specialized" in line),
+                                brief(exc))
+                    raise ModelSourceError(
+                        f"{self.description}: torch.export cannot keep {', '.join(map(repr, shapes.symbols))} "
+                        f"symbolic: the model's code fixes it (a loop over it, a reshape to a constant size, ...); "
+                        f"declare a range the model accepts, or build per shape with static_shapes=True. "
+                        f"torch.export: {said}"
+                    ) from exc
                 raise ModelSourceError(
                     f"{self.description}: torch.export failed: {type(exc).__name__}: {exc}"
                 ) from exc
         return self._exported[key]
 
-    def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:
-        program = self.exported_program(inputs)
+    def fingerprint(self, shapes: ShapeSignature) -> str:
+        program = self.exported_program(shapes)
         digest = hashlib.sha256(program.graph_module.code.encode("utf-8"))
         for group in (program.state_dict, program.constants):
             for name in sorted(group):
                 _update_with_tensor(digest, name, group[name])
         return digest.hexdigest()
 
-    def model_file(self, inputs: Mapping[str, np.ndarray], folder: Path, fingerprint: str) -> ModelFile:
+    def model_file(self, shapes: ShapeSignature, folder: Path, fingerprint: str) -> ModelFile:
         import torch
 
         if self.path is not None and Path(self.path).suffix.lower() == ".pt2":
             return ModelFile(Path(self.path).resolve(), self.description, self.kind)
-        # the program is specialised to the inputs' shapes: they are part of its name
-        name = hashlib.sha256(f"{fingerprint}{signature(inputs)}".encode()).hexdigest()
+        # the program is specialised to the shapes: they are part of its name
+        name = hashlib.sha256(f"{fingerprint}{shapes.key()}".encode()).hexdigest()
         path = Path(folder) / f"{name}.pt2"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             staged = path.with_name(f".{name}.{os.getpid()}.tmp.pt2")
-            torch.export.save(self.exported_program(inputs), str(staged))
+            torch.export.save(self.exported_program(shapes), str(staged))
             os.replace(staged, path)  # whole or absent, whatever process reads it
         return ModelFile(path.resolve(), self.description, self.kind)
 
-    def to_relax(self, inputs: Mapping[str, np.ndarray]) -> tvm.IRModule:
+    def to_relax(self, shapes: ShapeSignature) -> tvm.IRModule:
         from tvm.relax.frontend.torch import from_exported_program
 
-        program = self.exported_program(inputs)
+        program = self.exported_program(shapes)
         try:
             return from_exported_program(program)
         except Exception as exc:  # noqa: BLE001
@@ -140,11 +153,11 @@ class TorchModuleSource(ExportedProgramSource):
     def _callable(self) -> Callable[..., Any]:
         return self.module
 
-    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    def _export(self, args: tuple[torch.Tensor, ...], dynamic: tuple[Any, ...] | None) -> torch.export.ExportedProgram:
         import torch
 
         _quiet_structured_trace()
-        return torch.export.export(self.module, args)
+        return torch.export.export(self.module, args, dynamic_shapes=dynamic)
 
 
 class TorchScriptSource(ExportedProgramSource):
@@ -172,7 +185,7 @@ class TorchScriptSource(ExportedProgramSource):
     def _callable(self) -> Callable[..., Any]:
         return self.module
 
-    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    def _export(self, args: tuple[torch.Tensor, ...], dynamic: tuple[Any, ...] | None) -> torch.export.ExportedProgram:
         import torch
         from torch._export.converter import TS2EPConverter
 
@@ -181,14 +194,16 @@ class TorchScriptSource(ExportedProgramSource):
             warnings.simplefilter("ignore")  # the converter warns that it is a prototype
             converted = TS2EPConverter(self.module, args).convert()
         # The converter leaves every input dimension symbolic; TVM then builds shape-generic code
-        # (squeezenet1_1: 90 s to compile, 1 s when static). Exported again with these inputs'
-        # shapes, the program is static, like the other forms.
+        # (squeezenet1_1: 90 s to compile, 1 s when static). Exported again, the program is static
+        # but for the dimensions the test names, like the other forms.
         try:
-            return torch.export.export(converted.module(), args, strict=False)
+            return torch.export.export(converted.module(), args, strict=False, dynamic_shapes=dynamic)
         except Exception:  # noqa: BLE001 - the converted program still works, only slower
+            if dynamic is not None:
+                raise
             return converted
 
-    def fingerprint(self, inputs: Mapping[str, np.ndarray]) -> str:
+    def fingerprint(self, shapes: ShapeSignature) -> str:
         # The graph and the weights, not the file's bytes: a re-saved file records its own
         # name and the process's type-mangling counters, which say nothing about the model.
         graph = self.module.inlined_graph.str(False)  # without source locations
@@ -220,16 +235,63 @@ class SavedExportedProgramSource(ExportedProgramSource):
     def _callable(self) -> Callable[..., Any]:
         return self.program.module()
 
-    def _export(self, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-        expected = [tuple(n.meta["val"].shape) for n in self.program.graph.nodes
-                    if n.op == "placeholder" and n.name in self.program.graph_signature.user_inputs]
-        given = [tuple(a.shape) for a in args]
-        if expected and expected != given:
+    def _saved_shapes(self) -> dict[str, tuple[Any, ...]]:
+        """Each input's shape as saved: an int, or a ``torch.SymInt`` where the program is dynamic."""
+        return {n.name: tuple(n.meta["val"].shape) for n in self.program.graph.nodes
+                if n.op == "placeholder" and n.name in self.program.graph_signature.user_inputs}
+
+    def shape_signature(self, declared: ShapeSignature, static: bool = False) -> ShapeSignature:
+        """A program saved with dynamic dimensions keeps them, named as torch named them and over
+        the ranges it saved (it was exported for every size there), whatever ``static`` says."""
+        saved = self._saved_shapes()
+        inputs, ranges = [], {}
+        for spec in declared.inputs:
+            shape = saved.get(spec.name, ())
+            dims = spec.dims
+            if len(shape) == len(dims):
+                dims = tuple(d if isinstance(d, str) or isinstance(s, int) else str(s) for d, s in zip(dims, shape))
+                ranges.update({str(s): self._saved_range(s) for s in shape if not isinstance(s, int)})
+            inputs.append(InputShape(spec.name, dims, spec.dtype))
+        return ShapeSignature(tuple(inputs), SymbolicDims({**ranges, **declared.dims.ranges}, declared.dims.example,
+                                                                   declared.dims.shapes))
+
+    def _saved_range(self, size: Any) -> Range:
+        bounds = self.program.range_constraints.get(size.node.expr)
+        if bounds is None:
+            return (1, None)
+        try:
+            high: int | None = int(bounds.upper)
+        except (TypeError, ValueError, OverflowError, AttributeError):  # torch's int_oo: unbounded
+            high = None
+        return int(bounds.lower), high
+
+    def _export(self, args: tuple[torch.Tensor, ...], dynamic: tuple[Any, ...] | None) -> torch.export.ExportedProgram:
+        expected = [tuple(d if isinstance(d, int) else "?" for d in shape) for shape in self._saved_shapes().values()]
+        given = [tuple(d if isinstance(e, int) else "?" for d, e in zip(a.shape, shape))
+                 for a, shape in zip(args, self._saved_shapes().values())]
+        if expected and (expected != given or len(args) != len(expected)):
             raise InputSpecError(
                 f"{self.description}: the ExportedProgram was saved for input shapes {expected}, "
-                f"got {given}"
+                f"got {[tuple(a.shape) for a in args]}"
             )
         return self.program
+
+
+def _dynamic_shapes(shapes: ShapeSignature, names: tuple[str, ...] | None) -> tuple[Any, ...] | None:
+    """torch.export's ``dynamic_shapes`` for the named dimensions of ``shapes``, in the model's
+    positional order: one ``Dim`` per name (shared by every input that uses it), over its range."""
+    if not shapes.is_dynamic:
+        return None
+    from torch.export import Dim
+
+    dims = {}
+    for name in shapes.symbols:
+        low, high = shapes.dims.range_of(name)
+        dims[name] = Dim(name, min=low) if high is None else Dim(name, min=low, max=high)
+    by_name = {i.name: i for i in shapes.inputs}
+    order = [n for n in names if n in by_name] if names is not None else list(by_name)
+    return tuple({axis: dims[d] for axis, d in enumerate(by_name[n].dims) if isinstance(d, str)} or None
+                 for n in order)
 
 
 def _quiet_structured_trace() -> None:

@@ -55,7 +55,18 @@ def extract_tasks(prepared: tvm.IRModule, target: tvm.target.Target) -> list[Tas
         extracted = ms.relax_integration.extract_tasks(prepared, target)
     except Exception as exc:  # noqa: BLE001
         raise BuildError(f"extracting tuning tasks for {target} failed: {brief(exc)}") from exc
-    return [Task(t.task_name, str(tvm_ffi.structural_hash(t.dispatched[0])), t) for t in extracted]
+    return [Task(t.task_name, str(tvm_ffi.structural_hash(t.dispatched[0])), t) for t in extracted
+            if _is_static(t.dispatched[0])]
+
+
+def _is_static(module: tvm.IRModule) -> bool:
+    """Whether every buffer of the task's function has a fixed shape: MetaSchedule tunes only
+    those (a function over a symbolic dimension aborts its search; it builds unscheduled)."""
+    from tvm import tirx
+
+    functions = [f for f in module.functions.values() if isinstance(f, tirx.PrimFunc)]
+    return all(getattr(p, "shape", None) is not None  # a buffer; a scalar parameter passes a size
+               and all(isinstance(d, tirx.IntImm) for d in p.shape) for f in functions for p in f.params)
 
 
 def task_keys(tasks: list[Task]) -> list[tuple[str, str]]:

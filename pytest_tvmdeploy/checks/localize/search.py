@@ -20,6 +20,7 @@ from pytest_tvmdeploy.checks.localize.divergence import Divergence
 from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
 from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 from pytest_tvmdeploy.errors import ConfigError, brief
+from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources.base import ModelFile, ModelSource
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
@@ -231,7 +232,8 @@ def _step(source: ModelSource, doing: str, work: Callable[[], T]) -> T:
 def localize_model_file(source: ModelFile, inputs: Mapping[str, np.ndarray], target: TargetSpec,
                         rules: ToleranceRules) -> Divergence | None:
     """:func:`localize_divergence` on a model handed over as a file (in the sandbox worker)."""
-    opened, renamed = source.open(inputs)
+    opened, shapes = source.open(ShapeSignature.of(inputs))
+    renamed = dict(zip((i.name for i in shapes.inputs), inputs.values()))
     return localize_divergence(opened, renamed, target, rules)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
+from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources.torch_export import ExportedProgramSource
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ class ExportedProgramGraph(InstrumentedGraph):
     reference_name = "pytorch"
 
     def __init__(self, source: ExportedProgramSource, inputs: Mapping[str, np.ndarray]) -> None:
-        self.program = source.exported_program(inputs)
+        self.program = source.exported_program(ShapeSignature.of(inputs))
         self._recorded: dict[str, np.ndarray] = {}  # PyTorch values computed so far
         super().__init__(_graph_nodes(self.program), _ordered_inputs(source, inputs))
 
