@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import model, photo, timed, write_results  # noqa: E402
+from pytest_tvmdeploy.outputs import TVM_CPP, TVM_PYTHON  # noqa: E402
 from pytest_tvmdeploy.targets import parse_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +77,9 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
     extra = {"tuned_functions": deployment.tuned, "prepare_s": round(time.perf_counter() - started, 1)}
     if quantized:
         extra["vnni_convs"] = deployment.quantization.get("vnni_convs", 0)
-    rows = [row(backend, name, deployment.runs["tvm-python"].call_seconds[1:], **extra)]  # first call: warm-up
-    if "cpp" in deployment.runs:
-        rows.append(row(f"{backend}-cpp", name, deployment.runs["cpp"].call_seconds[1:], **extra))
+    rows = [row(backend, name, deployment.runs[TVM_PYTHON].call_seconds[1:], **extra)]  # first call: warm-up
+    if TVM_CPP in deployment.runs:
+        rows.append(row(f"{backend}-cpp", name, deployment.runs[TVM_CPP].call_seconds[1:], **extra))
     return rows
 
 

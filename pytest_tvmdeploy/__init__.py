@@ -21,6 +21,7 @@ from pytest_tvmdeploy.errors import TvmDeployError
 from pytest_tvmdeploy.inputs import make_inputs
 from pytest_tvmdeploy.outputs import NamedArrays
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
+from pytest_tvmdeploy.shapes import ShapeSignature, SymbolicDims
 from pytest_tvmdeploy.sources import ModelSource, open_source
 from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec, parse_target
 
@@ -39,7 +40,9 @@ __all__ = [
     "QuantBudget",
     "QuantComparison",
     "QuantConfig",
+    "ShapeSignature",
     "SnapshotFile",
+    "SymbolicDims",
     "TargetSpec",
     "Timings",
     "Tolerance",

@@ -35,16 +35,18 @@ def specialize(module: tvm.IRModule, signature: ShapeSignature, shapes: Sequence
     main = module["main"]
     if not shapes or not all(isinstance(p.ty, relax.TensorType) and p.ty.shape is not None for p in main.params):
         return module
-    symbols = {d.name: d for p in main.params for d in p.ty.shape.values if isinstance(d, tirx.Var)}
+    symbols = {d.name for p in main.params for d in p.ty.shape.values if isinstance(d, tirx.Var)}
     named = _module_names(main, signature)  # a frontend may rename dimensions (torch: batch -> s77)
-    if not symbols or set(symbols) - set(named.values()):
+    if not symbols or symbols - set(named.values()):
         return module
-    shapes = [{named[n]: size for n, size in sizes.items() if n in named} for sizes in shapes]
     builder = relax.BlockBuilder(_without_main(module))
     generic = builder.add_func(main.without_attr("global_symbol"), GENERIC)
-    copies = [(sizes, builder.add_func(main.bind_symbolic_vars(sizes).without_attr("global_symbol"),
-                                       specialized_name(sizes)))
-              for sizes in shapes if set(sizes) == set(symbols)]
+    copies = []
+    for declared in shapes:
+        sizes = {named[name]: size for name, size in declared.items() if name in named}
+        if set(sizes) == symbols:
+            copy = main.bind_symbolic_vars(sizes).without_attr("global_symbol")
+            copies.append((sizes, builder.add_func(copy, specialized_name(declared))))
     fresh = {name: tirx.Var(name, "int64") for name in symbols}  # the dispatcher's own dimensions
     params = [relax.Var(p.name, relax.TensorType([fresh[d.name] if isinstance(d, tirx.Var) else d
                                                   for d in p.ty.shape.values], p.ty.dtype)) for p in main.params]
