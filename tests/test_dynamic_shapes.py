@@ -101,16 +101,20 @@ def test_module(tvm_deployment):
 @pytest.mark.tvm_model(model="tiny_convnet.pt", inputs=SPEC, shapes=SHAPES, cpp="on")
 def test_torchscript(tvm_deployment):
     same_bits(tvm_deployment)
+
+@pytest.mark.tvm_model(model=TinyConvNet, inputs=SPEC, shapes=SHAPES)  # weights from the plugin's seed
+def test_factory(tvm_deployment):
+    pass
 """
     )
     result = project.runpytest("--tvm-cache-dir=cache", "--tvm-report=out")
-    result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines(["artifacts: 2 built, 4 from cache"])
+    result.assert_outcomes(passed=9)
+    result.stdout.fnmatch_lines(["artifacts: 3 built, 6 from cache"])
     built = {r["test"].split("[")[0]: r for r in _records(project) if r["cache_hit"] is False}
-    assert set(built) == {"test_torch_module_and_torchscript_export_with_dim.py::test_module",
-                          "test_torch_module_and_torchscript_export_with_dim.py::test_torchscript"}
+    assert set(built) == {f"test_torch_module_and_torchscript_export_with_dim.py::test_{name}"
+                          for name in ("module", "torchscript", "factory")}
     assert {r["shape"] for r in built.values()} == {"batch=1"}  # the first shape builds, the others reuse it
-    assert project.runpytest("--tvm-cache-dir=cache").stdout.str().count("cached") == 6
+    assert project.runpytest("--tvm-cache-dir=cache").stdout.str().count("cached") == 9
 
 
 def test_transformer_variable_sequence_length_snapshotted_per_shape(snapshot_project: pytest.Pytester) -> None:

@@ -179,23 +179,29 @@ def model_name(model: Any) -> str:
     return type(model).__name__
 
 
-def _without_target(text: str, item: pytest.Item) -> str:
-    """``text`` with the target label taken out of its parametrization id, if the test has one."""
+def _without_target(text: str, item: pytest.Item, shape: bool = False) -> str:
+    """``text`` with the target label (and with ``shape``, the shape's id) taken out of its
+    parametrization id, if the test has them."""
     callspec = getattr(item, "callspec", None)
-    if callspec is None or "tvm_target" not in callspec.params:
-        return text
-    label = callspec.params["tvm_target"].label
-    return re.sub(rf"(?<=[\[-]){re.escape(label)}(?=[\]-])", "", text)
+    params = callspec.params if callspec is not None else {}
+    labels = [params["tvm_target"].label] if "tvm_target" in params else []
+    if shape and params.get("tvm_shape"):
+        labels.append(shape_id(params["tvm_shape"]))
+    for label in labels:
+        text = re.sub(rf"(?<=[\[-]){re.escape(label)}(?=[\]-])", "", text)
+    return text
 
 
 def _seed_id(item: pytest.Item) -> str:
-    """What the seeded data derive from: file name and test id, without folders or the target.
+    """What the seeded data derive from: file name and test id, without folders, the target or
+    the shape.
 
     Without folders, the data stay the same when pytest runs from another directory; without
-    the target, every target sees the same data.
+    the target, every target sees the same data; without the shape, a model factory builds the
+    same weights at every shape, so its shapes share one artifact.
     """
     path, _, test = item.nodeid.partition("::")
-    return _without_target(f"{Path(path).name}::{test}", item)
+    return _without_target(f"{Path(path).name}::{test}", item, shape=True)
 
 
 def _case_id(item: pytest.Item) -> str | None:
