@@ -10,7 +10,7 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))  # the small models (models.py) and photo sets (images.py)
-FIXTURE_FILES = ("models.py", "tiny_convnet.onnx", "tiny_convnet.pt", "tiny_convnet.pt2", "corrupt.onnx",
+FIXTURE_FILES = ("models.py", "faults.py", "tiny_convnet.onnx", "tiny_convnet.pt", "tiny_convnet.pt2", "corrupt.onnx",
                  "tiny_convnet_dynamic.onnx")
 
 

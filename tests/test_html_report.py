@@ -137,7 +137,7 @@ def test_table_has_one_row_per_test_with_its_numbers() -> None:
     assert xfail_row["TVM ÷ reference"] == "-"  # stopped before TVM ran
     assert int8_row["int8 cos / SQNR"] == "0.9123 / 12.3 dB"
     assert int8_row["stage: reason"] == 'compare: int8 cosine 0.91 < budget 0.99 for "logits"'
-    assert int8_row["first diverging op"] == (
+    assert int8_row["first diverging op / compiler stage"] == (
         "relax.nn.conv2d at conv2d_17 (max abs error 6.25e-02) first output outside <atol> after requantize")
     assert error_row["model / test"] == "test_models.py::test_broken[llvm]"  # no model name: the id alone
     assert error_row["stage: reason"] == f"import: {HOSTILE}"

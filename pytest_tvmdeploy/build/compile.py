@@ -6,6 +6,7 @@ import errno
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_tvmdeploy.build.passes import PassPipeline, build_pipeline
 from pytest_tvmdeploy.errors import BuildError, brief
 from pytest_tvmdeploy.files import storage_error
 from pytest_tvmdeploy.targets import TargetSpec
@@ -17,13 +18,12 @@ if TYPE_CHECKING:
 DISK_FULL = "No space left on device"
 
 
-def compile_module(module: tvm.IRModule, target: TargetSpec) -> Any:
-    """``tvm.compile`` the Relax module for ``target``; returns the VM executable."""
-    import tvm
-
+def compile_module(module: tvm.IRModule, target: TargetSpec, pipeline: PassPipeline | None = None) -> Any:
+    """``tvm.compile`` the Relax module for ``target`` with ``pipeline``'s passes (by default
+    :func:`build_pipeline`: TVM's own, plus any added); returns the VM executable."""
     tvm_target = target.to_tvm()
     try:
-        return tvm.compile(module, target=tvm_target)
+        return (pipeline or build_pipeline()).compile(module, tvm_target)
     except Exception as exc:  # noqa: BLE001
         raise BuildError(f"tvm.compile for target {target.json} failed: {brief(exc)}") from exc
 

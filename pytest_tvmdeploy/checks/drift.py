@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pytest_tvmdeploy.checks.elementwise import Comparison, compare
+from pytest_tvmdeploy.checks.ratchet import Ratchet, deployment_levels, merged_levels
 from pytest_tvmdeploy.checks.snapshot_file import (
+    ERRORS,
     SnapshotFileError,
     TensorSnapshot,
     decode,
@@ -41,13 +43,13 @@ class SnapshotStore(Protocol):
 @dataclass(frozen=True)
 class SnapshotFile:
     """One ``.tensors`` file: checked against, or (with ``update``) written; a missing file is
-    written on ``update`` and a failure otherwise."""
+    written on ``update`` and a failure otherwise. ``ratchet`` judges error growth."""
 
     path: Path
     update: bool = False
+    ratchet: Ratchet = Ratchet()
 
     def check(self, deployment: Any, rules: ToleranceRules, judge: Judge | None) -> tuple[list[str], str]:
-        fresh = snapshot_of(deployment, rules)
         try:
             stored_text = read_snapshot_file(self.path)
         except SnapshotFileError as exc:
@@ -55,22 +57,35 @@ class SnapshotFile:
                 return [f"snapshot: {exc}"], "damaged"
             set_aside(self.path)
             stored_text = None
-        if self.update or stored_text is None:
+        stored = decode(stored_text, where=str(self.path)) if stored_text is not None else None
+        fresh = fresh_snapshot(deployment, rules, stored)
+        if self.update or stored is None:
             if not self.update:
                 return [f"snapshot: {self.path} does not exist; write it with update=True"], "failed"
             write_atomic(self.path, encode(fresh))
             return [], "written"
-        failures = compare_with_stored(decode(stored_text, where=str(self.path)), fresh, deployment, rules,
-                                       self.path.name, judge)
+        failures = compare_with_stored(stored, fresh, deployment, rules, self.path.name, judge, ratchet=self.ratchet)
         return failures, "failed" if failures else "matched"
 
 
+def fresh_snapshot(deployment: Any, rules: ToleranceRules, stored: TensorSnapshot | None) -> TensorSnapshot:
+    """The deployment's snapshot with its error level on its target, and the levels ``stored``
+    keeps for other targets (when it comes from the same model and inputs)."""
+    fresh = snapshot_of(deployment, rules)
+    kept = stored.metadata.get(ERRORS) if stored is not None and same_origin(fresh, stored) else None
+    levels = merged_levels(kept, deployment_levels(deployment, rules), deployment.target.label)
+    return TensorSnapshot(fresh.arrays, {**fresh.metadata, ERRORS: levels})
+
+
 def compare_with_stored(stored: TensorSnapshot, fresh: TensorSnapshot, deployment: Any, rules: ToleranceRules,
-                        name: str, judge: Judge | None, test_id: str = "") -> list[str]:
-    """Failures of a deployment against a stored snapshot: a changed origin, or drifted outputs."""
+                        name: str, judge: Judge | None, test_id: str = "", ratchet: Ratchet | None = None) -> list[str]:
+    """Failures of a deployment against a stored snapshot: a changed origin, drifted outputs, or
+    (by ``ratchet``) an error grown past its recorded level."""
     if not same_origin(fresh, stored):
         return [f"snapshot {name}: " + origin_changed_message(stored, fresh, test_id)]
-    return drifted(stored, deployment, rules, name, judge)
+    target, ratchet = deployment.target.label, ratchet or Ratchet()
+    grown = ratchet.grown(stored.metadata.get(ERRORS), deployment_levels(deployment, rules), target, rules)
+    return drifted(stored, deployment, rules, name, judge) + ratchet.judge(grown, update_command(test_id))
 
 
 def same_origin(fresh: TensorSnapshot, stored: TensorSnapshot) -> bool:

@@ -115,6 +115,17 @@ def compare(
     return Comparison(reference_name, actual_name, tuple(results))
 
 
+def in_reference_layout(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """``actual`` in the reference's layout where only the representation differs
+    (a scalar as ``[1]``, int32 for int64): such differences are the importer's, not errors."""
+    actual = np.asarray(actual)
+    if actual.shape != reference.shape and actual.size == reference.size:
+        actual = actual.reshape(reference.shape)
+    if actual.dtype != reference.dtype and actual.shape == reference.shape:
+        actual = actual.astype(reference.dtype)
+    return actual
+
+
 def paired_outputs(
     reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]
 ) -> Iterator[tuple[int, str, np.ndarray | None, np.ndarray | None]]:

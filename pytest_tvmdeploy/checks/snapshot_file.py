@@ -26,6 +26,8 @@ from pytest_tvmdeploy.checks.tolerances import ToleranceRules
 from pytest_tvmdeploy.errors import TvmDeployError
 
 FORMAT_VERSION = 1
+#: The metadata key of the error levels (one row per target and output, see :mod:`..ratchet`).
+ERRORS = "errors"
 _HEADER = (f"# pytest-tvmdeploy tensor snapshot, format {FORMAT_VERSION}: "
            f"metadata (JSON), then the outputs (.npz, base64)")
 _ARRAYS_MARK = "# outputs"

@@ -22,12 +22,15 @@ from pytest_tvmdeploy.checks.elementwise import first_bitwise_difference
 from pytest_tvmdeploy.checks.histogram import error_histogram
 from pytest_tvmdeploy.checks.judge import Verdict, output_judge, verdict_summary
 from pytest_tvmdeploy.checks.quant_budget import QuantBudget
+from pytest_tvmdeploy.checks.stages.verdict import CPP_RUNTIME, StageVerdict
 from pytest_tvmdeploy.checks.tolerances import ToleranceRules
-from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.errors import TvmDeployError, brief
 from pytest_tvmdeploy.outputs import TVM_CPP, TVM_PYTHON, NamedArrays
 
 #: ``localizer(deployment, tolerances)``: the first diverging operator (a Divergence) or ``None``.
 Localizer = Callable[[Any, ToleranceRules], Any]
+#: ``bisector(deployment, tolerances)``: the compiler stage that puts it out of tolerance (a StageVerdict).
+Bisector = Callable[[Any, ToleranceRules], Any]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class CheckResult:
     snapshot: str | None = None             # written, matched, failed, damaged; None: no store
     error_histogram: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None  # the first diverging operator, or {"error": ...}
+    compiler_stage: dict[str, Any] | None = None  # the stage bisection's verdict, or {"error": ...}
     actual: dict[str, NamedArrays] = field(default_factory=dict)  # runner → its outputs
 
     def __bool__(self) -> bool:
@@ -64,6 +68,8 @@ def check(
     localize: bool = True,
     snapshot: SnapshotStore | None = None,
     localizer: Localizer | None = None,
+    bisect: bool = True,
+    bisector: Bisector | None = None,
 ) -> CheckResult:
     """Run the standard checks on ``deployment``.
 
@@ -71,8 +77,10 @@ def check(
     quantized models). ``localize`` names the first diverging operator of a failing float model
     (one or two extra builds). ``snapshot`` (a :class:`~pytest_tvmdeploy.checks.drift.SnapshotFile`
     or the plugin's syrupy store) adds the drift check against stored golden outputs.
-    ``localizer(deployment, tolerances)`` replaces the in-process localisation (the plugin runs
-    it in its sandbox worker).
+    ``bisect`` names the compiler stage (pass, or tuning record) after which a failing float
+    model's outputs leave tolerance (a few extra builds). ``localizer(deployment, tolerances)`` and
+    ``bisector(deployment, tolerances)`` replace the in-process localisation and bisection (the
+    plugin runs them in its sandbox worker).
     """
     try:
         tolerances.check_names(deployment.output_names)
@@ -81,14 +89,20 @@ def check(
     judge = output_judge(tolerances, budget)
     verdict = judge(deployment.reference, deployment.outputs, deployment.reference_name, TVM_PYTHON)
     failures: list[str] = []
-    divergence = None
+    divergence = stage = None
     if not verdict:
         failures.append(verdict.describe())
         if localize and budget is None:
             paragraph, divergence = _localize(deployment, tolerances, localizer or _localize_here)
             failures.append(paragraph)
+        if bisect and budget is None:
+            paragraph, stage = _bisect(deployment, tolerances, bisector or _bisect_here)
+            failures.append(paragraph)
     cpp_failures, cpp = _cpp_check(deployment, judge, failed_already=bool(failures))
     failures += cpp_failures
+    if cpp == "differs" and verdict:
+        stage = StageVerdict(CPP_RUNTIME, note="the Python VM's outputs are within tolerance, the C++ "
+                             "runner's differ from them").to_json()
     snapshot_status = None
     if snapshot is not None:
         snapshot_failures, snapshot_status = snapshot.check(deployment, tolerances, judge)
@@ -97,7 +111,7 @@ def check(
     if deployment.cpp_outputs is not None:
         actual[TVM_CPP] = deployment.cpp_outputs
     return CheckResult(tuple(failures), verdict, cpp, snapshot_status,
-                       error_histogram(deployment.reference, deployment.outputs), divergence, actual)
+                       error_histogram(deployment.reference, deployment.outputs), divergence, stage, actual)
 
 
 def _cpp_check(deployment: Any, judge: Any, *, failed_already: bool) -> tuple[list[str], str | None]:
@@ -123,6 +137,30 @@ def _localize_here(deployment: Any, tolerances: ToleranceRules) -> Any:
     from pytest_tvmdeploy.checks.localize import localize_divergence
 
     return localize_divergence(deployment.source, deployment.inputs, deployment.target, tolerances)
+
+
+def _bisect_here(deployment: Any, tolerances: ToleranceRules) -> Any:
+    from pytest_tvmdeploy.checks.stages import bisect_model_file
+
+    return bisect_model_file(deployment.source, deployment.inputs, deployment.reference, deployment.target,
+                             tolerances, deployment.tuning_dir)
+
+
+def _bisect(deployment: Any, tolerances: ToleranceRules, bisector: Bisector) -> tuple[str, dict[str, Any]]:
+    """Which compiler stage puts the outputs out of tolerance: a paragraph of the failure, and its record."""
+    if deployment.source is None:
+        return "could not bisect the compiler stages: the model source is not available", {"error": "no source"}
+    if not deployment.target.runs_here:
+        reason = f"target {deployment.target.json} does not run on this machine"
+        return f"could not bisect the compiler stages: {reason}", {"error": reason}
+    try:
+        verdict = bisector(deployment, tolerances)
+    except TvmDeployError as exc:
+        return f"could not bisect the compiler stages: {exc}", {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not replace the real failure
+        reason = f"{type(exc).__name__}: {brief(exc)}"
+        return f"could not bisect the compiler stages: {reason}", {"error": reason}
+    return verdict.describe(), verdict.to_json()
 
 
 def _localize(deployment: Any, tolerances: ToleranceRules, localizer: Localizer) -> tuple[str, dict[str, Any]]:

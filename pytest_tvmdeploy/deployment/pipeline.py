@@ -23,6 +23,7 @@ import numpy as np
 
 from pytest_tvmdeploy.build.cache import Artifact, ArtifactCache, cache_key
 from pytest_tvmdeploy.build.compile import tvm_version
+from pytest_tvmdeploy.build.passes import build_pipeline
 from pytest_tvmdeploy.deployment.config import Calibration, DeployConfig, needed_samples
 from pytest_tvmdeploy.deployment.relax_module import RelaxModule
 from pytest_tvmdeploy.deployment.result import Deployment, Timings
@@ -186,8 +187,10 @@ def tvm_side(job: TvmJob, config: DeployConfig, phase: Phase, heartbeat: Phase |
 
 
 def _build_inputs(job: TvmJob, config: DeployConfig) -> dict[str, Any]:
-    """Everything the artifact depends on, for its cache key."""
+    """Everything the artifact depends on, for its cache key (passes added to the build too)."""
+    added = build_pipeline().key()
     return {
+        **({"added_passes": added} if added else {}),
         "model": job.model_fingerprint,
         "inputs": job.shapes.key(),
         "target": config.spec.json,
@@ -265,6 +268,7 @@ def assemble(framework: FrameworkSide, config: DeployConfig, outcome: TvmOutcome
         quantization=artifact.meta.get("quantization"),
         source=source,
         tuned=bool(artifact.meta.get("tuned_functions")),
+        tuning_dir=config.tuning_dir if artifact.meta.get("tuned_functions") else None,
         not_run=outcome.not_run,
         device=tvm_result.runner if tvm_result is not None else None,
     )

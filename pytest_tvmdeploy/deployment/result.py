@@ -59,6 +59,7 @@ class Deployment:
     not_run: str | None = None  # why TVM did not run it (built for another architecture), else None
     device: str | None = None  # which runner produced ``outputs`` (tvm, rpc:<device>)
     sizes: Mapping[str, int] = field(default_factory=dict)  # the symbolic dimensions' sizes in this run
+    tuning_dir: Path | None = None  # the tuning database whose records the artifact applied (if tuned)
 
     @property
     def artifact_path(self) -> Path:

@@ -12,9 +12,9 @@ from pytest_tvmdeploy.checks import CheckResult, check
 from pytest_tvmdeploy.checks.snapshot_extension import SyrupySnapshot
 from pytest_tvmdeploy.deployment.result import Deployment
 from pytest_tvmdeploy.plugin.deployment import DEPLOYMENT_KEY, SETTINGS_KEY
-from pytest_tvmdeploy.plugin.isolation import localizer_of
+from pytest_tvmdeploy.plugin.isolation import bisector_of, localizer_of
 from pytest_tvmdeploy.plugin.records import RECORD_KEY
-from pytest_tvmdeploy.plugin.session import add_options, reproducer_folder
+from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options, reproducer_folder
 from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.report.reproducer import write_reproducer
 from pytest_tvmdeploy.settings.marker import ModelTestSettings
@@ -42,7 +42,8 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     settings = item.stash[SETTINGS_KEY]
     record = item.stash[RECORD_KEY]
     result = check(deployment, settings.tolerances, budget=settings.budget, localize=settings.localize,
-                   snapshot=_snapshot_store(item, settings), localizer=localizer_of(item.config))
+                   snapshot=_snapshot_store(item, settings), localizer=localizer_of(item.config),
+                   bisect=settings.bisect, bisector=bisector_of(item.config))
     _fill(record, result, deployment)
     if result.verdict is None:  # the test's own settings do not fit the model
         pytest.fail(f"{item.nodeid}: {result.describe()}", pytrace=False)
@@ -58,7 +59,8 @@ def _snapshot_store(item: pytest.Item, settings: ModelTestSettings) -> SyrupySna
     if not settings.snapshot:
         return None
     updating = bool(item.config.getoption("update_snapshots", False))
-    return SyrupySnapshot(item.stash[SNAPSHOT_KEY], updating=updating, test_id=item.nodeid)
+    return SyrupySnapshot(item.stash[SNAPSHOT_KEY], updating=updating, test_id=item.nodeid,
+                          ratchet=item.config.stash[SESSION_KEY].ratchet)
 
 
 def _fill(record: TestRecord, result: CheckResult, deployment: Deployment) -> None:
@@ -67,6 +69,7 @@ def _fill(record: TestRecord, result: CheckResult, deployment: Deployment) -> No
     record.quant = summary.get("quant")
     record.error_histogram = result.error_histogram
     record.divergence = result.divergence
+    record.compiler_stage = result.compiler_stage
     record.snapshot = result.snapshot
     if result.cpp is not None:
         record.cpp = result.cpp

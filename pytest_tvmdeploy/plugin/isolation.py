@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_tvmdeploy.checks.localize.search import LOCALIZE_FILE
+from pytest_tvmdeploy.checks.stages.bisect import BISECT_FILE
 from pytest_tvmdeploy.deployment.sandbox import Sandbox
 from pytest_tvmdeploy.deployment.worker import Job, import_setup
 from pytest_tvmdeploy.errors import ConfigError
@@ -58,13 +59,33 @@ def localizer_of(config: pytest.Config) -> Any:
         return None
 
     def localize(deployment: Any, rules: Any) -> Any:
-        folder = config.stash[SESSION_KEY].cache_dir / "models"
-        shapes = ShapeSignature.of(deployment.inputs)  # localised at this run's sizes
-        source = deployment.source.model_file(shapes, folder, deployment.model_fingerprint)
+        source = _model_file(config, deployment)
         return sandbox.run(Job(LOCALIZE_FILE, {"source": source, "inputs": dict(deployment.inputs),
                                                "target": deployment.target, "rules": rules}))
 
     return localize
+
+
+def bisector_of(config: pytest.Config) -> Any:
+    """A stage bisector for :func:`~pytest_tvmdeploy.check` that runs its builds in the sandbox."""
+    sandbox = sandbox_of(config)
+    if sandbox is None:
+        return None
+
+    def bisect(deployment: Any, rules: Any) -> Any:
+        source = _model_file(config, deployment)
+        return sandbox.run(Job(BISECT_FILE, {"source": source, "inputs": dict(deployment.inputs),
+                                             "reference": dict(deployment.reference), "target": deployment.target,
+                                             "rules": rules, "tuning_dir": deployment.tuning_dir}))
+
+    return bisect
+
+
+def _model_file(config: pytest.Config, deployment: Any) -> Any:
+    """The deployment's model as a file the worker opens, at this run's sizes."""
+    folder = config.stash[SESSION_KEY].cache_dir / "models"
+    shapes = ShapeSignature.of(deployment.inputs)
+    return deployment.source.model_file(shapes, folder, deployment.model_fingerprint)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,7 +17,7 @@ from pytest_tvmdeploy.report.speed import ratio_text
 
 COLUMNS = ("model / test", "source", "shape", "target", "outcome", "stage: reason", "artifact", "import s", "compile s",
            "TVM ms", "C++ ms", "reference ms", "TVM ÷ reference",
-           "C++ check", "max abs error", "int8 cos / SQNR", "first diverging op")
+           "C++ check", "max abs error", "int8 cos / SQNR", "first diverging op / compiler stage")
 FIGURES: tuple[tuple[str, Callable[[Sequence[TestRecord]], bytes | None]], ...] = (
     ("Error distribution |TVM − reference| per model", plots.error_histograms),
     ("Latency per model", plots.latencies),
@@ -116,7 +116,7 @@ def cells(record: TestRecord) -> list[tuple[str, str]]:
         ("text", _cpp(record)),
         ("num", _number(record.max_abs_error, "{:.2e}")),
         ("num", _quant(record.quant)),
-        ("detail", _divergence(record.divergence)),
+        ("detail", _divergence(record.divergence) + _compiler_stage(record.compiler_stage)),
     ]
 
 
@@ -158,6 +158,13 @@ def _divergence(divergence: Mapping[str, Any] | None) -> str:
     error = f" (max abs error {_number(divergence.get('max_abs_error'), '{:.2e}')})"
     summary = divergence.get("summary")
     return where + error + (f"<div class=\"test\">{_text(summary)}</div>" if summary else "")
+
+
+def _compiler_stage(stage: Mapping[str, Any] | None) -> str:
+    if not stage:
+        return ""
+    text = stage.get("summary") or f"not bisected: {stage.get('error', '?')}"
+    return f"<div class=\"stage\"><b>compiler stage</b>: {_text(text)}</div>"
 
 
 def figures_html(figures: Sequence[tuple[str, bytes]]) -> str:

@@ -47,6 +47,7 @@ class TestRecord:
     quant: dict[str, float | None] | None = None          # int8 metrics: cosine, sqnr_db
     error_histogram: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None              # the first diverging operator, or {"error": ...}
+    compiler_stage: dict[str, Any] | None = None          # the stage bisection's verdict, or {"error": ...}
     crash: str | None = None               # the TVM worker died (signal name), hung (timeout) or exited
     schema: int = SCHEMA_VERSION
 

@@ -33,6 +33,7 @@ class ModelTestSettings:
     name: str | None = None
     budget_given: bool = False
     localize: bool = True
+    bisect: bool = True
     tune: int = 0
     shapes: tuple[dict[str, int], ...] = ()   # the sizes of the named dimensions, one test each
     ranges: dict[str, Range] | None = None     # the declared range of each named dimension
@@ -72,6 +73,7 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         name=str(marker_kwargs["name"]) if marker_kwargs.get("name") else None,
         budget_given=marker_kwargs.get("quant_budget") is not None,
         localize=session.localize,
+        bisect=session.bisect,
         tune=given.get("tune", values.trials, session.tune),
         shapes=tuple(shapes),
         ranges=ranges,

@@ -80,6 +80,13 @@ OPTIONS: tuple[Option, ...] = (
            help="keep each marked test's reference outputs as a syrupy snapshot under "
                 "__snapshots__/ and check PyTorch and TVM against it (default on; "
                 "--snapshot-update writes them)"),
+    Option("tvm_ratchet", "snapshot", ini=True, default="fail", choices=("fail", "warn", "off"),
+           help="snapshots keep each output's error on each target; when a later run's max abs or "
+                "p99 error grows past --tvm-ratchet-factor times that level, even inside tolerance, "
+                "fail the test (default), warn, or do nothing; --snapshot-update records the new level"),
+    Option("tvm_ratchet_factor", "snapshot", ini=True, default="4", metavar="FACTOR", parse=values.growth_factor,
+           help="how many times its recorded level an output's error may grow before the ratchet acts "
+                "(default 4; errors below atol/100 + 1e-6 x the output's magnitude count as that floor)"),
     Option("tvm_static_shapes", "deploy", ini=True, default="off", choices=("on", "off"), parse=values.switch,
            help="build every marked model for its test's input sizes, even where the inputs name a "
                 "dimension (shapes=) or an ONNX file leaves one open (dim_param): one artifact per "
@@ -92,6 +99,10 @@ OPTIONS: tuple[Option, ...] = (
            help="when a float model's TVM outputs leave tolerance, compare every intermediate "
                 "result with the framework's and name the first operator that diverges "
                 "(default on; costs one or two extra builds per failing test)"),
+    Option("tvm_bisect", "check", ini=True, default="on", choices=("on", "off"), parse=values.switch,
+           help="when a float model's TVM outputs leave tolerance, rebuild it with more and more of "
+                "the build's optional passes (and tuning records) and name the first compiler stage, "
+                "pass or record after which they do (default on; a few extra builds per failing test)"),
     Option("tvm_tune", "tuning", metavar="TRIALS", default="0", parse=values.trials,
            help="tune each marked model with MetaSchedule until its target's tuning database holds "
                 "TRIALS trials for it (records already there count) before building; builds apply "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_tvmdeploy.checks.ratchet import Ratchet
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.runners.rpc_devices import RemoteSpec, parse_remote
@@ -28,9 +29,11 @@ class SessionSettings:
     cpp: str = "auto"
     cpp_timeout: float = 600.0
     snapshot: bool = True
+    ratchet: Ratchet = Ratchet()
     quantize: str | None = None
     repeat: int = 1
     localize: bool = True
+    bisect: bool = True
     tuning_root: Path = Path("tuning")   # per-target database folders below it
     tune: int = 0
     cc: str | None = None
@@ -82,9 +85,11 @@ def session_settings(
         cpp=given["tvm_cpp"],
         cpp_timeout=given["tvm_cpp_timeout"],
         snapshot=given["tvm_snapshot"],
+        ratchet=Ratchet(given["tvm_ratchet"], given["tvm_ratchet_factor"]),
         quantize=_checked_quantize(given["tvm_quantize"]),
         repeat=given["tvm_repeat"],
         localize=given["tvm_localize"],
+        bisect=given["tvm_bisect"],
         tuning_root=values.folder(given.raw(option("tvm_tuning_dir")), rootdir) or cache_dir / "tuning",
         tune=given["tvm_tune"],
         cc=given["tvm_cc"],

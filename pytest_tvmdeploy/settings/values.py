@@ -72,6 +72,14 @@ def tolerance(value: Any, where: str) -> float | None:
     return number
 
 
+def growth_factor(value: Any, where: str) -> float:
+    """A factor > 1."""
+    number = tolerance(value, where)
+    if number is None or number <= 1:
+        raise ConfigError(f"{where}: {value!r} must be a number greater than 1")
+    return number
+
+
 def seconds(value: Any, where: str) -> float:
     """A time limit in seconds, >= 0."""
     number = tolerance(value, where)

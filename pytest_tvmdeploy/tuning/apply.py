@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.build.compile import compile_module
+from pytest_tvmdeploy.build.passes import PassPipeline, build_pipeline
 from pytest_tvmdeploy.errors import BuildError, brief
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, read_database
@@ -35,18 +37,22 @@ def compile_tuned(module: tvm.IRModule, target: TargetSpec, database_dir: Path) 
     return build_with_records(module, target, read_database(Path(database_dir)))[0]
 
 
-def build_with_records(module: tvm.IRModule, target: TargetSpec, files: DatabaseFiles) -> tuple[Any, int]:
+def build_with_records(module: tvm.IRModule, target: TargetSpec, files: DatabaseFiles,
+                       pipeline: PassPipeline | None = None,
+                       keep: Callable[[TaskRecords], bool] | None = None) -> tuple[Any, int]:
     """:func:`compile_tuned` with the database already read, also returning how many of the
-    module's tasks got a stored schedule."""
+    module's tasks got a stored schedule. ``pipeline`` is the passes to run (by default
+    :func:`build_pipeline`'s); ``keep`` chooses which of the chosen records apply (all)."""
+    pipeline = pipeline or build_pipeline()
     if files.is_empty:
-        return compile_module(module, target), 0
+        return compile_module(module, target, pipeline), 0
     as_tuned = tuning_target(target)  # prepared exactly as tune() prepares it, so the keys match
-    prepared = prepare_module(module, as_tuned)
-    chosen = chosen_records(files, prepared, target)
+    prepared = prepare_module(module, as_tuned, pipeline)
+    chosen = [task for task in chosen_records(files, prepared, target) if keep is None or keep(task)]
     applied = 0
     if chosen:
         prepared, applied = apply_records(prepared, as_tuned, files, chosen)
-    return compile_module(prepared, target), applied
+    return compile_module(prepared, target, pipeline), applied
 
 
 def chosen_records(files: DatabaseFiles, prepared: tvm.IRModule, target: TargetSpec) -> list[TaskRecords]:

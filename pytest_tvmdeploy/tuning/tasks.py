@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_tvmdeploy.build.passes import PassPipeline, build_pipeline
 from pytest_tvmdeploy.errors import BuildError, brief
 
 if TYPE_CHECKING:
@@ -27,21 +28,13 @@ class Task:
     extracted: Any  # tvm.s_tir.meta_schedule.ExtractedTask
 
 
-def prepare_module(module: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Legalize and fuse ``module`` for ``target`` as ``static_shape_tuning`` does before tuning."""
-    import tvm
-    from tvm import relax
-
-    passes = tvm.transform.Sequential(
-        [
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            relax.get_pipeline("zero"),
-        ]
-    )
+def prepare_module(module: tvm.IRModule, target: tvm.target.Target,
+                   pipeline: PassPipeline | None = None) -> tvm.IRModule:
+    """Legalize and fuse ``module`` for ``target`` as ``static_shape_tuning`` does before tuning
+    (with ``pipeline``'s passes: by default :func:`build_pipeline`'s)."""
     try:
         with target:
-            return passes(module)
+            return (pipeline or build_pipeline()).prepare(module)
     except Exception as exc:  # noqa: BLE001
         raise BuildError(f"preparing the module for tuning on {target} failed: {brief(exc)}") from exc
 

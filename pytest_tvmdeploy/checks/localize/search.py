@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from pytest_tvmdeploy.build.compile import compile_module
-from pytest_tvmdeploy.checks.elementwise import OutputComparison, compare_arrays
+from pytest_tvmdeploy.checks.elementwise import OutputComparison, compare_arrays, in_reference_layout
 from pytest_tvmdeploy.checks.localize.divergence import Divergence
 from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
 from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
@@ -168,7 +168,8 @@ def _compare(graph: InstrumentedGraph, indices: list[int], references: list[np.n
         node = graph.nodes[index]
         reference = np.asarray(reference)
         tolerance = _tolerance(node, reference.dtype, rules)
-        comparisons.append(compare_arrays(node.value, index, reference, _like(reference, value), tolerance))
+        actual = in_reference_layout(reference, value)
+        comparisons.append(compare_arrays(node.value, index, reference, actual, tolerance))
     return comparisons
 
 
@@ -177,17 +178,6 @@ def _tolerance(node: GraphNode, dtype: np.dtype, rules: ToleranceRules) -> Toler
     if node.output_name is not None:
         return rules.for_output(node.output_name, node.output_index, dtype)
     return ToleranceRules(rtol=rules.rtol, atol=rules.atol).for_output(node.value, -1, dtype)
-
-
-def _like(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """``actual`` in the reference's layout where only the representation differs
-    (a scalar as ``[1]``, int32 for int64): such differences are the importer's, not errors."""
-    actual = np.asarray(actual)
-    if actual.shape != reference.shape and actual.size == reference.size:
-        actual = actual.reshape(reference.shape)
-    if actual.dtype != reference.dtype and actual.shape == reference.shape:
-        actual = actual.astype(reference.dtype)
-    return actual
 
 
 def _divergence(graph: InstrumentedGraph, found: _Found, own: list[tuple[int, OutputComparison]] | None,

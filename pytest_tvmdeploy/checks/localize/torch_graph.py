@@ -7,6 +7,7 @@ and TVM's come from the same program with extra outputs, so value *i* names the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 import re
 from collections.abc import Mapping, Sequence
@@ -246,7 +247,9 @@ def _rebuild(
     output.args = (tuple(arg for _, arg in kept) + tuple(user_outputs),)
     graph.lint()
     graph_module.recompile()
-    input_specs = list(signature.input_specs) + [
+    # a copied graph may rename a placeholder (``input`` becomes ``input_1``: FX avoids builtins)
+    placeholders = [node.name for node in graph.nodes if node.op == "placeholder"]
+    input_specs = [_renamed(spec, name) for spec, name in zip(signature.input_specs, placeholders)] + [
         InputSpec(InputKind.USER_INPUT, TensorArgument(name=node.name), target=None) for node in new_inputs
     ]
     output_specs = [spec for spec, _ in kept] + [
@@ -271,6 +274,13 @@ def _rebuild(
         constants=program.constants,
         verifiers=[program.verifier],
     )
+
+
+def _renamed(spec: Any, name: str) -> Any:
+    """An input spec naming ``name`` as its graph node, if it names a tensor node."""
+    from torch.export.graph_signature import TensorArgument
+
+    return dataclasses.replace(spec, arg=TensorArgument(name=name)) if isinstance(spec.arg, TensorArgument) else spec
 
 
 def _import(program: torch.export.ExportedProgram) -> tvm.IRModule:

@@ -1,0 +1,194 @@
+"""Name the compiler stage that breaks a model: rebuild it with more and more of the build's
+optional passes and find the first whose outputs leave tolerance.
+
+The build's passes are data (:mod:`pytest_tvmdeploy.build.passes`): the required ones make any
+build run, the optional ones (folding, fusion, memory planning, TIR simplification and
+vectorisation, LLVM's optimisation) can each be left out. Build ``k`` of the bisection runs the
+first ``k`` optional passes in pipeline order and skips the rest; build 0 is the imported module
+with only the lowering it needs. A wrong build 0 puts the fault in the import (or an operator's
+legalization); otherwise a binary search finds the first pass whose build is wrong. Tuning records
+are one more optional step (right after fusion, where a tuned build applies them); when they are
+the culprit, a second search over the applied records names the task whose schedule is wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pytest_tvmdeploy.build.passes import PREPARE, BuildPass, PassPipeline, build_pipeline
+from pytest_tvmdeploy.checks.elementwise import compare, in_reference_layout
+from pytest_tvmdeploy.checks.stages.verdict import IMPORT, RECORDS, Probe, StageVerdict
+from pytest_tvmdeploy.checks.tolerances import ToleranceRules
+from pytest_tvmdeploy.errors import brief
+from pytest_tvmdeploy.shapes import ShapeSignature
+from pytest_tvmdeploy.sources.base import ModelFile, ModelSource
+from pytest_tvmdeploy.targets import TargetSpec
+from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
+
+#: The step that applies tuning records, as an optional pass after the last pass of fusion.
+RECORDS_STEP = BuildPass(RECORDS, RECORDS, lambda: None, required=False)
+
+
+class StageBisection:
+    """Builds of one imported module with a chosen share of the optional passes (and records)."""
+
+    def __init__(self, module: Any, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                 target: TargetSpec, rules: ToleranceRules, records: Any = None,
+                 pipeline: PassPipeline | None = None) -> None:
+        self.module, self.inputs, self.reference = module, dict(inputs), dict(reference)
+        self.target, self.rules, self.records = target, rules, records
+        self.pipeline = pipeline or build_pipeline()
+        self.tuned = records is not None and not records.is_empty
+        self.steps = self._steps()
+        self.probes: list[Probe] = []
+
+    def _steps(self) -> list[BuildPass]:
+        import tvm
+
+        with tvm.transform.PassContext():
+            optional = self.pipeline.optional(prepare=self.tuned, config=tvm.transform.PassContext.current().config)
+        if not self.tuned:
+            return optional
+        last_prepare = max(i for i, p in enumerate(optional) if p.stage == PREPARE)
+        return optional[:last_prepare + 1] + [RECORDS_STEP] + optional[last_prepare + 1:]
+
+    def probe(self, enabled: int, keep: Callable[[Any], bool] | None = None, label: str | None = None) -> Probe:
+        """Build with the first ``enabled`` optional steps (and, if records apply, those ``keep``
+        chooses), run it here and compare with the reference."""
+        label = label or (f"through {self.steps[enabled - 1].name}" if enabled else "required passes only")
+        return self.probe_with({step.name for step in self.steps[:enabled]}, label, keep)
+
+    def probe_with(self, enabled: set[str], label: str, keep: Callable[[Any], bool] | None = None) -> Probe:
+        """Build with only the optional steps named in ``enabled``; see :meth:`probe`."""
+        skipped = {step.name for step in self.steps} - enabled
+        try:
+            outputs = self._run(self._build(self.pipeline.without(skipped - {RECORDS}), RECORDS in enabled, keep))
+        except Exception as exc:  # noqa: BLE001 - a build the bisection cannot make is a finding, not a crash
+            found = Probe(label, None, error=f"{type(exc).__name__}: {brief(exc)}")
+        else:
+            verdict = compare(self.reference, outputs, self.rules)
+            found = Probe(label, bool(verdict), verdict.max_abs_error)
+        self.probes.append(found)
+        return found
+
+    def _build(self, pipeline: PassPipeline, with_records: bool, keep: Callable[[Any], bool] | None) -> Any:
+        from pytest_tvmdeploy.build.compile import compile_module
+        from pytest_tvmdeploy.tuning.apply import build_with_records
+
+        if not self.tuned:
+            return compile_module(self.module, self.target, pipeline)
+        choose = keep if with_records else (lambda task: False)
+        return build_with_records(self.module, self.target, self.records, pipeline, keep=choose)[0]
+
+    def _run(self, executable: Any) -> dict[str, np.ndarray]:
+        values = flatten_outputs(relax_vm(executable)["main"](*tvm_tensors(self.inputs.values())))
+        names = list(self.reference)
+        if len(values) != len(names):
+            return {f"output_{i}": v for i, v in enumerate(values)}
+        return {name: in_reference_layout(self.reference[name], value) for name, value in zip(names, values)}
+
+    def applied_tasks(self) -> list[Any]:
+        """The tasks whose records a tuned build applies."""
+        from pytest_tvmdeploy.tuning.apply import chosen_records
+        from pytest_tvmdeploy.tuning.targets import tuning_target
+        from pytest_tvmdeploy.tuning.tasks import prepare_module
+
+        prepared = prepare_module(self.module, tuning_target(self.target), self.pipeline)
+        return chosen_records(self.records, prepared, self.target)
+
+
+def bisect_stages(module: Any, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                  target: TargetSpec, rules: ToleranceRules = ToleranceRules(), *, records: Any = None,
+                  pipeline: PassPipeline | None = None) -> StageVerdict:
+    """The stage whose passes first put ``module``'s outputs on ``inputs`` outside tolerance of
+    ``reference``; ``records`` (a tuning database) are applied as the tuned build applies them."""
+    start = time.perf_counter()
+    search = StageBisection(module, inputs, reference, target, rules, records, pipeline)
+    verdict = _search(search)
+    return StageVerdict(**{**verdict, "probes": tuple(search.probes), "seconds": time.perf_counter() - start})
+
+
+def _search(search: StageBisection) -> dict[str, Any]:
+    total = len(search.steps)
+    full = search.probe(total, label="every pass")
+    if full.passed is None:
+        return {"stage": "undecided", "note": f"the build with every pass fails here: {full.error}"}
+    if full.passed:
+        return {"stage": "exported library", "note": "the same passes built in this process give outputs within "
+                "tolerance: the difference comes from the exported library, its loading or a dynamic-shape dispatch"}
+    minimal = search.probe(0)
+    if minimal.passed is None:
+        return {"stage": "undecided", "note": f"the build with only the required passes fails: {minimal.error}"}
+    if not minimal.passed:
+        return {"stage": IMPORT, "max_abs_error": minimal.max_abs_error}
+    good, bad = 0, total
+    errors: dict[int, float | None] = {total: full.max_abs_error}
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        found = search.probe(middle)
+        if found.passed:
+            good = middle
+        else:
+            bad, errors[middle] = middle, found.max_abs_error
+    culprit = search.steps[bad - 1]
+    result: dict[str, Any] = {"stage": culprit.stage, "culprit": culprit.name, "max_abs_error": errors.get(bad),
+                              "last_good": search.steps[good - 1].name if good else None}
+    if culprit.name == RECORDS:
+        return {**result, **_records_search(search, bad)}
+    if good:
+        alone = _alone(search, bad - 1)
+        result["alone"] = None if alone.passed is None else not alone.passed
+    return result
+
+
+def _alone(search: StageBisection, index: int) -> Probe:
+    """The required passes plus only the optional pass at ``index``."""
+    name = search.steps[index].name
+    return search.probe_with({name}, f"{name} alone")
+
+
+def _records_search(search: StageBisection, enabled: int) -> dict[str, Any]:
+    """Narrow the applied records down to one task whose schedule makes the outputs wrong."""
+    candidates = search.applied_tasks()
+    names = [task.task for task in candidates]
+    while len(candidates) > 1:
+        half = len(candidates) // 2
+        for part in (candidates[:half], candidates[half:]):
+            chosen = {task.task for task in part}
+            label = "records of " + ", ".join(sorted(chosen)) if len(chosen) <= 3 else f"{len(chosen)} records"
+            if search.probe(enabled, keep=lambda task, c=chosen: task.task in c, label=label).passed is False:
+                candidates = part
+                break
+        else:
+            return {"culprit": f"{len(candidates)} records together", "note": "no single record of "
+                    f"{', '.join(sorted(t.task for t in candidates))} is wrong on its own"}
+    if not candidates:
+        return {"culprit": "no record", "note": f"the build applies none of {names}"}
+    task = candidates[0]
+    return {"culprit": f"{task.task} (workload {task.shash})"}
+
+
+def bisect_model_file(source: ModelSource | ModelFile, inputs: Mapping[str, np.ndarray],
+                      reference: Mapping[str, np.ndarray], target: TargetSpec, rules: ToleranceRules,
+                      tuning_dir: Path | None = None) -> StageVerdict:
+    """:func:`bisect_stages` on a model (or one handed over as a file, in the sandbox worker),
+    imported at these inputs' shapes, with the records of ``tuning_dir`` when the artifact applied them."""
+    from pytest_tvmdeploy.tuning import read_database
+
+    shapes = ShapeSignature.of(inputs)
+    if isinstance(source, ModelFile):
+        source, opened = source.open(shapes)
+        inputs = dict(zip((i.name for i in opened.inputs), inputs.values()))
+        shapes = opened
+    records = read_database(Path(tuning_dir)) if tuning_dir is not None else None
+    return bisect_stages(source.to_relax(shapes), inputs, reference, target, rules, records=records)
+
+
+#: :func:`bisect_model_file` as the sandbox worker calls it.
+BISECT_FILE = "pytest_tvmdeploy.checks.stages.bisect:bisect_model_file"
+
