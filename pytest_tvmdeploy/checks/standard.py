@@ -45,6 +45,7 @@ class CheckResult:
     divergence: dict[str, Any] | None = None  # the first diverging operator, or {"error": ...}
     compiler_stage: dict[str, Any] | None = None  # the stage bisection's verdict, or {"error": ...}
     actual: dict[str, NamedArrays] = field(default_factory=dict)  # runner → its outputs
+    operator_case: Any = None  # the operator wrong on its own, cut out (an OperatorCase), if localised
 
     def __bool__(self) -> bool:
         return not self.failures
@@ -89,11 +90,11 @@ def check(
     judge = output_judge(tolerances, budget)
     verdict = judge(deployment.reference, deployment.outputs, deployment.reference_name, TVM_PYTHON)
     failures: list[str] = []
-    divergence = stage = None
+    divergence = stage = case = None
     if not verdict:
         failures.append(verdict.describe())
         if localize and budget is None:
-            paragraph, divergence = _localize(deployment, tolerances, localizer or _localize_here)
+            paragraph, divergence, case = _localize(deployment, tolerances, localizer or _localize_here)
             failures.append(paragraph)
         if bisect and budget is None:
             paragraph, stage = _bisect(deployment, tolerances, bisector or _bisect_here)
@@ -111,7 +112,7 @@ def check(
     if deployment.cpp_outputs is not None:
         actual[TVM_CPP] = deployment.cpp_outputs
     return CheckResult(tuple(failures), verdict, cpp, snapshot_status,
-                       error_histogram(deployment.reference, deployment.outputs), divergence, stage, actual)
+                       error_histogram(deployment.reference, deployment.outputs), divergence, stage, actual, case)
 
 
 def _cpp_check(deployment: Any, judge: Any, *, failed_already: bool) -> tuple[list[str], str | None]:
@@ -163,14 +164,16 @@ def _bisect(deployment: Any, tolerances: ToleranceRules, bisector: Bisector) -> 
     return verdict.describe(), verdict.to_json()
 
 
-def _localize(deployment: Any, tolerances: ToleranceRules, localizer: Localizer) -> tuple[str, dict[str, Any]]:
-    """Where the outputs start to diverge: a paragraph of the failure, and its record."""
+def _localize(deployment: Any, tolerances: ToleranceRules,
+              localizer: Localizer) -> tuple[str, dict[str, Any] | None, Any]:
+    """Where the outputs start to diverge: a paragraph of the failure, its record, and the
+    operator that is wrong on its own, cut out (or ``None``)."""
     if deployment.source is None:
-        return "could not localise the divergence: the model source is not available", {"error": "no source"}
+        return "could not localise the divergence: the model source is not available", {"error": "no source"}, None
     try:
         divergence = localizer(deployment, tolerances)
     except TvmDeployError as exc:
-        return f"could not localise the divergence: {exc}", {"error": str(exc)}
+        return f"could not localise the divergence: {exc}", {"error": str(exc)}, None
     if divergence is None:
-        return "no intermediate result leaves tolerance in an instrumented (unfused, untuned) build", None
-    return divergence.describe(), divergence.to_json()
+        return "no intermediate result leaves tolerance in an instrumented (unfused, untuned) build", None, None
+    return divergence.describe(), divergence.to_json(), divergence.upstream

@@ -57,6 +57,7 @@ def deploy(
     calibration: Calibration | None = None,
     progress: Phase | None = None,
     sandbox: Sandbox | None = None,
+    on_framework: Callable[[FrameworkSide], None] | None = None,
     **options: Any,
 ) -> Deployment:
     """Import, build (or reuse), export and run ``model``; run its reference too.
@@ -75,10 +76,14 @@ def deploy(
     worker process: a crash, hang or memory blow-up there raises :class:`SandboxError` naming the
     stage. A C++ crash or timeout is recorded in ``cpp_error``, not raised; a target for another
     architecture without a remote device is built but not run (``not_run`` says why).
+    ``on_framework`` hears the :class:`FrameworkSide` (opened model, inputs, reference) before any
+    TVM work, so a caller can note what it needs of the model even if TVM then fails.
     """
     config = replace(config, **options) if config is not None else DeployConfig(**options)
     phase = progress or (lambda name: None)
     framework = framework_side(model, inputs, config, calibration, phase, shape, dims)
+    if on_framework is not None:
+        on_framework(framework)
     job = framework.tvm_job()
     if sandbox is None:
         outcome = tvm_side(job, config, phase)

@@ -8,7 +8,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import pytest
 
-    return int(pytest.main(["--pyargs", "pytest_tvmdeploy.kit", *(sys.argv[1:] if argv is None else argv)]))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(arg.startswith("--tvm-coverage") for arg in args):
+        args.append("--tvm-coverage=on")  # the kit's run says which operators it exercised
+    return int(pytest.main(["--pyargs", "pytest_tvmdeploy.kit", *args]))
 
 
 if __name__ == "__main__":

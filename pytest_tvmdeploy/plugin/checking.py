@@ -17,6 +17,8 @@ from pytest_tvmdeploy.plugin.records import RECORD_KEY
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options, reproducer_folder
 from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.report.reproducer import write_reproducer
+from pytest_tvmdeploy.report.upstream import FOLDER as UPSTREAM_FOLDER
+from pytest_tvmdeploy.report.upstream import SCRIPT as UPSTREAM_SCRIPT
 from pytest_tvmdeploy.settings.marker import ModelTestSettings
 
 SNAPSHOT_KEY = pytest.StashKey[Any]()
@@ -51,7 +53,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
         record.stopped("compare", result.failures[0])
         folder = reproducer_folder(item)
         write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances,
-                         actual=result.actual, budget=settings.budget)
+                         actual=result.actual, budget=settings.budget, operator_case=result.operator_case)
         pytest.fail(_failure_message(result, deployment, folder), pytrace=False)
 
 
@@ -78,9 +80,15 @@ def _fill(record: TestRecord, result: CheckResult, deployment: Deployment) -> No
 
 
 def _failure_message(result: CheckResult, deployment: Deployment, folder: Path) -> str:
+    upstream = ""
+    if result.operator_case is not None:
+        needs = "torch" if result.operator_case.framework == "pytorch" else "onnx"
+        upstream = (f"\n  upstream reproducer of {result.operator_case.op} (needs only {needs}, numpy and tvm): "
+                    f"python {folder / UPSTREAM_FOLDER / UPSTREAM_SCRIPT}")
     return (
         f"{result.describe()}\n"
         f"  model: {deployment.model} ({deployment.source_kind}), target: {deployment.target.json}\n"
         f"  reproducer: {folder}\n"
         f"  replay it with: python -m pytest_tvmdeploy.replay {folder}"
+        f"{upstream}"
     )

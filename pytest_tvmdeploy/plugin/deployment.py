@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_tvmdeploy.deployment.config import DeployConfig
-from pytest_tvmdeploy.deployment.pipeline import deploy
+from pytest_tvmdeploy.deployment.pipeline import FrameworkSide, deploy
 from pytest_tvmdeploy.deployment.result import Deployment
 from pytest_tvmdeploy.errors import SandboxError, TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
@@ -26,6 +26,7 @@ from pytest_tvmdeploy.settings.marker import ModelTestSettings, model_test_setti
 from pytest_tvmdeploy.settings.options import MARKER
 from pytest_tvmdeploy.settings.session import SessionSettings
 from pytest_tvmdeploy.shapes import shape_id
+from pytest_tvmdeploy.sources.base import unsupported_operators
 from pytest_tvmdeploy.targets import TargetSpec
 
 DEPLOYMENT_KEY = pytest.StashKey[Deployment]()
@@ -59,6 +60,8 @@ def tvm_deployment(request: pytest.FixtureRequest, tvm_target: TargetSpec,
         error = None
     if error is not None:  # failing outside the except block keeps the report to our message
         record.stopped(error.stage, str(error))
+        if error.stage == "import":
+            record.unsupported = list(getattr(error, "operators", ()) or unsupported_operators(str(error))) or None
         message = f"{item.nodeid}: {error}{_crash_reproducer(item, error, record)}"
         if isinstance(error, SandboxError):
             raise CrashedDeployment(message, error)
@@ -100,9 +103,22 @@ def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetS
         shape = settings.shapes[0]
     if shape is not None:
         record.shape = shape_id(shape)
+    coverage = session.coverage
     return deploy(settings.model, settings.inputs, config, shape=shape, dims=settings.dims,
                   calibration=_calibration(request, settings), progress=_progress_writer(request.config),
-                  sandbox=sandbox_of(request.config))
+                  sandbox=sandbox_of(request.config), on_framework=_operators_into(record) if coverage else None)
+
+
+def _operators_into(record: TestRecord) -> Callable[[FrameworkSide], None]:
+    """Note the model's operators in ``record`` (for the coverage table) once the model is open."""
+
+    def note(framework: FrameworkSide) -> None:
+        try:
+            record.operators = framework.source.operators(framework.shapes)
+        except Exception:  # noqa: BLE001 - coverage must not fail the test
+            record.operators = None
+
+    return note
 
 
 def _crash_reproducer(item: pytest.Item, error: TvmDeployError, record: TestRecord) -> str:

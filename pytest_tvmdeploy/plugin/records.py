@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options
+from pytest_tvmdeploy.report.coverage import coverage_lines
 from pytest_tvmdeploy.report.html import write_html_report
 from pytest_tvmdeploy.report.json_report import report_document, write_json_report
 from pytest_tvmdeploy.report.properties import junit_properties
@@ -79,3 +80,7 @@ class SummaryRecorder:
         terminalreporter.write_sep("-", "tvmdeploy")
         for line in format_table(self.records):
             terminalreporter.write_line(line)
+        if terminalreporter.config.stash[SESSION_KEY].coverage:
+            terminalreporter.write_sep("-", "tvmdeploy operator coverage")
+            for line in coverage_lines(self.records):
+                terminalreporter.write_line(line)

@@ -12,6 +12,8 @@ from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
 from pytest_tvmdeploy.report import plots
+from pytest_tvmdeploy.report.coverage import COLUMNS as COVERAGE_COLUMNS
+from pytest_tvmdeploy.report.coverage import operator_coverage
 from pytest_tvmdeploy.report.record import OUTCOMES, TestRecord
 from pytest_tvmdeploy.report.speed import ratio_text
 
@@ -65,7 +67,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<title>pytest-tvmdeploy report</title>\n"
         f"<style>{STYLE}</style>\n<script>{SCRIPT}</script>\n</head>\n"
         f"<body data-images-total=\"{len(figures)}\">\n"
-        f"{header(report, records)}\n{table(records)}\n{figures_html(figures)}\n</body>\n</html>\n"
+        f"{header(report, records)}\n{table(records)}\n{figures_html(figures)}\n{coverage_html(records)}\n"
+        "</body>\n</html>\n"
     )
 
 
@@ -165,6 +168,18 @@ def _compiler_stage(stage: Mapping[str, Any] | None) -> str:
         return ""
     text = stage.get("summary") or f"not bisected: {stage.get('error', '?')}"
     return f"<div class=\"stage\"><b>compiler stage</b>: {_text(text)}</div>"
+
+
+def coverage_html(records: Sequence[TestRecord]) -> str:
+    """The operator coverage table, when the run recorded operators."""
+    rows = operator_coverage(records)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_text(c)}</th>" for c in COVERAGE_COLUMNS)
+    body = "\n".join("<tr class=\"{}\">{}</tr>".format("passed" if r.passed == r.tests else "failed",
+                                                      "".join(f"<td>{_text(c)}</td>" for c in r.cells)) for r in rows)
+    return (f"<h2>Operator coverage</h2>\n<table id=\"coverage\">\n<thead><tr>{head}</tr></thead>\n"
+            f"<tbody>\n{body}\n</tbody>\n</table>")
 
 
 def figures_html(figures: Sequence[tuple[str, bytes]]) -> str:

@@ -49,6 +49,8 @@ class TestRecord:
     divergence: dict[str, Any] | None = None              # the first diverging operator, or {"error": ...}
     compiler_stage: dict[str, Any] | None = None          # the stage bisection's verdict, or {"error": ...}
     crash: str | None = None               # the TVM worker died (signal name), hung (timeout) or exited
+    operators: dict[str, int] | None = None  # the frontend's operators and their counts (with --tvm-coverage)
+    unsupported: list[str] | None = None   # operators the frontend said it cannot import
     schema: int = SCHEMA_VERSION
 
     @property

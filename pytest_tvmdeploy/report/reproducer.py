@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from pytest_tvmdeploy.build.compile import tvm_version
+from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
 from pytest_tvmdeploy.checks.tolerances import ToleranceRules
+from pytest_tvmdeploy.report.upstream import write_upstream
 
 MANIFEST = "reproducer.json"
 
@@ -30,10 +33,12 @@ def write_reproducer(
     rules: ToleranceRules,
     actual: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     budget: Any = None,
+    operator_case: OperatorCase | None = None,
 ) -> Path:
     """Write (or replace) the reproducer for one failed check; returns ``folder``.
 
     ``actual`` maps runner name (``tvm``, ``tvm-cpp``) to its outputs; each gets a folder.
+    ``operator_case`` (a diverging operator, cut out) adds the upstream script (``upstream/repro.py``).
     """
     staging = staging_folder(folder)
     shutil.copy2(deployment.artifact_path, staging / "model.so")
@@ -54,7 +59,11 @@ def write_reproducer(
         "outputs": list(deployment.reference),
         "tolerances": rules.to_json(),
         "quant_budget": budget.to_json() if budget is not None else None,
+        "upstream": None,
     }
+    if operator_case is not None:
+        script = write_upstream(staging, operator_case, deployment.target.as_dict, tvm_version())
+        manifest["upstream"] = str(script.relative_to(staging))
     return publish(staging, folder, manifest)
 
 

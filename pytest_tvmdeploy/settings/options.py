@@ -132,6 +132,10 @@ OPTIONS: tuple[Option, ...] = (
            help="a module imported where TVM runs (the sandbox worker, or this process with "
                 "--tvm-isolate=off) before its first deployment: register custom converters, TVM "
                 "functions or passes there (repeatable)"),
+    Option("tvm_coverage", "report", ini=True, default="off", choices=("on", "off"), parse=values.switch,
+           help="record the operators each model's frontend sees (aten ops, ONNX op types) and print "
+                "a coverage table: per operator, the models using it and how their tests ended "
+                "(default off; on in tvmdeploy-kit)"),
     Option("tvm_report", "report", metavar="DIR",
            help="write DIR/report.json (every marked test's record: target, source, stage, "
                 "reason, times, errors; merged from all xdist workers) and DIR/report.html "

@@ -40,6 +40,7 @@ class SessionSettings:
     remote: RemoteSpec | None = None
     remote_timeout: float = 600.0
     static_shapes: bool = False
+    coverage: bool = False
 
     def tuning_dir(self, target: TargetSpec) -> Path:
         """This target's tuning database folder."""
@@ -96,6 +97,7 @@ def session_settings(
         remote=_remote(given["tvm_rpc"], given["tvm_rpc_tracker"], given["tvm_rpc_key"]),
         remote_timeout=given["tvm_rpc_timeout"],
         static_shapes=given["tvm_static_shapes"],
+        coverage=given["tvm_coverage"],
     )
 
 

@@ -61,6 +61,11 @@ class ModelSource(abc.ABC):
     def to_relax(self, shapes: ShapeSignature) -> tvm.IRModule:
         """Import the model into a Relax ``IRModule`` for these shapes (names stay symbolic)."""
 
+    def operators(self, shapes: ShapeSignature) -> dict[str, int]:
+        """How often the frontend meets each operator (aten ops for torch forms, op types for
+        ONNX), for coverage reports; empty when the form has no graph to read."""
+        return {}
+
     def model_file(self, shapes: ShapeSignature, folder: Path, fingerprint: str) -> ModelFile:
         """The model as a file another process can open (``.pt2`` or ``.onnx``); a form that is
         not a file yet is written into ``folder`` once, named by ``fingerprint`` (this source's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,6 +101,18 @@ class OnnxSource(ModelSource):
         if not external:
             return self._digest
         return self._digest + "".join(file_sha256(p)[:16] for p in external)
+
+    def operators(self, shapes: ShapeSignature) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        graphs = [self.model.graph]
+        while graphs:  # subgraphs of If/Loop/Scan too: the frontend imports them as well
+            graph = graphs.pop()
+            for node in graph.node:
+                domain = "" if node.domain in ("", "ai.onnx") else f"{node.domain}."
+                counts[domain + node.op_type] += 1
+                graphs += [a.g for a in node.attribute if a.HasField("g")]
+                graphs += [g for a in node.attribute for g in a.graphs]
+        return dict(sorted(counts.items()))
 
     def to_relax(self, shapes: ShapeSignature) -> tvm.IRModule:
         import tvm

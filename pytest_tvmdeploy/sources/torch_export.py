@@ -5,9 +5,11 @@ from __future__ import annotations
 import abc
 import hashlib
 import inspect
+import operator
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +104,11 @@ class ExportedProgramSource(ModelSource):
             for name in sorted(group):
                 _update_with_tensor(digest, name, group[name])
         return digest.hexdigest()
+
+    def operators(self, shapes: ShapeSignature) -> dict[str, int]:
+        counts = Counter(operator_name(node.target) for node in self.exported_program(shapes).graph.nodes
+                         if node.op == "call_function" and node.target is not operator.getitem)
+        return dict(sorted(counts.items()))
 
     def model_file(self, shapes: ShapeSignature, folder: Path, fingerprint: str) -> ModelFile:
         import torch
@@ -313,6 +320,15 @@ class _DropUnlessTorchTrace:
         import os
 
         return bool(os.environ.get("TORCH_TRACE"))
+
+
+def operator_name(target: Any) -> str:
+    """An FX call target as coverage and localisation name it: ``aten.conv2d.default``."""
+    import torch
+
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return getattr(target, "__name__", str(target))
 
 
 def flatten_torch_outputs(result: Any) -> dict[str, np.ndarray]:

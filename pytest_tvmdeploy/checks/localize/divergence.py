@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
 
 #: How prose names the frameworks that compute references.
 _FRAMEWORKS = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
@@ -50,6 +52,7 @@ class Divergence:
     own_unchecked_reason: str | None = None  # why the own check did not run, if it did not
     reference_name: str = "reference"
     seconds: float = field(default=0.0, compare=False)
+    upstream: OperatorCase | None = field(default=None, compare=False, repr=False)  # the operator to report
 
     @property
     def label(self) -> str:
@@ -72,7 +75,8 @@ class Divergence:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, for reports."""
-        data = asdict(self)
+        data = asdict(replace(self, upstream=None))
+        data["upstream"] = self.upstream.op if self.upstream is not None else None
         data["shape"] = list(self.shape)
         data["worst_index"] = list(self.worst_index) if self.worst_index is not None else None
         data["summary"] = self.summary

@@ -15,6 +15,8 @@ from pytest_tvmdeploy.errors import TvmDeployError
 if TYPE_CHECKING:
     import tvm
 
+    from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
+
 
 class LocalizationError(TvmDeployError):
     """Localising a divergence failed; the original comparison failure still stands."""
@@ -72,6 +74,11 @@ class InstrumentedGraph(abc.ABC):
     @abc.abstractmethod
     def traced_module(self, values: Sequence[str]) -> tvm.IRModule:
         """The whole model in Relax, returning the named values (in order) instead of its outputs."""
+
+    def operator_case(self, value: str) -> OperatorCase | None:
+        """The operator producing ``value`` alone, fed the framework's values of its inputs
+        (``None`` when it cannot be cut out)."""
+        return None
 
     @abc.abstractmethod
     def isolated_probe(self, values: Sequence[str]) -> IsolatedProbe:

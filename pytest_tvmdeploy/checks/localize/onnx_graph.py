@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
+from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
 from pytest_tvmdeploy.sources.onnx_file import OnnxSource
 
 if TYPE_CHECKING:
@@ -63,6 +64,37 @@ class OnnxGraph(InstrumentedGraph):
         fed = {_fed_name(name): value for name, value in zip(feeds, values_fed)}
         _declare_inputs(model, fed)
         return IsolatedProbe(_import(model, dict(self.inputs) | fed), tuple(fed.values()))
+
+    def operator_case(self, value: str) -> OperatorCase | None:
+        import onnx
+        from onnx import helper
+
+        node = next(n for n in self.model.graph.node if value in n.output)
+        if _has_subgraph(node):
+            return None
+        initializers = {t.name: t for t in self.model.graph.initializer}
+        fed = [name for name in dict.fromkeys(node.input) if name and name not in initializers]
+        computed = [name for name in fed if name not in self.inputs]
+        known = dict(zip(computed, self.reference_values(computed))) if computed else {}
+        values = {name: self.inputs[name] if name in self.inputs else known[name] for name in fed}
+        outputs = [name for name in node.output if name]
+        graph = helper.make_graph(
+            [node], "operator",
+            [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+             for n, a in values.items()],
+            [_value_info(name, self._types) for name in outputs],
+            initializer=[initializers[n] for n in dict.fromkeys(node.input) if n in initializers],
+        )
+        model = helper.make_model(graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
+        versions = {"onnx": onnx.__version__, "onnxruntime": _onnxruntime_version()}
+        return OperatorCase("onnx", node.op_type, tuple(values.values()), onnx_model=model.SerializeToString(),
+                            expected=tuple(self.reference_values(outputs)), versions=versions)
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 def _graph_nodes(model: onnx.ModelProto, types: Mapping[str, Any]) -> list[GraphNode]:

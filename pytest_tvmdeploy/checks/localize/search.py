@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -18,6 +18,7 @@ from pytest_tvmdeploy.build.compile import compile_module
 from pytest_tvmdeploy.checks.elementwise import OutputComparison, compare_arrays, in_reference_layout
 from pytest_tvmdeploy.checks.localize.divergence import Divergence
 from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, LocalizationError
+from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
 from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 from pytest_tvmdeploy.errors import ConfigError, brief
 from pytest_tvmdeploy.shapes import ShapeSignature
@@ -72,7 +73,27 @@ def localize_divergence(
             own, reason = _own_comparisons(graph, found.index, target, rules, max_outputs), None
         except Exception as exc:  # noqa: BLE001 - the divergence found stands without this check
             reason = str(exc) if isinstance(exc, LocalizationError) else f"{type(exc).__name__}: {brief(exc)}"
-    return _divergence(graph, found, own, reason, time.perf_counter() - start)
+    divergence = _divergence(graph, found, own, reason, time.perf_counter() - start)
+    return replace(divergence, upstream=_operator_case(graph, divergence, rules))
+
+
+def _operator_case(graph: InstrumentedGraph, divergence: Divergence, rules: ToleranceRules) -> OperatorCase | None:
+    """The operator that is wrong on its own, cut out for an upstream reproducer (if there is one)."""
+    if divergence.own_within_tolerance is None:
+        return None
+    name = divergence.node if divergence.own_within_tolerance is False else divergence.first_own_node
+    node = next((n for n in graph.nodes if n.name == name), None)
+    if node is None:
+        return None
+    try:
+        case = graph.operator_case(node.value)
+    except Exception:  # noqa: BLE001 - the divergence stands without its reproducer
+        return None
+    if case is None:
+        return None
+    dtype = case.expected[0].dtype if case.expected else np.dtype(divergence.dtype)
+    tolerance = _tolerance(node, dtype, rules)
+    return case.with_tolerance(tolerance.rtol, tolerance.atol)
 
 
 def instrument(source: ModelSource, inputs: Mapping[str, np.ndarray]) -> InstrumentedGraph:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph, IsolatedProbe, LocalizationError
+from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
 from pytest_tvmdeploy.shapes import ShapeSignature
-from pytest_tvmdeploy.sources.torch_export import ExportedProgramSource
+from pytest_tvmdeploy.sources.torch_export import ExportedProgramSource, operator_name
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +73,28 @@ class ExportedProgramGraph(InstrumentedGraph):
         feed_values = self.reference_values(list(feeds)) if feeds else []
         return IsolatedProbe(module, tuple(feed_values))
 
+    def operator_case(self, value: str) -> OperatorCase | None:
+        import torch
+
+        nodes = _nodes_by_name(self.program.graph)
+        segment = _with_tuple_producers([nodes[value]])
+        outside = list(dict.fromkeys(a for n in segment for a in n.all_input_nodes if a not in segment))
+        if not all(isinstance(a.meta.get("val"), torch.Tensor) for a in outside):
+            return None
+        placeholders = [n for n in self.program.graph.nodes if n.op == "placeholder"]
+        arguments = dict(zip(placeholders, self._flat_arguments()))
+        computed = [a.name for a in outside if a not in arguments]
+        values = dict(zip(computed, self.reference_values(computed)))
+        inputs = tuple(_to_numpy(arguments[a]) if a in arguments else values[a.name] for a in outside)
+        graph = torch.fx.Graph()
+        copies = {a: graph.placeholder(f"x{i}") for i, a in enumerate(outside)}
+        for node in segment:
+            copies[node] = graph.node_copy(node, copies.__getitem__)
+        graph.output(copies[nodes[value]])
+        code = torch.fx.GraphModule(torch.nn.Module(), graph).code.strip()
+        return OperatorCase("pytorch", operator_name(segment[0].target), inputs, code=code,
+                            versions={"torch": torch.__version__})
+
     def _flat_arguments(self) -> list[torch.Tensor]:
         """The graph module's positional arguments: lifted parameters, buffers, constants, inputs."""
         import torch
@@ -101,10 +124,10 @@ def _graph_nodes(program: torch.export.ExportedProgram) -> list[GraphNode]:
         if not _is_tensor_node(node):
             continue
         origin = node
-        op = _op_name(node.target)
+        op = operator_name(node.target)
         if node.target is operator.getitem and isinstance(node.args[0], type(node)):
             origin = node.args[0]
-            op = f"{_op_name(origin.target)}[{node.args[1]}]"
+            op = f"{operator_name(origin.target)}[{node.args[1]}]"
         position = output_names.get(node.name)
         nodes.append(GraphNode(
             name=node.name, op=op, value=node.name, module_path=_module_path(origin),
@@ -137,14 +160,6 @@ def _is_tensor_node(node: torch.fx.Node) -> bool:
 
     value = node.meta.get("val")
     return node.op == "call_function" and isinstance(value, torch.Tensor) and value.layout == torch.strided
-
-
-def _op_name(target: Any) -> str:
-    import torch
-
-    if isinstance(target, torch._ops.OpOverload):
-        return str(target)  # aten.conv2d.default
-    return getattr(target, "__name__", str(target))
 
 
 _MODULE_PREFIX = re.compile(r"^(L\['self'\]\.?|L__self__\.?)")

@@ -143,7 +143,25 @@ def _search(search: StageBisection) -> dict[str, Any]:
     if good:
         alone = _alone(search, bad - 1)
         result["alone"] = None if alone.passed is None else not alone.passed
+        if alone.passed:
+            result["partner"] = _partner(search, bad - 1)
     return result
+
+
+def _partner(search: StageBisection, index: int) -> str | None:
+    """The earliest pass before ``index`` that, with the passes before it, makes the pass at
+    ``index`` wrong: the first ``k`` passes plus the culprit are wrong, the first ``k - 1`` are not."""
+    culprit = search.steps[index].name
+    good, bad = 0, index
+
+    def wrong(count: int) -> bool:
+        names = {step.name for step in search.steps[:count]} | {culprit}
+        return search.probe_with(names, f"through {search.steps[count - 1].name} with {culprit}").passed is False
+
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (good, middle) if wrong(middle) else (middle, bad)
+    return search.steps[bad - 1].name if bad > 0 else None
 
 
 def _alone(search: StageBisection, index: int) -> Probe:

@@ -38,6 +38,7 @@ class StageVerdict:
     culprit: str | None = None
     last_good: str | None = None      # the pass before the culprit (None: the required passes alone)
     alone: bool | None = None         # the culprit alone on top of the required passes is also wrong
+    partner: str | None = None        # when it is not: the earliest pass it needs before it to go wrong
     max_abs_error: float | None = None
     note: str | None = None
     probes: tuple[Probe, ...] = ()
@@ -63,7 +64,7 @@ class StageVerdict:
         if self.alone is not None and self.culprit is not None and self.stage != RECORDS:
             text += ("; the same pass alone on the required passes is wrong too" if self.alone
                      else "; that pass alone on the required passes is within tolerance: it breaks in "
-                          "combination with the passes before it")
+                          f"combination with {self.partner or 'the passes before it'} and the passes before that")
         if self.note and self.culprit is not None:
             text += f"; {self.note}"
         return text + f". {len(self.probes)} build(s) compared, {self.seconds:.1f} s."
