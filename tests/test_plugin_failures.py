@@ -36,8 +36,10 @@ def test_mismatch_is_a_failure_with_diagnostics_and_a_reproducer(project: pytest
         "*reproducer: *",
     ])
     folder = Path(re.search(r"reproducer: (\S+)", result.stdout.str()).group(1))
+    # the first operator is wrong on its own (exact tolerance, other rounding): it gets an upstream script
     assert sorted(p.name for p in folder.iterdir()) == ["inputs", "model.so", "reference", "reproducer.json", "tvm",
-                                                        "tvm-cpp"]
+                                                        "tvm-cpp", "upstream"]
+    result.stdout.fnmatch_lines(["compiler stage: *", "*upstream reproducer of aten.conv2d.default *"])
     # The reproducer replays outside pytest and reaches the same verdict.
     replay = subprocess.run([sys.executable, "-m", "pytest_tvmdeploy.replay", str(folder)],
                             capture_output=True, text=True, timeout=120)

@@ -62,8 +62,8 @@ def test_a_negative_index_is_a_frontend_fault_with_a_standalone_reproducer(proje
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*first diverging operator: select (aten.select.int*the operator itself computes differently in TVM.",
-        "*compiler stage: wrong already with only the required passes: the frontend's import or an operator's "
-        "legalization*",
+        "*compiler stage: wrong already with only the required passes: the frontend's import, an operator's "
+        "legalization or the code TVM always generates for it*",
         "*upstream reproducer of aten.select.int (needs only torch, numpy and tvm): python */upstream/repro.py",
     ])
     (record,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
@@ -128,3 +128,40 @@ def test_nan_self_comparison_breaks_in_stmt_simplify_after_fusion(project: pytes
     (record,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
     stage = record["compiler_stage"]
     assert (stage["culprit"], stage["partner"], stage["alone"]) == ("StmtSimplify", "FuseTIR", False)
+    # no operator is wrong in an unfused build: the upstream script is the (small) whole model, fused
+    result.stdout.fnmatch_lines(["*no intermediate result leaves tolerance in an instrumented (unfused, untuned)*",
+                                 "*upstream reproducer of the whole model (* operators) (needs only torch, numpy "
+                                 "and tvm): python *"])
+    script = _upstream(project, result)
+    assert "'FuseOps', 'FuseTIR'" in script.read_text()
+    standalone = _run_standalone(script)
+    assert standalone.returncode != 0 and "TVM's result differs from PyTorch's" in standalone.stderr
+
+
+def test_a_crash_is_cut_down_to_the_smallest_prefix_that_still_crashes(project: pytest.Pytester) -> None:
+    """TVM's compiled floor division traps (SIGFPE) on INT64_MIN // -1, which PyTorch wraps."""
+    project.makepyfile(test_model="""
+        import numpy as np
+        import pytest
+        import torch
+
+        class Arithmetic(torch.nn.Module):
+            def forward(self, x, y):
+                shifted = (x + 1) - 1
+                return (shifted // y) * 2 + 3
+
+        X, Y = np.array([7, np.iinfo(np.int64).min]), np.array([2, -1])
+
+        @pytest.mark.tvm_model(model=Arithmetic(), inputs={"x": X, "y": Y}, cpp="off")
+        def test_arithmetic(tvm_deployment):
+            pass
+    """)
+    result = project.runpytest_subprocess("--tvm-cache-dir=cache")
+    result.assert_outcomes(errors=1)  # the deployment fixture crashed
+    result.stdout.fnmatch_lines(["*TVM worker crashed in stage run: killed by SIGFPE*",
+                                 "*smallest crashing prefix: the graph up to floor_divide (aten.floor_divide.default)"
+                                 ", value 3 of 5, crashes on its own*",
+                                 "*upstream reproducer of the graph up to floor_divide (3 operators): python *"])
+    script = _upstream(project, result)
+    assert "floor_divide" in script.read_text() and "mul" not in script.read_text()
+    assert _run_standalone(script).returncode == -8  # SIGFPE, without this package

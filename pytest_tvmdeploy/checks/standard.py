@@ -97,8 +97,9 @@ def check(
             paragraph, divergence, case = _localize(deployment, tolerances, localizer or _localize_here)
             failures.append(paragraph)
         if bisect and budget is None:
-            paragraph, stage = _bisect(deployment, tolerances, bisector or _bisect_here)
+            paragraph, stage, whole = _bisect(deployment, tolerances, bisector or _bisect_here)
             failures.append(paragraph)
+            case = case or whole
     cpp_failures, cpp = _cpp_check(deployment, judge, failed_already=bool(failures))
     failures += cpp_failures
     if cpp == "differs" and verdict:
@@ -147,21 +148,24 @@ def _bisect_here(deployment: Any, tolerances: ToleranceRules) -> Any:
                              tolerances, deployment.tuning_dir)
 
 
-def _bisect(deployment: Any, tolerances: ToleranceRules, bisector: Bisector) -> tuple[str, dict[str, Any]]:
-    """Which compiler stage puts the outputs out of tolerance: a paragraph of the failure, and its record."""
+def _bisect(deployment: Any, tolerances: ToleranceRules,
+            bisector: Bisector) -> tuple[str, dict[str, Any], Any]:
+    """Which compiler stage puts the outputs out of tolerance: a paragraph of the failure, its
+    record, and (for a small model only a whole build breaks) the model cut out for upstream."""
     if deployment.source is None:
-        return "could not bisect the compiler stages: the model source is not available", {"error": "no source"}
-    if not deployment.target.runs_here:
+        reason = "the model source is not available"
+    elif not deployment.target.runs_here:
         reason = f"target {deployment.target.json} does not run on this machine"
-        return f"could not bisect the compiler stages: {reason}", {"error": reason}
-    try:
-        verdict = bisector(deployment, tolerances)
-    except TvmDeployError as exc:
-        return f"could not bisect the compiler stages: {exc}", {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - a diagnostic must not replace the real failure
-        reason = f"{type(exc).__name__}: {brief(exc)}"
-        return f"could not bisect the compiler stages: {reason}", {"error": reason}
-    return verdict.describe(), verdict.to_json()
+    else:
+        try:
+            verdict = bisector(deployment, tolerances)
+        except TvmDeployError as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not replace the real failure
+            reason = f"{type(exc).__name__}: {brief(exc)}"
+        else:
+            return verdict.describe(), verdict.to_json(), verdict.upstream
+    return f"could not bisect the compiler stages: {reason}", {"error": reason}, None
 
 
 def _localize(deployment: Any, tolerances: ToleranceRules,

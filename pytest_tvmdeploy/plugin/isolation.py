@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -54,31 +55,28 @@ def sandbox_of(config: pytest.Config) -> Sandbox | None:
 
 def localizer_of(config: pytest.Config) -> Any:
     """A localiser for :func:`~pytest_tvmdeploy.check` that runs its builds in the sandbox."""
-    sandbox = sandbox_of(config)
-    if sandbox is None:
-        return None
-
-    def localize(deployment: Any, rules: Any) -> Any:
-        source = _model_file(config, deployment)
-        return sandbox.run(Job(LOCALIZE_FILE, {"source": source, "inputs": dict(deployment.inputs),
-                                               "target": deployment.target, "rules": rules}))
-
-    return localize
+    return _diagnostic(config, LOCALIZE_FILE, lambda deployment: {})
 
 
 def bisector_of(config: pytest.Config) -> Any:
     """A stage bisector for :func:`~pytest_tvmdeploy.check` that runs its builds in the sandbox."""
+    return _diagnostic(config, BISECT_FILE, lambda deployment: {"reference": dict(deployment.reference),
+                                                                "tuning_dir": deployment.tuning_dir})
+
+
+def _diagnostic(config: pytest.Config, function: str, extra: Callable[[Any], dict[str, Any]]) -> Any:
+    """``diagnose(deployment, rules)`` running ``function`` in the sandbox on the deployment's model
+    file, inputs, target and rules (plus ``extra(deployment)``); ``None`` without a sandbox."""
     sandbox = sandbox_of(config)
     if sandbox is None:
         return None
 
-    def bisect(deployment: Any, rules: Any) -> Any:
-        source = _model_file(config, deployment)
-        return sandbox.run(Job(BISECT_FILE, {"source": source, "inputs": dict(deployment.inputs),
-                                             "reference": dict(deployment.reference), "target": deployment.target,
-                                             "rules": rules, "tuning_dir": deployment.tuning_dir}))
+    def diagnose(deployment: Any, rules: Any) -> Any:
+        payload = {"source": _model_file(config, deployment), "inputs": dict(deployment.inputs),
+                   "target": deployment.target, "rules": rules, **extra(deployment)}
+        return sandbox.run(Job(function, payload))
 
-    return bisect
+    return diagnose
 
 
 def _model_file(config: pytest.Config, deployment: Any) -> Any:

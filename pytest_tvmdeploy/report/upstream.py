@@ -39,7 +39,7 @@ TARGET = tvm.target.Target({target})
 
 
 def run_tvm(module):
-    executable = tvm.compile(module, target=TARGET)
+{passes}    executable = tvm.compile(module, target=TARGET)
     result = relax.VirtualMachine(executable, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in INPUTS])
     return [result.numpy()] if hasattr(result, "numpy") else [r.numpy() for r in result]
 
@@ -72,6 +72,11 @@ print("TVM matches {framework}: the divergence is gone")
 '''
 
 
+#: Names FX's printed code may use, and the line that defines each.
+_FX_NAMES = (("device(", "from torch import device\n"), ("inf", "from math import inf\n"),
+             ("nan", "from math import nan\n"))
+
+
 def upstream_script(case: OperatorCase, target: Mapping[str, Any], tvm_version: str) -> str:
     """The text of ``repro.py`` for ``case`` built for ``target``."""
     torch_case = case.framework == "pytorch"
@@ -82,12 +87,25 @@ def upstream_script(case: OperatorCase, target: Mapping[str, Any], tvm_version: 
     text = _HEAD.format(op=case.op, tvm=tvm_version, framework=framework, framework_version=version,
                         framework_package="torch" if torch_case else "onnx", target=json.dumps(dict(target)),
                         imports=imports, count=len(case.inputs),
-                        framework_package_import="import torch" if torch_case else "import onnx")
+                        framework_package_import="import torch" if torch_case else "import onnx",
+                        passes=_passes(case.passes))
     if torch_case:
-        text += _TORCH.format(code=textwrap.indent(case.code or "", "    "))
+        code = case.code or ""
+        prelude = "".join(line for needed, line in _FX_NAMES if needed in code)
+        text += prelude + _TORCH.format(code=textwrap.indent(code, "    "))
     else:
         text += _ONNX.format(outputs=len(case.expected), ort=case.versions.get("onnxruntime", ""))
     return text + _TAIL.format(rtol=case.rtol, atol=case.atol, framework=framework)
+
+
+def _passes(names: tuple[str, ...]) -> str:
+    """The lines running ``names`` (``relax.transform`` passes) before ``tvm.compile``, if any."""
+    if not names:
+        return ""
+    listed = textwrap.indent(textwrap.fill(", ".join(repr(n) for n in names), 96), " " * 12)
+    return ("    with TARGET:  # what the failing build ran before lowering (fusion among it)\n"
+            f"        passes = [getattr(relax.transform, name)() for name in (\n{listed})]\n"
+            "        module = tvm.transform.Sequential(passes)(module)\n")
 
 
 def write_upstream(folder: Path, case: OperatorCase, target: Mapping[str, Any], tvm_version: str) -> Path:

@@ -80,6 +80,15 @@ class InstrumentedGraph(abc.ABC):
         (``None`` when it cannot be cut out)."""
         return None
 
+    def prefix_case(self, value: str) -> OperatorCase | None:
+        """The graph up to ``value`` (its only output), with the model's inputs: a crash's case."""
+        return None
+
+    def whole_case(self, max_operators: int) -> OperatorCase | None:
+        """The whole model as a case (``None`` above ``max_operators`` operators, or when it cannot
+        be written out): for faults only a whole build shows, such as one after fusion."""
+        return None
+
     @abc.abstractmethod
     def isolated_probe(self, values: Sequence[str]) -> IsolatedProbe:
         """A Relax module returning the named values, each computed from fed reference inputs."""

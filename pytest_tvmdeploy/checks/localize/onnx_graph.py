@@ -90,6 +90,28 @@ class OnnxGraph(InstrumentedGraph):
         return OperatorCase("onnx", node.op_type, tuple(values.values()), onnx_model=model.SerializeToString(),
                             expected=tuple(self.reference_values(outputs)), versions=versions)
 
+    def prefix_case(self, value: str) -> OperatorCase | None:
+        import onnx
+
+        model = _with_graph_outputs(self.model, [value], self._types)
+        last = next(i for i, node in enumerate(model.graph.node) if value in node.output)
+        del model.graph.node[last + 1:]
+        versions = {"onnx": onnx.__version__, "onnxruntime": _onnxruntime_version()}
+        return OperatorCase("onnx", f"the graph up to {value} ({last + 1} operators)", tuple(self.inputs.values()),
+                            onnx_model=model.SerializeToString(), expected=tuple(self.reference_values([value])),
+                            versions=versions)
+
+    def whole_case(self, max_operators: int) -> OperatorCase | None:
+        import onnx
+
+        if len(self.model.graph.node) > max_operators or any(_has_subgraph(n) for n in self.model.graph.node):
+            return None
+        outputs = [o.name for o in self.model.graph.output]
+        versions = {"onnx": onnx.__version__, "onnxruntime": _onnxruntime_version()}
+        return OperatorCase("onnx", f"the whole model ({len(self.model.graph.node)} operators)",
+                            tuple(self.inputs.values()), onnx_model=self.model.SerializeToString(),
+                            expected=tuple(self.reference_values(outputs)), versions=versions)
+
 
 def _onnxruntime_version() -> str:
     import onnxruntime

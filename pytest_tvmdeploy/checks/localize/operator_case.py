@@ -26,6 +26,7 @@ class OperatorCase:
     versions: dict[str, str] = field(default_factory=dict)  # the framework's version it diverged on
     rtol: float = 0.0                   # the tolerance the operator's output left
     atol: float = 0.0
+    passes: tuple[str, ...] = ()        # Relax passes (``relax.transform`` names) to run before tvm.compile
 
     def with_tolerance(self, rtol: float, atol: float) -> OperatorCase:
         return replace(self, rtol=rtol, atol=atol)

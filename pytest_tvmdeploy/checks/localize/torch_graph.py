@@ -11,6 +11,7 @@ import dataclasses
 import operator
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,10 +75,31 @@ class ExportedProgramGraph(InstrumentedGraph):
         return IsolatedProbe(module, tuple(feed_values))
 
     def operator_case(self, value: str) -> OperatorCase | None:
+        nodes = _nodes_by_name(self.program.graph)
+        return self._segment_case(_with_tuple_producers([nodes[value]]), [nodes[value]])
+
+    def prefix_case(self, value: str) -> OperatorCase | None:
+        prefix = []
+        for node in self.program.graph.nodes:
+            if node.op == "call_function" and not _is_check(node):
+                prefix.append(node)
+            if node.name == value:
+                break
+        case = self._segment_case(prefix, [prefix[-1]])
+        return replace(case, op=f"the graph up to {value} ({len(prefix)} operators)") if case is not None else None
+
+    def whole_case(self, max_operators: int) -> OperatorCase | None:
+        operators = [n for n in self.program.graph.nodes if n.op == "call_function" and not _is_check(n)]
+        if len(operators) > max_operators:
+            return None
+        outputs = [n for n in self.program.graph.output_node().args[0] if n in operators]
+        case = self._segment_case(operators, outputs)
+        return replace(case, op=f"the whole model ({len(operators)} operators)") if case is not None else None
+
+    def _segment_case(self, segment: list[torch.fx.Node], results: list[torch.fx.Node]) -> OperatorCase | None:
+        """The nodes of ``segment`` as a module returning ``results``, fed what they read from outside."""
         import torch
 
-        nodes = _nodes_by_name(self.program.graph)
-        segment = _with_tuple_producers([nodes[value]])
         outside = list(dict.fromkeys(a for n in segment for a in n.all_input_nodes if a not in segment))
         if not all(isinstance(a.meta.get("val"), torch.Tensor) for a in outside):
             return None
@@ -90,7 +112,7 @@ class ExportedProgramGraph(InstrumentedGraph):
         copies = {a: graph.placeholder(f"x{i}") for i, a in enumerate(outside)}
         for node in segment:
             copies[node] = graph.node_copy(node, copies.__getitem__)
-        graph.output(copies[nodes[value]])
+        graph.output(copies[results[0]] if len(results) == 1 else tuple(copies[r] for r in results))
         code = torch.fx.GraphModule(torch.nn.Module(), graph).code.strip()
         return OperatorCase("pytorch", operator_name(segment[0].target), inputs, code=code,
                             versions={"torch": torch.__version__})
@@ -115,6 +137,11 @@ class ExportedProgramGraph(InstrumentedGraph):
             else:
                 raise LocalizationError(f"cannot supply program input {spec.arg} ({spec.kind.name})")
         return arguments
+
+
+def _is_check(node: torch.fx.Node) -> bool:
+    """A node that only asserts (``aten._assert_tensor_metadata``): nothing uses its value."""
+    return not node.users and operator_name(node.target).startswith(("aten._assert", "aten.sym_constrain"))
 
 
 def _graph_nodes(program: torch.export.ExportedProgram) -> list[GraphNode]:

@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pytest_tvmdeploy.build.passes import PREPARE, BuildPass, PassPipeline, build_pipeline
+from pytest_tvmdeploy.build.passes import PREPARE, BuildPass, PassPipeline, build_pipeline, prepare_passes
 from pytest_tvmdeploy.checks.elementwise import compare, in_reference_layout
-from pytest_tvmdeploy.checks.stages.verdict import IMPORT, RECORDS, Probe, StageVerdict
+from pytest_tvmdeploy.checks.stages.verdict import (
+    CPP_RUNTIME,
+    EXPORTED,
+    IMPORT,
+    RECORDS,
+    UNDECIDED,
+    Probe,
+    StageVerdict,
+)
 from pytest_tvmdeploy.checks.tolerances import ToleranceRules
 from pytest_tvmdeploy.errors import brief
 from pytest_tvmdeploy.shapes import ShapeSignature
@@ -117,13 +126,13 @@ def _search(search: StageBisection) -> dict[str, Any]:
     total = len(search.steps)
     full = search.probe(total, label="every pass")
     if full.passed is None:
-        return {"stage": "undecided", "note": f"the build with every pass fails here: {full.error}"}
+        return {"stage": UNDECIDED, "note": f"the build with every pass fails here: {full.error}"}
     if full.passed:
-        return {"stage": "exported library", "note": "the same passes built in this process give outputs within "
+        return {"stage": EXPORTED, "note": "the same passes built in this process give outputs within "
                 "tolerance: the difference comes from the exported library, its loading or a dynamic-shape dispatch"}
     minimal = search.probe(0)
     if minimal.passed is None:
-        return {"stage": "undecided", "note": f"the build with only the required passes fails: {minimal.error}"}
+        return {"stage": UNDECIDED, "note": f"the build with only the required passes fails: {minimal.error}"}
     if not minimal.passed:
         return {"stage": IMPORT, "max_abs_error": minimal.max_abs_error}
     good, bad = 0, total
@@ -138,6 +147,9 @@ def _search(search: StageBisection) -> dict[str, Any]:
     culprit = search.steps[bad - 1]
     result: dict[str, Any] = {"stage": culprit.stage, "culprit": culprit.name, "max_abs_error": errors.get(bad),
                               "last_good": search.steps[good - 1].name if good else None}
+    if search.tuned:
+        enabled = {step.name for step in search.steps[:bad]}
+        result["relax_passes"] = tuple(p.name for p in prepare_passes() if p.required or p.name in enabled)
     if culprit.name == RECORDS:
         return {**result, **_records_search(search, bad)}
     if good:
@@ -204,7 +216,35 @@ def bisect_model_file(source: ModelSource | ModelFile, inputs: Mapping[str, np.n
         inputs = dict(zip((i.name for i in opened.inputs), inputs.values()))
         shapes = opened
     records = read_database(Path(tuning_dir)) if tuning_dir is not None else None
-    return bisect_stages(source.to_relax(shapes), inputs, reference, target, rules, records=records)
+    verdict = bisect_stages(source.to_relax(shapes), inputs, reference, target, rules, records=records)
+    return replace(verdict, upstream=_whole_model_case(verdict, source, inputs, reference, rules))
+
+
+#: Verdicts that name no pass of the build.
+NOT_A_PASS = frozenset({IMPORT, RECORDS, EXPORTED, UNDECIDED, CPP_RUNTIME})
+#: The largest model written out whole as an upstream reproducer (its script stays short).
+MAX_WHOLE_MODEL = 25
+
+
+def _whole_model_case(verdict: StageVerdict, source: ModelSource, inputs: Mapping[str, np.ndarray],
+                      reference: Mapping[str, np.ndarray], rules: ToleranceRules) -> Any:
+    """A small model whose fault only a whole build shows (a TVM pass, not its import): the model
+    itself, with the Relax passes the wrong build ran, as an upstream reproducer (else ``None``)."""
+    from pytest_tvmdeploy.checks.localize.search import instrument
+
+    added = {added.name for _, added in build_pipeline().extra}
+    if verdict.stage in NOT_A_PASS or verdict.culprit is None or verdict.culprit in added \
+            or set(verdict.relax_passes) & added:
+        return None
+    try:
+        case = instrument(source, inputs).whole_case(MAX_WHOLE_MODEL)
+    except Exception:  # noqa: BLE001 - the verdict stands without its reproducer
+        return None
+    if case is None:
+        return None
+    name, first = next(iter(reference.items()))
+    tolerance = rules.for_output(name, 0, np.asarray(first).dtype)
+    return replace(case, passes=verdict.relax_passes, rtol=tolerance.rtol, atol=tolerance.atol)
 
 
 #: :func:`bisect_model_file` as the sandbox worker calls it.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 #: The stage named when the build with only the required passes is already wrong.
 IMPORT = "import or legalization"
 #: The pseudo-pass that applies the stored tuning records (between fusion and lowering).
 RECORDS = "tuning records"
+#: A build in the checking process is right, the artifact wrong.
+EXPORTED = "exported library"
+#: The bisection could not decide (a build it needs fails).
+UNDECIDED = "undecided"
 #: The stage named when only the C++ runner's outputs are wrong.
 CPP_RUNTIME = "C++ runtime"
 
@@ -43,12 +47,15 @@ class StageVerdict:
     note: str | None = None
     probes: tuple[Probe, ...] = ()
     seconds: float = field(default=0.0, compare=False)
+    relax_passes: tuple[str, ...] = ()  # the passes the first wrong build ran before lowering (tuned builds)
+    upstream: Any = field(default=None, compare=False, repr=False)  # the whole model, cut out (OperatorCase)
 
     @property
     def summary(self) -> str:
         """One line, e.g. ``correct through FoldConstant, wrong after FuseOps (relax optimization)``."""
         if self.stage == IMPORT:
-            return "wrong already with only the required passes: the frontend's import or an operator's legalization"
+            return ("wrong already with only the required passes: the frontend's import, an operator's "
+                    "legalization or the code TVM always generates for it")
         if self.stage == RECORDS:
             return f"correct untuned, wrong with the tuning record of {self.culprit} applied"
         if self.culprit is not None:
@@ -70,6 +77,7 @@ class StageVerdict:
         return text + f". {len(self.probes)} build(s) compared, {self.seconds:.1f} s."
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, upstream=None))
+        data["upstream"] = self.upstream.op if self.upstream is not None else None
         data["summary"] = self.summary
         return data
