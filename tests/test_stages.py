@@ -90,3 +90,29 @@ def test_a_model_right_in_every_build_has_no_stage_verdict(project: pytest.Pytes
     result.assert_outcomes(passed=1)
     (record,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
     assert record["compiler_stage"] is None
+
+
+def test_a_cpp_runtime_that_computes_differently_is_the_stage(project: pytest.Pytester, cpp_exe: Path) -> None:
+    """The Python VM is right, the C++ program's outputs differ: the stage is the C++ runtime."""
+    import sys
+
+    wrapper = project.path / "wrong_cpp_runner.py"
+    wrapper.write_text(f"""#!{sys.executable}
+import json, subprocess, sys
+from pathlib import Path
+import numpy as np
+done = subprocess.run([{str(cpp_exe)!r}, *sys.argv[1:]])
+out = Path(sys.argv[sys.argv.index("--out-dir") + 1])
+first = out / json.loads((out / "result.json").read_text())["outputs"][0]
+np.save(first, np.load(first) + np.float32(0.01))  # a runtime that computes differently
+sys.exit(done.returncode)
+""")
+    wrapper.chmod(0o755)
+    project.makepyfile(test_model=CONV_RELU.replace(', cpp="off"', ""))
+    result = project.runpytest_subprocess("--tvm-cache-dir=cache", "--tvm-report=out", f"--tvm-cpp-runner={wrapper}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*C++ outputs differ from the Python VM's*"])
+    stage = _stage(project)
+    assert stage["stage"] == "C++ runtime"
+    assert stage["summary"] == ("C++ runtime: the Python VM's outputs are within tolerance, the C++ runner's "
+                                "differ from them")
