@@ -61,6 +61,7 @@ def test_the_coverage_table_names_each_operator_and_how_its_tests_ended(
     assert convnet["operators"]["aten.conv2d.default"] == 1
     amax = next(t for t in report["tests"] if t["test"].endswith("test_amax"))
     assert amax["stage"] == "import" and amax["unsupported"] == ["amax.default"]
+    assert amax["source"] == "torch"  # known from the opened model, although TVM failed
     assert "<h2>Operator coverage</h2>" in (project.path / "out" / "report.html").read_text()
 
     capsys.readouterr()

@@ -107,16 +107,19 @@ def _deploy(request: pytest.FixtureRequest, marker: pytest.Mark, target: TargetS
         shape = settings.shapes[0]
     if shape is not None:
         record.shape = shape_id(shape)
-    coverage = session.coverage
     return deploy(settings.model, settings.inputs, config, shape=shape, dims=settings.dims,
                   calibration=_calibration(request, settings), progress=_progress_writer(request.config),
-                  sandbox=sandbox_of(request.config), on_framework=_operators_into(record) if coverage else None)
+                  sandbox=sandbox_of(request.config), on_framework=_model_into(record, session.coverage))
 
 
-def _operators_into(record: TestRecord) -> Callable[[FrameworkSide], None]:
-    """Note the model's operators in ``record`` (for the coverage table) once the model is open."""
+def _model_into(record: TestRecord, operators: bool) -> Callable[[FrameworkSide], None]:
+    """Note the model's source kind in ``record`` once it is open (also when TVM then fails), and
+    with ``operators`` the operators its frontend sees (for the coverage table)."""
 
     def note(framework: FrameworkSide) -> None:
+        record.source = framework.source.kind
+        if not operators:
+            return
         try:
             record.operators = framework.source.operators(framework.shapes)
         except Exception:  # noqa: BLE001 - coverage must not fail the test

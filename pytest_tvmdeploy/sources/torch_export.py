@@ -323,12 +323,14 @@ class _DropUnlessTorchTrace:
 
 
 def operator_name(target: Any) -> str:
-    """An FX call target as coverage and localisation name it: ``aten.conv2d.default``."""
+    """An FX call target as coverage and localisation name it: ``aten.conv2d.default``, and
+    Python's arithmetic on symbolic sizes as ``operator.mul``."""
     import torch
 
     if isinstance(target, torch._ops.OpOverload):
         return str(target)
-    return getattr(target, "__name__", str(target))
+    name = getattr(target, "__name__", str(target))
+    return f"operator.{name}" if getattr(target, "__module__", None) == "_operator" else name
 
 
 def flatten_torch_outputs(result: Any) -> dict[str, np.ndarray]:
