@@ -84,7 +84,8 @@ def compare_with_stored(stored: TensorSnapshot, fresh: TensorSnapshot, deploymen
     if not same_origin(fresh, stored):
         return [f"snapshot {name}: " + origin_changed_message(stored, fresh, test_id)]
     target, ratchet = deployment.target.label, ratchet or Ratchet()
-    grown = ratchet.grown(stored.metadata.get(ERRORS), deployment_levels(deployment, rules), target, rules)
+    levels = [row for row in fresh.metadata.get(ERRORS, []) if row.get("target") == target]
+    grown = ratchet.grown(stored.metadata.get(ERRORS), levels, target, rules)
     return drifted(stored, deployment, rules, name, judge) + ratchet.judge(grown, update_command(test_id))
 
 
@@ -92,6 +93,11 @@ def same_origin(fresh: TensorSnapshot, stored: TensorSnapshot) -> bool:
     """Both taken from the same model on the same inputs (fingerprints equal)."""
     keys = ("model_fingerprint", "input_fingerprint")
     return all(fresh.metadata.get(k) == stored.metadata.get(k) for k in keys)
+
+
+def still_matches(fresh: TensorSnapshot, stored: TensorSnapshot) -> bool:
+    """Same model and inputs, and the fresh arrays within tolerance of the stored ones."""
+    return same_origin(fresh, stored) and snapshot_differences(fresh, stored) is None
 
 
 def snapshot_differences(fresh: TensorSnapshot, stored: TensorSnapshot) -> Comparison | None:

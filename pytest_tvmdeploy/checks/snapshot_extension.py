@@ -28,6 +28,7 @@ from pytest_tvmdeploy.checks.drift import (
     same_origin,
     set_aside,
     snapshot_differences,
+    still_matches,
     update_command,
 )
 from pytest_tvmdeploy.checks.ratchet import Ratchet
@@ -56,7 +57,7 @@ class TensorSnapshotExtension(SingleFileSnapshotExtension):
 
     def matches(self, *, serialized_data: Any, snapshot_data: Any) -> bool:
         fresh, stored = decode(serialized_data, where="current outputs"), decode(snapshot_data)
-        return same_origin(fresh, stored) and snapshot_differences(fresh, stored) is None
+        return still_matches(fresh, stored)
 
     def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
         if not snapshot_data:
@@ -110,11 +111,10 @@ class SyrupySnapshot:
         if stored is not None and not self.updating:
             failures += compare_with_stored(stored, fresh, deployment, rules, location.name, judge, self.test_id,
                                             self.ratchet)
-        unchanged = stored is not None and same_origin(fresh, stored) and snapshot_differences(fresh, stored) is None
         matched = assertion == fresh  # syrupy's own check (and, when updating, its write)
-        if self.updating and unchanged:
+        if self.updating and stored is not None and still_matches(fresh, stored):
             # syrupy keeps a snapshot whose outputs still match: the error level is ours to refresh
-            return [], "written" if _record_levels(location, fresh) else "matched"
+            return [], "written" if _record_levels(location, stored, fresh) else "matched"
         if not matched and not failures:
             stored_error = _storage_error(assertion)
             if stored_error is not None:  # a full disk: said plainly, no traceback, no "write it with"
@@ -127,12 +127,12 @@ class SyrupySnapshot:
         return failures, status
 
 
-def _record_levels(location: Path, fresh: TensorSnapshot) -> bool:
-    """Write ``fresh``'s error levels into the snapshot at ``location`` if they differ; whether it did."""
-    current = decode(read_snapshot_file(location) or "", where=str(location))
-    if current.metadata.get(ERRORS) == fresh.metadata.get(ERRORS):
+def _record_levels(location: Path, stored: TensorSnapshot, fresh: TensorSnapshot) -> bool:
+    """Write ``fresh``'s error levels into ``stored`` (the snapshot at ``location``) if they
+    differ; whether it did."""
+    if stored.metadata.get(ERRORS) == fresh.metadata.get(ERRORS):
         return False
-    write_atomic(location, encode(TensorSnapshot(current.arrays, {**current.metadata, ERRORS: fresh.metadata[ERRORS]})))
+    write_atomic(location, encode(TensorSnapshot(stored.arrays, {**stored.metadata, ERRORS: fresh.metadata[ERRORS]})))
     return True
 
 

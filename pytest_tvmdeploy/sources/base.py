@@ -96,6 +96,11 @@ class ModelFile:
             return source, shapes.renamed(names)
         return source, shapes
 
+    def open_at(self, inputs: Mapping[str, np.ndarray]) -> tuple[ModelSource, dict[str, np.ndarray]]:
+        """The source, at these inputs' shapes, and the inputs under its input names."""
+        source, shapes = self.open(ShapeSignature.of(inputs))
+        return source, dict(zip((i.name for i in shapes.inputs), inputs.values()))
+
 
 
 _UNSUPPORTED_PATTERNS = (

@@ -16,7 +16,6 @@ import numpy as np
 
 from pytest_tvmdeploy.checks.localize.graph import InstrumentedGraph
 from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
-from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources.base import ModelFile, ModelSource
 from pytest_tvmdeploy.targets import TargetSpec
 
@@ -43,8 +42,7 @@ def opened_graph(source: ModelSource | ModelFile, inputs: Mapping[str, np.ndarra
     from pytest_tvmdeploy.checks.localize.search import instrument
 
     if isinstance(source, ModelFile):
-        source, shapes = source.open(ShapeSignature.of(inputs))
-        inputs = dict(zip((i.name for i in shapes.inputs), inputs.values()))
+        source, inputs = source.open_at(inputs)
     return instrument(source, inputs)
 
 

@@ -66,7 +66,6 @@ class OnnxGraph(InstrumentedGraph):
         return IsolatedProbe(_import(model, dict(self.inputs) | fed), tuple(fed.values()))
 
     def operator_case(self, value: str) -> OperatorCase | None:
-        import onnx
         from onnx import helper
 
         node = next(n for n in self.model.graph.node if value in n.output)
@@ -86,37 +85,34 @@ class OnnxGraph(InstrumentedGraph):
             initializer=[initializers[n] for n in dict.fromkeys(node.input) if n in initializers],
         )
         model = helper.make_model(graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
-        versions = {"onnx": onnx.__version__, "onnxruntime": _onnxruntime_version()}
-        return OperatorCase("onnx", node.op_type, tuple(values.values()), onnx_model=model.SerializeToString(),
-                            expected=tuple(self.reference_values(outputs)), versions=versions)
+        return self._case(node.op_type, model, tuple(values.values()), outputs)
 
     def prefix_case(self, value: str) -> OperatorCase | None:
-        import onnx
 
         model = _with_graph_outputs(self.model, [value], self._types)
         last = next(i for i, node in enumerate(model.graph.node) if value in node.output)
         del model.graph.node[last + 1:]
-        versions = {"onnx": onnx.__version__, "onnxruntime": _onnxruntime_version()}
-        return OperatorCase("onnx", f"the graph up to {value} ({last + 1} operators)", tuple(self.inputs.values()),
-                            onnx_model=model.SerializeToString(), expected=tuple(self.reference_values([value])),
-                            versions=versions)
+        return self._case(f"the graph up to {value} ({last + 1} operators)", model, tuple(self.inputs.values()),
+                          [value])
 
     def whole_case(self, max_operators: int) -> OperatorCase | None:
-        import onnx
 
         if len(self.model.graph.node) > max_operators or any(_has_subgraph(n) for n in self.model.graph.node):
             return None
         outputs = [o.name for o in self.model.graph.output]
-        versions = {"onnx": onnx.__version__, "onnxruntime": _onnxruntime_version()}
-        return OperatorCase("onnx", f"the whole model ({len(self.model.graph.node)} operators)",
-                            tuple(self.inputs.values()), onnx_model=self.model.SerializeToString(),
+        return self._case(f"the whole model ({len(self.model.graph.node)} operators)", self.model,
+                          tuple(self.inputs.values()), outputs)
+
+    def _case(self, op: str, model: onnx.ModelProto, inputs: tuple[np.ndarray, ...],
+              outputs: list[str]) -> OperatorCase:
+        """``model`` fed ``inputs`` as a case, ONNX Runtime's values of ``outputs`` (in this
+        model's run) as what it should give."""
+        import onnx
+        import onnxruntime
+
+        versions = {"onnx": onnx.__version__, "onnxruntime": str(onnxruntime.__version__)}
+        return OperatorCase("onnx", op, inputs, onnx_model=model.SerializeToString(),
                             expected=tuple(self.reference_values(outputs)), versions=versions)
-
-
-def _onnxruntime_version() -> str:
-    import onnxruntime
-
-    return str(onnxruntime.__version__)
 
 
 def _graph_nodes(model: onnx.ModelProto, types: Mapping[str, Any]) -> list[GraphNode]:

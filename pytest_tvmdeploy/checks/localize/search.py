@@ -21,7 +21,6 @@ from pytest_tvmdeploy.checks.localize.graph import GraphNode, InstrumentedGraph,
 from pytest_tvmdeploy.checks.localize.operator_case import OperatorCase
 from pytest_tvmdeploy.checks.tolerances import Tolerance, ToleranceRules
 from pytest_tvmdeploy.errors import ConfigError, brief
-from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources.base import ModelFile, ModelSource
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
@@ -243,9 +242,7 @@ def _step(source: ModelSource, doing: str, work: Callable[[], T]) -> T:
 def localize_model_file(source: ModelFile, inputs: Mapping[str, np.ndarray], target: TargetSpec,
                         rules: ToleranceRules) -> Divergence | None:
     """:func:`localize_divergence` on a model handed over as a file (in the sandbox worker)."""
-    opened, shapes = source.open(ShapeSignature.of(inputs))
-    renamed = dict(zip((i.name for i in shapes.inputs), inputs.values()))
-    return localize_divergence(opened, renamed, target, rules)
+    return localize_divergence(*source.open_at(inputs), target, rules)
 
 
 #: :func:`localize_model_file` as the sandbox worker calls it.

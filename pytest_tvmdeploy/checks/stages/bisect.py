@@ -210,13 +210,11 @@ def bisect_model_file(source: ModelSource | ModelFile, inputs: Mapping[str, np.n
     imported at these inputs' shapes, with the records of ``tuning_dir`` when the artifact applied them."""
     from pytest_tvmdeploy.tuning import read_database
 
-    shapes = ShapeSignature.of(inputs)
     if isinstance(source, ModelFile):
-        source, opened = source.open(shapes)
-        inputs = dict(zip((i.name for i in opened.inputs), inputs.values()))
-        shapes = opened
+        source, inputs = source.open_at(inputs)
     records = read_database(Path(tuning_dir)) if tuning_dir is not None else None
-    verdict = bisect_stages(source.to_relax(shapes), inputs, reference, target, rules, records=records)
+    module = source.to_relax(ShapeSignature.of(inputs))
+    verdict = bisect_stages(module, inputs, reference, target, rules, records=records)
     return replace(verdict, upstream=_whole_model_case(verdict, source, inputs, reference, rules))
 
 
