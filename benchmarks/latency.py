@@ -4,7 +4,8 @@
                                  [--target "llvm -mcpu=x86-64-v4"] [--tuning-dir DIR] [--tune TRIALS]
 
 Per model (torchvision, seeded random weights, 1x3x224x224 fp32, one real photo crop as input):
-TVM untuned; TVM tuned, run by the Python VM and by the C++ runner (``cpp_check/``); PyTorch
+TVM untuned (plain loops, ``schedule="none"``); TVM's default build without tuning (sampled
+schedules, ``schedule="sampled"``); TVM tuned, run by the Python VM and by the C++ runner (``cpp_check/``); PyTorch
 eager; ONNX Runtime (CPU provider, default threads). With ``--int8`` also the int8 model (this
 project's quantizer, kl_divergence + max per channel) untuned and tuned; on a CPU with AVX-512
 VNNI (``-mcpu=sapphirerapids``, ``znver4``, ...) its convs take the VNNI form
@@ -36,7 +37,9 @@ from pytest_tvmdeploy.targets import parse_target  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
 INT8 = {"calibrate_mode": "kl_divergence", "weight_scale": "max", "per_channel": True}
-FP32_BACKENDS = ("tvm-untuned", "tvm-tuned", "pytorch", "onnxruntime")
+FP32_BACKENDS = ("tvm-untuned", "tvm-default", "tvm-tuned", "pytorch", "onnxruntime")
+#: Tuned with the recipe in the team's notes instead of this package's tuner (``--recipe``).
+RECIPE_BACKEND = "tvm-recipe"
 INT8_BACKENDS = ("tvm-int8-untuned", "tvm-int8-tuned")
 
 
@@ -63,24 +66,67 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
     from images import calibration_set
 
     spec = parse_target(target)
-    tuned = backend.endswith("-tuned")
+    recipe = backend == RECIPE_BACKEND
+    tuned = backend.endswith("-tuned") or recipe
     quantized = "int8" in backend
-    database = Path(tuning_dir.replace("{model}", name)) / spec.label if tuned else None
+    schedule = "sampled" if tuned or backend == "tvm-default" else "none"
+    database = Path(tuning_dir.replace("{model}", name + "-recipe" * recipe)) / spec.label if tuned else None
     started = time.perf_counter()
+    recipe_seconds = recipe_tune(name, spec, database, tune) if recipe else None
     deployment = deploy(
         model(name), {"x": photo()}, target=spec, cache_dir=CACHE, repeat=(repeat if tuned else min(repeat, 10)) + 1,
         quantize=INT8 if quantized else None,
         calibration=calibration_set(4, input_name="x") if quantized else None,
-        tuning_dir=database, tune=tune if tuned else 0,
+        tuning_dir=database, tune=tune if tuned and not recipe else 0, schedule=schedule,
         cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
     )
-    extra = {"tuned_functions": deployment.tuned, "prepare_s": round(time.perf_counter() - started, 1)}
+    extra = {"tuned_functions": deployment.tuned, "sampled_functions": deployment.sampled,
+             "prepare_s": round(time.perf_counter() - started, 1),
+             "tune_s": round(recipe_seconds if recipe else deployment.timings.tune, 1),
+             "threads": deployment.threads}
     if quantized:
         extra["vnni_convs"] = deployment.quantization.get("vnni_convs", 0)
     rows = [row(backend, name, deployment.runs[TVM_PYTHON].call_seconds[1:], **extra)]  # first call: warm-up
     if TVM_CPP in deployment.runs:
         rows.append(row(f"{backend}-cpp", name, deployment.runs[TVM_CPP].call_seconds[1:], **extra))
     return rows
+
+
+def recipe_tune(name: str, spec: Any, folder: Path, trials: int) -> float:
+    """Tune ``name`` into ``folder`` as the notes' recipe does (stock ``tune_relax``: the gradient
+    scheduler, no per-task cap, a persistent build pool, population 256, 50 initial unmeasured,
+    32 candidates per iteration, 3 runs of >= 40 ms each); returns the seconds it took. A folder
+    that already holds ``trials`` records is not tuned again."""
+    from tvm import relax, transform
+    from tvm.s_tir import meta_schedule as ms
+
+    from pytest_tvmdeploy.shapes import ShapeSignature
+    from pytest_tvmdeploy.sources import open_source
+    from pytest_tvmdeploy.threads import configure_threads
+    from pytest_tvmdeploy.tuning.pool_builder import PersistentPoolBuilder
+    from pytest_tvmdeploy.tuning.records import read_database
+    from pytest_tvmdeploy.tuning.targets import tuning_target
+
+    if len(read_database(folder).records) >= trials:
+        return 0.0
+    configure_threads()  # measured with the threads the package measures with
+    started = time.perf_counter()
+    module = open_source(model(name)).to_relax(ShapeSignature.of({"x": photo()}))
+    target = tuning_target(spec)
+    with target:
+        module = transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                       relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")])(module)
+    folder.mkdir(parents=True, exist_ok=True)
+    builder = PersistentPoolBuilder(folder=tempfile.mkdtemp(), max_workers=2)
+    try:
+        ms.relax_integration.tune_relax(
+            module, {}, target, str(folder), max_trials_global=trials, num_trials_per_iter=32, builder=builder,
+            runner=ms.runner.LocalRunner(timeout_sec=30, evaluator_config=ms.runner.EvaluatorConfig(
+                number=3, repeat=1, min_repeat_ms=40)),
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=50))
+    finally:
+        builder.shutdown()
+    return time.perf_counter() - started
 
 
 def row(backend: str, name: str, seconds: Any, **extra: Any) -> dict:
@@ -126,6 +172,9 @@ def main() -> None:
     parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning" / "{model}"))
     parser.add_argument("--tune", type=int, default=0)
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--backends", help="comma-separated subset of the backends to run (default: all)")
+    parser.add_argument("--recipe", action="store_true",
+                        help=f"also tune with the notes' recipe (row {RECIPE_BACKEND}, --tune trials)")
     parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -136,8 +185,10 @@ def main() -> None:
         return
     rows: list[dict] = []
     for name in args.models.split(","):
-        model_rows = [r for backend in FP32_BACKENDS + (INT8_BACKENDS if args.int8 else ())
-                      for r in run_backend(backend, name, args)]
+        backends = FP32_BACKENDS + (RECIPE_BACKEND,) * args.recipe + (INT8_BACKENDS if args.int8 else ())
+        if args.backends:
+            backends = tuple(b for b in backends if b in args.backends.split(","))
+        model_rows = [r for backend in backends for r in run_backend(backend, name, args)]
         add_ratios(model_rows)
         print_model(model_rows, name)
         rows += model_rows

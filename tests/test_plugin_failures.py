@@ -189,9 +189,10 @@ from pytest_tvmdeploy.checks.localize import search
 def tvm_drops_the_second_relu(monkeypatch):
     # The fault: TVM computes the first relu as identity, in the deployed .so and in every probe.
     rewrite = drop_nth("relax.nn.relu", 1)
-    for module, name in ((deployment, "compile_module"), (search, "build_probe")):
+    for module, name in ((deployment, "build_with_records"), (search, "build_probe")):
         original = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda mod, target, original=original: original(rewrite(mod), target))
+        monkeypatch.setattr(module, name, lambda mod, target, *args, original=original, **kwargs:
+                            original(rewrite(mod), target, *args, **kwargs))
 """
 
 

@@ -34,10 +34,13 @@ def test_a_wrong_relax_rewrite_is_named_with_its_stage(project: pytest.Pytester)
     result.assert_outcomes(failed=1)
     # the localiser names the rewritten operator too (a model whose input is called ``input``)
     result.stdout.fnmatch_lines(["*first diverging operator: relu*",
-                                 "*compiler stage: correct with the required passes, wrong after ScaleFirstCall "
-                                 "(relax optimization) (max abs error *). * build(s) compared*"])
+                                 "*compiler stage: correct through CanonicalizeBindings, wrong after ScaleFirstCall "
+                                 "(relax optimization) (max abs error *); the same pass alone on the required passes "
+                                 "is wrong too. * build(s) compared*"])
     stage = _stage(project)
-    assert (stage["stage"], stage["culprit"], stage["last_good"]) == ("relax optimization", "ScaleFirstCall", None)
+    # builds fuse (for their sampled schedules): the rewrite runs among the passes before fusion
+    assert (stage["stage"], stage["culprit"], stage["last_good"]) == ("relax optimization", "ScaleFirstCall",
+                                                                      "CanonicalizeBindings")
     assert stage["probes"][0]["label"] == "every pass" and stage["probes"][0]["passed"] is False
     assert any(p["label"] == "required passes only" and p["passed"] for p in stage["probes"])
     assert "compiler stage" in (project.path / "out" / "report.html").read_text()
@@ -116,3 +119,19 @@ sys.exit(done.returncode)
     assert stage["stage"] == "C++ runtime"
     assert stage["summary"] == ("C++ runtime: the Python VM's outputs are within tolerance, the C++ runner's "
                                 "differ from them")
+
+
+def test_a_sampled_schedule_that_computes_differently_is_named(project: pytest.Pytester) -> None:
+    project.makepyfile(plant="from faults import plant_wrong_sampled_schedule\nplant_wrong_sampled_schedule('relu1')\n",
+                       test_model=CONV_RELU)
+    result = project.runpytest_subprocess("--tvm-setup=plant", "--tvm-cache-dir=cache", "--tvm-report=out",
+                                          "--tvm-localize=off")
+    result.assert_outcomes(failed=1)
+    stage = _stage(project)
+    assert stage["stage"] == "sampled schedules"
+    assert "relu1" in stage["culprit"]
+    result.stdout.fnmatch_lines(["*compiler stage: correct with plain loops, wrong with the sampled schedule of "
+                                 "*relu1*"])
+    # the build without the sampled schedules was right; one of the two halves of the functions was wrong
+    assert stage["last_good"] == "FuseTIR"
+    assert any(p["label"] == "1 sampled schedule(s)" and p["passed"] is False for p in stage["probes"])

@@ -278,3 +278,35 @@ def test_a_record_that_cannot_be_replayed_is_left_out_with_a_warning(tuned, tiny
     out = run_python_vm(export_library(executable, tmp_path / "left_out.so"), {"x": x}).outputs
     plain = run_python_vm(export_library(compile_module(tiny, SPEC), tmp_path / "plain.so"), {"x": x}).outputs
     np.testing.assert_allclose(out["output_0"], plain["output_0"], rtol=0, atol=1e-5)
+
+
+def test_a_time_limit_ends_the_search_and_keeps_what_it_measured(tiny, tmp_path) -> None:
+    from pytest_tvmdeploy.tuning.exhausted import exhausted_workloads
+    from pytest_tvmdeploy.tuning.targets import target_key
+
+    database = tmp_path / "db"
+    lines: list[str] = []
+    summary = tune(tiny, SPEC, database, max_trials=5000, max_trials_per_task=2000, max_seconds=10,
+                   progress=lines.append)
+    assert 0 < summary.trials < 5000  # the clock, not the budget, ended it
+    assert summary.seconds < 10 + 120  # the batches under way finish; nothing starts after the limit
+    assert len(_lines(database, RECORD_FILE)) == summary.records_added == summary.trials
+    assert any("stopped at its time limit of 10 s" in line for line in lines)
+    assert not exhausted_workloads(database, target_key(SPEC))  # cut short is not run dry
+
+
+@pytest.mark.parametrize(("text", "budget"), [("2000", (2000, None)), ("15m", (100_000, 900.0)),
+                                              ("2000/90s", (2000, 90.0)), ("1h", (100_000, 3600.0))])
+def test_tuning_budgets_in_trials_and_time(text: str, budget: tuple) -> None:
+    from pytest_tvmdeploy.settings.values import tuning_budget
+
+    assert tuning_budget(text, "--tvm-tune") == budget
+
+
+@pytest.mark.parametrize("text", ["15 minutes", "0m", "-5s", "m", "2000/"])
+def test_a_bad_tuning_budget_names_the_option(text: str) -> None:
+    from pytest_tvmdeploy.errors import ConfigError
+    from pytest_tvmdeploy.settings.values import tuning_budget
+
+    with pytest.raises(ConfigError, match="--tvm-tune"):
+        tuning_budget(text, "--tvm-tune")

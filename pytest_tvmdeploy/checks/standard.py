@@ -145,7 +145,7 @@ def _bisect_here(deployment: Any, tolerances: ToleranceRules) -> Any:
     from pytest_tvmdeploy.checks.stages import bisect_model_file
 
     return bisect_model_file(deployment.source, deployment.inputs, deployment.reference, deployment.target,
-                             tolerances, deployment.tuning_dir)
+                             tolerances, deployment.tuning_dir, sampled=deployment.sampled > 0)
 
 
 def _bisect(deployment: Any, tolerances: ToleranceRules,

@@ -14,6 +14,8 @@ from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.runners.rpc_devices import RPC_TIMEOUT, RemoteSpec
 from pytest_tvmdeploy.targets import DEFAULT_TARGET, TargetSpec, parse_target
 
+#: What a function without a tuning record gets (see ``DeployConfig.schedule``).
+SCHEDULES = ("sampled", "none")
 Calibration = Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]]
 
 
@@ -24,11 +26,14 @@ class DeployConfig:
     ``target`` also takes a string or dict, ``quantize`` a mode name or a dict of
     :class:`QuantConfig` fields. ``tuning_dir`` is this target's MetaSchedule database folder
     (its records are applied to the build); ``tune=N`` first tunes the model until it holds ``N``
-    trials for it. ``cc`` is the compiler ``export_library`` links with (a cross compiler for
+    trials for it (``tune_seconds`` ends each tuning run earlier).
+    ``cc`` is the compiler ``export_library`` links with (a cross compiler for
     another ``mtriple``). ``static_shapes`` builds for the inputs' sizes even where the model or
     its inputs name a dimension (one artifact per shape). ``remote`` runs the ``.so`` on an RPC
     device; ``cpp_runner`` (see :func:`pytest_tvmdeploy.runners.cpp_build.build_cpp_runner`) also
-    runs it from C++.
+    runs it from C++. ``schedule`` is what functions without a tuning record get: ``"sampled"``
+    (a schedule drawn from MetaSchedule's rules and ranked by the shipped cost model, see
+    :mod:`pytest_tvmdeploy.tuning.sampled`) or ``"none"`` (TVM's plain loops).
     """
 
     target: TargetSpec | str | dict[str, Any] = DEFAULT_TARGET
@@ -42,9 +47,11 @@ class DeployConfig:
     cc: str | None = None
     tuning_dir: Path | None = None
     tune: int = 0
+    tune_seconds: float | None = None
     remote: RemoteSpec | None = None
     remote_timeout: float = RPC_TIMEOUT
     static_shapes: bool = False
+    schedule: str = "sampled"
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, TargetSpec):
@@ -53,6 +60,8 @@ class DeployConfig:
             object.__setattr__(self, "quantize", QuantConfig.from_value(self.quantize))
         if self.tune < 0:
             raise ConfigError(f"tune={self.tune} must be >= 0 (trials)")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if self.tune and self.tuning_dir is None:
             raise ConfigError(f"tune={self.tune} needs a tuning_dir to keep the records in")
         for name in ("cache_dir", "base_dir", "cpp_runner", "tuning_dir"):

@@ -37,7 +37,9 @@ from pytest_tvmdeploy.outputs import TVM_CPP, NamedArrays, RunResult, named_like
 from pytest_tvmdeploy.shapes import ShapeSignature, SymbolicDims, bind_specs, declared_signature, symbols_of
 from pytest_tvmdeploy.sources import ModelSource, open_source
 from pytest_tvmdeploy.sources.base import ModelFile
+from pytest_tvmdeploy.threads import configure_threads, runtime_threads
 from pytest_tvmdeploy.tuning import DatabaseFiles, applied_fingerprint, needs_tuning, read_database
+from pytest_tvmdeploy.tuning.sampled import recipe as sampled_recipe
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
 BUILD_RECIPE = 4
@@ -80,6 +82,7 @@ def deploy(
     TVM work, so a caller can note what it needs of the model even if TVM then fails.
     """
     config = replace(config, **options) if config is not None else DeployConfig(**options)
+    configure_threads()  # TVM's runtime on all cores unless the environment says otherwise
     phase = progress or (lambda name: None)
     framework = framework_side(model, inputs, config, calibration, phase, shape, dims)
     if on_framework is not None:
@@ -204,6 +207,7 @@ def _build_inputs(job: TvmJob, config: DeployConfig) -> dict[str, Any]:
         "quantize": config.quant.to_json() if config.quant is not None else None,
         "calibration": [arrays_fingerprint(s) for s in job.samples] if job.samples else None,
         "cc": config.cc,
+        **({"schedule": sampled_recipe()} if config.schedule == "sampled" else {}),
     }
 
 
@@ -276,4 +280,6 @@ def assemble(framework: FrameworkSide, config: DeployConfig, outcome: TvmOutcome
         tuning_dir=config.tuning_dir if artifact.meta.get("tuned_functions") else None,
         not_run=outcome.not_run,
         device=tvm_result.runner if tvm_result is not None else None,
+        sampled=int(artifact.meta.get("sampled_functions", 0)),
+        threads=runtime_threads(),
     )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_tvmdeploy.build.cache import ARTIFACT_NAME
-from pytest_tvmdeploy.build.compile import compile_module, export_library, tvm_version
+from pytest_tvmdeploy.build.compile import export_library, tvm_version
 from pytest_tvmdeploy.build.specialize import specialize
 from pytest_tvmdeploy.deployment.config import DeployConfig
 from pytest_tvmdeploy.quantize import quantize_for_target
@@ -91,7 +91,8 @@ class RelaxModule:
         """Tune what the database lacks for this module (nothing when it was tuned before)."""
         config, relax_module = self.config, self.tunable()
         summary = self.timed("tune", lambda: tune(relax_module, config.spec, config.tuning_dir,
-                                                  max_trials=config.tune, progress=self.heartbeat))
+                                                  max_trials=config.tune, progress=self.heartbeat,
+                                                  max_seconds=config.tune_seconds))
         self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
                                "skipped_tasks": len(summary.skipped)}
 
@@ -102,11 +103,11 @@ class RelaxModule:
         relax_module = self.tunable() if tuned else self.get()
 
         def compile_and_export() -> None:
+            built = build_with_records(relax_module, config.spec, records, sampled=config.schedule == "sampled")
             if tuned:
-                executable, self.meta["tuned_functions"] = build_with_records(relax_module, config.spec, records)
-            else:
-                executable = compile_module(relax_module, config.spec)
-            export_library(executable, folder / ARTIFACT_NAME, cc=config.cc)
+                self.meta["tuned_functions"] = built.applied
+            self.meta["sampled_functions"] = built.sampled
+            export_library(built.executable, folder / ARTIFACT_NAME, cc=config.cc)
 
         self.timed("compile", compile_and_export)
         return {

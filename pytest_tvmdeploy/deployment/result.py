@@ -60,6 +60,8 @@ class Deployment:
     device: str | None = None  # which runner produced ``outputs`` (tvm, rpc:<device>)
     sizes: Mapping[str, int] = field(default_factory=dict)  # the symbolic dimensions' sizes in this run
     tuning_dir: Path | None = None  # the tuning database whose records the artifact applied (if tuned)
+    sampled: int = 0           # functions that ran a sampled schedule (no tuning record; see tuning.sampled)
+    threads: int = 1           # the threads TVM's CPU runtime ran it with (TVM_NUM_THREADS)
 
     @property
     def artifact_path(self) -> Path:

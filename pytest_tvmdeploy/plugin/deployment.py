@@ -184,7 +184,9 @@ def deploy_config(session: SessionSettings, settings: ModelTestSettings, target:
         target=target, cache_dir=session.cache_dir, seed=seed, base_dir=settings.base_dir,
         repeat=session.repeat, cpp_runner=cpp_runner, cpp_timeout=session.cpp_timeout,
         quantize=settings.quantize, cc=session.cc, tuning_dir=session.tuning_dir(target), tune=settings.tune,
+        tune_seconds=settings.tune_seconds,
         remote=session.remote, remote_timeout=session.remote_timeout, static_shapes=settings.static_shapes,
+        schedule=session.schedule,
     )
 
 
@@ -195,6 +197,8 @@ def _fill(record: TestRecord, deployment: Deployment) -> None:
     record.timings = deployment.timings.as_dict()
     record.artifact = str(deployment.artifact_path)
     record.tuned = deployment.tuned
+    record.sampled = deployment.sampled
+    record.threads = deployment.threads
     record.device = deployment.device
     if deployment.sizes and record.shape is None:  # the test's own shape names it best (torch renames)
         record.shape = shape_id(deployment.sizes)

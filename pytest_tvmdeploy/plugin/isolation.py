@@ -61,7 +61,8 @@ def localizer_of(config: pytest.Config) -> Any:
 def bisector_of(config: pytest.Config) -> Any:
     """A stage bisector for :func:`~pytest_tvmdeploy.check` that runs its builds in the sandbox."""
     return _diagnostic(config, BISECT_FILE, lambda deployment: {"reference": dict(deployment.reference),
-                                                                "tuning_dir": deployment.tuning_dir})
+                                                                "tuning_dir": deployment.tuning_dir,
+                                                                "sampled": deployment.sampled > 0})
 
 
 def _diagnostic(config: pytest.Config, function: str, extra: Callable[[Any], dict[str, Any]]) -> Any:

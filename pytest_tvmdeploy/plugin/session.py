@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from pytest_tvmdeploy.settings.options import MARKER, MARKER_NAMES, Option, opti
 from pytest_tvmdeploy.settings.session import OptionValues, SessionSettings, session_settings
 from pytest_tvmdeploy.shapes import shape_id
 from pytest_tvmdeploy.targets import TargetSpec
+from pytest_tvmdeploy.threads import configure_threads, runtime_threads
 from pytest_tvmdeploy.versions import report_header
 
 SESSION_KEY = pytest.StashKey[SessionSettings]()
@@ -68,6 +70,17 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except TvmDeployError as exc:
         raise pytest.UsageError(f"pytest-tvmdeploy: {exc}") from exc
+    configure_threads(config.stash[SESSION_KEY].threads, processes=_processes_sharing_cores(config))
+
+
+def _processes_sharing_cores(config: pytest.Config) -> int:
+    """How many pytest processes run models at once: the xdist workers (set before they start,
+    so they inherit the thread count), else one."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT") or getattr(config.option, "numprocesses", None)
+    try:
+        return max(1, int(workers or 1))
+    except ValueError:  # "auto" not yet resolved
+        return os.cpu_count() or 1
 
 
 def _pytest_cache_dir(config: pytest.Config) -> Path:
@@ -85,7 +98,7 @@ def reproducer_folder(item: pytest.Item) -> Path:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     targets = ", ".join(t.label for t in config.stash[SESSION_KEY].targets)
-    return [*report_header(), f"tvmdeploy targets: {targets}"]
+    return [*report_header(), f"tvmdeploy targets: {targets}; TVM runtime threads: {runtime_threads()}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -37,6 +37,8 @@ class TestRecord:
     reference_name: str | None = None      # pytorch or onnxruntime
     cache_hit: bool | None = None          # None: no artifact was reached
     tuned: bool = False
+    sampled: int = 0                       # functions built with a sampled schedule (no tuning record)
+    threads: int | None = None             # the threads TVM's runtime ran the model with
     artifact: str | None = None            # the .so's path
     device: str | None = None              # the runner that produced the TVM outputs (tvm, rpc:<key>)
     timings: dict[str, float] = field(default_factory=dict)

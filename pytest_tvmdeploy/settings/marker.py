@@ -35,6 +35,7 @@ class ModelTestSettings:
     localize: bool = True
     bisect: bool = True
     tune: int = 0
+    tune_seconds: float | None = None
     shapes: tuple[dict[str, int], ...] = ()   # the sizes of the named dimensions, one test each
     ranges: dict[str, Range] | None = None     # the declared range of each named dimension
     static_shapes: bool = False
@@ -74,7 +75,9 @@ def model_test_settings(marker_kwargs: Mapping[str, Any], session: SessionSettin
         budget_given=marker_kwargs.get("quant_budget") is not None,
         localize=session.localize,
         bisect=session.bisect,
-        tune=given.get("tune", values.trials, session.tune),
+        tune=given.get("tune", lambda value, where: values.tuning_budget(value, where)[0], session.tune),
+        tune_seconds=given.get("tune", lambda value, where: values.tuning_budget(value, where)[1],
+                               session.tune_seconds),
         shapes=tuple(shapes),
         ranges=ranges,
         static_shapes=given.get("static_shapes", values.switch, session.static_shapes),

@@ -65,6 +65,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("tvm_repeat", "deploy", ini=True, metavar="N", default="1", parse=values.repeat,
            help="time N calls of every runner (TVM Python, C++, the reference) and report the "
                 "median (default: ini tvm_repeat, else 1)"),
+    Option("tvm_threads", "deploy", ini=True, metavar="N", parse=values.thread_count,
+           help="threads TVM's CPU runtime runs each model with (sets TVM_NUM_THREADS; default: "
+                "$TVM_NUM_THREADS, else the available cores shared evenly among pytest-xdist workers)"),
     Option("tvm_cc", "deploy", ini=True, metavar="COMPILER",
            help="compiler export_library links the .so with, e.g. aarch64-linux-gnu-g++ for a "
                 "target with another mtriple (default: ini tvm_cc, else the host's g++)"),
@@ -87,6 +90,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("tvm_ratchet_factor", "snapshot", ini=True, default="4", metavar="FACTOR", parse=values.growth_factor,
            help="how many times its recorded level an output's error may grow before the ratchet acts "
                 "(default 4; errors below atol/100 + 1e-6 x the output's magnitude count as that floor)"),
+    Option("tvm_schedule", "deploy", ini=True, default="sampled", choices=("sampled", "none"),
+           help="what functions without a tuning record get: 'sampled' (default), a schedule drawn from "
+                "MetaSchedule's rules and ranked by the shipped cost model, nothing measured; 'none', "
+                "TVM's plain loops"),
     Option("tvm_static_shapes", "deploy", ini=True, default="off", choices=("on", "off"), parse=values.switch,
            help="build every marked model for its test's input sizes, even where the inputs name a "
                 "dimension (shapes=) or an ONNX file leaves one open (dim_param): one artifact per "
@@ -103,10 +110,11 @@ OPTIONS: tuple[Option, ...] = (
            help="when a float model's TVM outputs leave tolerance, rebuild it with more and more of "
                 "the build's optional passes (and tuning records) and name the first compiler stage, "
                 "pass or record after which they do (default on; a few extra builds per failing test)"),
-    Option("tvm_tune", "tuning", metavar="TRIALS", default="0", parse=values.trials,
+    Option("tvm_tune", "tuning", metavar="TRIALS", default="0", parse=values.tuning_budget,
            help="tune each marked model with MetaSchedule until its target's tuning database holds "
                 "TRIALS trials for it (records already there count) before building; builds apply "
-                "the database"),
+                "the database. A time limit per model and run: 15m (time only), 2000/15m (whichever "
+                "comes first)"),
     Option("tvm_tuning_dir", "tuning", ini=True, metavar="DIR",
            help="tuning databases, one folder per target label (default: ini tvm_tuning_dir, "
                 "relative to the rootdir, else <cache>/tuning); commit it to reuse tuned schedules in CI"),

@@ -36,11 +36,14 @@ class SessionSettings:
     bisect: bool = True
     tuning_root: Path = Path("tuning")   # per-target database folders below it
     tune: int = 0
+    tune_seconds: float | None = None    # the time limit of --tvm-tune=N/15m
     cc: str | None = None
     remote: RemoteSpec | None = None
     remote_timeout: float = 600.0
     static_shapes: bool = False
     coverage: bool = False
+    schedule: str = "sampled"            # --tvm-schedule: what functions without a record get
+    threads: int | None = None           # --tvm-threads; None: the environment's or the default
 
     def tuning_dir(self, target: TargetSpec) -> Path:
         """This target's tuning database folder."""
@@ -92,12 +95,15 @@ def session_settings(
         localize=given["tvm_localize"],
         bisect=given["tvm_bisect"],
         tuning_root=values.folder(given.raw(option("tvm_tuning_dir")), rootdir) or cache_dir / "tuning",
-        tune=given["tvm_tune"],
+        tune=given["tvm_tune"][0],
+        tune_seconds=given["tvm_tune"][1],
         cc=given["tvm_cc"],
         remote=_remote(given["tvm_rpc"], given["tvm_rpc_tracker"], given["tvm_rpc_key"]),
         remote_timeout=given["tvm_rpc_timeout"],
         static_shapes=given["tvm_static_shapes"],
         coverage=given["tvm_coverage"],
+        threads=given["tvm_threads"],
+        schedule=given["tvm_schedule"],
     )
 
 

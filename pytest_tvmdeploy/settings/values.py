@@ -51,12 +51,43 @@ def trials(value: Any, where: str) -> int:
     return count
 
 
+#: The trial budget of a time-only limit (``--tvm-tune=15m``): the clock ends the run first.
+TIME_ONLY_TRIALS = 100_000
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def tuning_budget(value: Any, where: str) -> tuple[int, float | None]:
+    """A tuning budget: trials (``2000``), a time limit per run (``15m``, ``90s``, ``1h``) or
+    both (``2000/15m``), as ``(trials, seconds or None)``."""
+    text = str(value).strip().lower()
+    trials_text, _, time_text = text.partition("/")
+    if not time_text and text[-1:] in _UNITS:
+        trials_text, time_text = str(TIME_ONLY_TRIALS), text
+    seconds = None
+    if time_text or text.endswith("/"):
+        number = time_text[:-1] if time_text[-1:] in _UNITS else ""
+        try:
+            seconds = float(number) * _UNITS[time_text[-1]]
+        except (ValueError, KeyError):
+            seconds = -1.0
+        if not seconds > 0:
+            raise ConfigError(f"{where}: {value!r} is not a tuning budget: a time limit looks like 15m, 90s or 1h")
+    return trials(trials_text, where), seconds
+
+
 def repeat(value: Any, where: str) -> int:
     """A count of timed calls: a whole number >= 1."""
     count = whole_number(value, 1)
     if count is None:
         raise ConfigError(f"{where}: {value!r} is not a positive whole number")
     return count
+
+
+def thread_count(value: Any, where: str) -> int | None:
+    """A thread count: a whole number >= 1, or ``None`` when not given."""
+    if value is None or str(value).strip() == "":
+        return None
+    return repeat(value, where)
 
 
 def tolerance(value: Any, where: str) -> float | None:

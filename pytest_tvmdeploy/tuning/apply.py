@@ -11,13 +11,14 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pytest_tvmdeploy.build.compile import compile_module
 from pytest_tvmdeploy.build.passes import PassPipeline, build_pipeline
 from pytest_tvmdeploy.errors import BuildError, brief
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, read_database
+from pytest_tvmdeploy.tuning.sampled import schedule_unscheduled
 from pytest_tvmdeploy.tuning.selection import TaskRecords, records_by_task
 from pytest_tvmdeploy.tuning.targets import record_matcher, tuning_target
 from pytest_tvmdeploy.tuning.tasks import extract_tasks, prepare_module, task_keys
@@ -28,31 +29,47 @@ if TYPE_CHECKING:
 _TENSORIZE = '"Tensorize"'
 
 
+class RecordsBuild(NamedTuple):
+    """A build's VM executable, how many functions got a stored record, how many a sampled schedule."""
+
+    executable: Any
+    applied: int
+    sampled: int
+
+
 def compile_tuned(module: tvm.IRModule, target: TargetSpec, database_dir: Path) -> Any:
     """``tvm.compile`` ``module`` for ``target`` with the records in ``database_dir`` applied.
 
     The result is a Relax VM executable like :func:`pytest_tvmdeploy.build.compile_module`'s,
     with the same ``main``.
     """
-    return build_with_records(module, target, read_database(Path(database_dir)))[0]
+    return build_with_records(module, target, read_database(Path(database_dir))).executable
 
 
-def build_with_records(module: tvm.IRModule, target: TargetSpec, files: DatabaseFiles,
+def build_with_records(module: tvm.IRModule, target: TargetSpec, files: DatabaseFiles | None,
                        pipeline: PassPipeline | None = None,
-                       keep: Callable[[TaskRecords], bool] | None = None) -> tuple[Any, int]:
-    """:func:`compile_tuned` with the database already read, also returning how many of the
-    module's tasks got a stored schedule. ``pipeline`` is the passes to run (by default
-    :func:`build_pipeline`'s); ``keep`` chooses which of the chosen records apply (all)."""
+                       keep: Callable[[TaskRecords], bool] | None = None,
+                       sampled: bool = False) -> RecordsBuild:
+    """:func:`compile_tuned` with the database already read (``None``: no database). ``pipeline``
+    is the passes to run (by default :func:`build_pipeline`'s); ``keep`` chooses which of the
+    chosen records apply (all); with ``sampled`` the functions still unscheduled get a sampled
+    schedule (:mod:`pytest_tvmdeploy.tuning.sampled`; LLVM targets only)."""
     pipeline = pipeline or build_pipeline()
-    if files.is_empty:
-        return compile_module(module, target, pipeline), 0
+    has_records = files is not None and not files.is_empty
+    sampled = sampled and target.as_dict.get("kind") == "llvm"
+    if not has_records and not sampled:
+        return RecordsBuild(compile_module(module, target, pipeline), 0, 0)
     as_tuned = tuning_target(target)  # prepared exactly as tune() prepares it, so the keys match
     prepared = prepare_module(module, as_tuned, pipeline)
-    chosen = [task for task in chosen_records(files, prepared, target) if keep is None or keep(task)]
-    applied = 0
-    if chosen:
-        prepared, applied = apply_records(prepared, as_tuned, files, chosen)
-    return compile_module(prepared, target, pipeline), applied
+    applied = scheduled = 0
+    if has_records:
+        assert files is not None
+        chosen = [task for task in chosen_records(files, prepared, target) if keep is None or keep(task)]
+        if chosen:
+            prepared, applied = apply_records(prepared, as_tuned, files, chosen)
+    if sampled:
+        prepared, scheduled = schedule_unscheduled(prepared, as_tuned)
+    return RecordsBuild(compile_module(prepared, target, pipeline), applied, scheduled)
 
 
 def chosen_records(files: DatabaseFiles, prepared: tvm.IRModule, target: TargetSpec) -> list[TaskRecords]:

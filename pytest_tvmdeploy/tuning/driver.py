@@ -39,6 +39,7 @@ def tune(
     max_trials: int,
     max_trials_per_task: int | None = None,
     progress: Callable[[str], None] | None = None,
+    max_seconds: float | None = None,
 ) -> TuningSummary:
     """Tune ``module`` (a Relax module as a frontend imported it) for ``target``; store records in ``database_dir``.
 
@@ -49,6 +50,8 @@ def tune(
     tunes the other tasks further (starting from their best records; a task may exceed its cap
     by up to one cap in that call). Records already in the folder are kept. ``progress``
     receives a line per batch of candidates sent to the builder and per measured batch.
+    ``max_seconds`` ends the search once that much time has gone (the batches under way are
+    still measured and stored); a later call goes on from the stored records.
     """
     say = progress or (lambda line: None)
     database_dir = Path(database_dir)
@@ -65,9 +68,10 @@ def tune(
             say(f"tuning {len(plan.todo)} of {len(tasks)} tasks, up to {plan.per_task} trials each, "
                 f"{plan.budget} in all")
             todo = [task for task in tasks if (task.name, task.shash) in plan.todo]
-            results, added = _tune_in_copy(_warm_start(seed, todo, target), todo, plan, tvm_target,
-                                           label=target.json, say=say)
-            note_exhausted(database_dir, target_key(target), _exhausted(todo, plan, results))
+            results, added, timed_out = _tune_in_copy(_warm_start(seed, todo, target), todo, plan, tvm_target,
+                                                      label=target.json, say=say, max_seconds=max_seconds)
+            if not timed_out:  # a task cut short by the clock did not run dry
+                note_exhausted(database_dir, target_key(target), _exhausted(todo, plan, results))
         else:
             say(f"nothing to tune: the database holds the {max_trials}-trial budget of these {len(tasks)} tasks")
         chosen = records_by_task(read_database(database_dir), task_keys(tasks), record_matcher(target))
@@ -113,7 +117,8 @@ def _tune_in_copy(
     *,
     label: str,
     say: Callable[[str], None],
-) -> tuple[tuple[TaskResult, ...], int]:
+    max_seconds: float | None = None,
+) -> tuple[tuple[TaskResult, ...], int, bool]:
     """Tune in a temporary database holding ``seed`` (records of the real one), then append the
     new records to the real one (``seed``'s folder).
 
@@ -123,8 +128,9 @@ def _tune_in_copy(
     run_dir = Path(tempfile.mkdtemp(prefix="tvmdeploy-tuning-"))
     try:
         seed.write(run_dir)
-        results = run_meta_schedule(
-            todo, target, run_dir, budget=plan.budget, per_task=plan.per_task, label=label, say=say
+        results, timed_out = run_meta_schedule(
+            todo, target, run_dir, budget=plan.budget, per_task=plan.per_task, label=label, say=say,
+            max_seconds=max_seconds,
         )
         _all_failed_check(results, label, run_dir)  # before merging: a broken run must not mark tasks done
         tuned = {task.shash: tuned_workload(task) for task in todo}
@@ -136,7 +142,7 @@ def _tune_in_copy(
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     shutil.rmtree(run_dir, ignore_errors=True)
-    return results, added
+    return results, added, timed_out
 
 
 def _all_failed_check(results: tuple[TaskResult, ...], label: str, run_dir: Path) -> None:

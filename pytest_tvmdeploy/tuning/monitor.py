@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,14 +34,23 @@ class _Tally:
 
 @derived_object
 class TuningMonitor(PyMeasureCallback):
-    """Counts trials and errors per task and reports progress after each measured batch."""
+    """Counts trials and errors per task and reports progress after each measured batch; past
+    ``deadline`` (a ``time.monotonic()`` value) it ends every task, so the run stops after the
+    batches already under way."""
 
-    def __init__(self, task_names: list[str], progress: Callable[[str], None]) -> None:
+    def __init__(self, task_names: list[str], progress: Callable[[str], None], deadline: float | None = None) -> None:
         self.task_names = task_names
         self.progress = progress
         self.tallies = [_Tally() for _ in task_names]
+        self.deadline = deadline
+        self.timed_out = False
 
     def apply(self, task_scheduler, task_id: int, measure_candidates, builder_results, runner_results) -> None:
+        if self.deadline is not None and not self.timed_out and time.monotonic() >= self.deadline:
+            self.timed_out = True
+            for index, task in enumerate(task_scheduler.tasks_):
+                if not task.is_terminated:
+                    task_scheduler.terminate_task(index)
         if not builder_results:
             return  # the scheduler revisits exhausted tasks with empty batches
         tally = self.tallies[task_id]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import BuildError, brief
+from pytest_tvmdeploy.threads import configure_threads
 from pytest_tvmdeploy.tuning.plan import TRIALS_PER_ITERATION
 from pytest_tvmdeploy.tuning.summary import TaskResult
 from pytest_tvmdeploy.tuning.tasks import Task
@@ -43,20 +44,26 @@ def run_meta_schedule(
     per_task: int,
     label: str,
     say: Callable[[str], None],
-) -> tuple[TaskResult, ...]:
-    """MetaSchedule on ``tasks`` with the builder, runner and search sized for small machines.
+    max_seconds: float | None = None,
+) -> tuple[tuple[TaskResult, ...], bool]:
+    """MetaSchedule on ``tasks`` with the builder, runner and search sized for small machines;
+    returns each task's result and whether ``max_seconds`` ended the run before its budget.
 
     ``label`` names the target in error messages.
     """
+    import time
+
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
     from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
     from pytest_tvmdeploy.tuning.pool_builder import PersistentPoolBuilder
 
+    configure_threads()  # candidates are measured with the threads the deployed model will run with
     logger = logging.getLogger(META_SCHEDULE_LOGGER)
     contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger)
-    monitor = TuningMonitor([str(context.task_name) for context in contexts], say)
+    deadline = time.monotonic() + max_seconds if max_seconds is not None else None
+    monitor = TuningMonitor([str(context.task_name) for context in contexts], say, deadline)
     current = CurrentTask(len(contexts), say)
     logger.addHandler(current)
     candidates = work_dir / "candidates"
@@ -91,7 +98,9 @@ def run_meta_schedule(
         builder.shutdown()
         runner.pool.shutdown()
         _close_log_files(work_dir)
-    return monitor.results()
+    if monitor.timed_out:
+        say(f"tuning stopped at its time limit of {max_seconds:g} s")
+    return monitor.results(), monitor.timed_out
 
 
 def _tune_contexts(tasks: list[Task], work_dir: Path, per_task: int, logger: logging.Logger) -> tuple[Any, Any]:

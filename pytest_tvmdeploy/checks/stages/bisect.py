@@ -28,6 +28,7 @@ from pytest_tvmdeploy.checks.stages.verdict import (
     EXPORTED,
     IMPORT,
     RECORDS,
+    SAMPLED,
     UNDECIDED,
     Probe,
     StageVerdict,
@@ -41,30 +42,38 @@ from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
 #: The step that applies tuning records, as an optional pass after the last pass of fusion.
 RECORDS_STEP = BuildPass(RECORDS, RECORDS, lambda: None, required=False)
+#: The step that gives the functions left without a record a sampled schedule, right after it.
+SAMPLED_STEP = BuildPass(SAMPLED, SAMPLED, lambda: None, required=False)
+#: The steps that are not passes of the pipeline.
+SCHEDULE_STEPS = frozenset({RECORDS, SAMPLED})
 
 
 class StageBisection:
-    """Builds of one imported module with a chosen share of the optional passes (and records)."""
+    """Builds of one imported module with a chosen share of the optional passes (and records,
+    and sampled schedules)."""
 
     def __init__(self, module: Any, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
                  target: TargetSpec, rules: ToleranceRules, records: Any = None,
-                 pipeline: PassPipeline | None = None) -> None:
+                 pipeline: PassPipeline | None = None, sampled: bool = False) -> None:
         self.module, self.inputs, self.reference = module, dict(inputs), dict(reference)
         self.target, self.rules, self.records = target, rules, records
         self.pipeline = pipeline or build_pipeline()
         self.tuned = records is not None and not records.is_empty
+        self.sampled = sampled
         self.steps = self._steps()
         self.probes: list[Probe] = []
 
     def _steps(self) -> list[BuildPass]:
         import tvm
 
+        scheduled = self.tuned or self.sampled
         with tvm.transform.PassContext():
-            optional = self.pipeline.optional(prepare=self.tuned, config=tvm.transform.PassContext.current().config)
-        if not self.tuned:
+            optional = self.pipeline.optional(prepare=scheduled, config=tvm.transform.PassContext.current().config)
+        if not scheduled:
             return optional
         last_prepare = max(i for i, p in enumerate(optional) if p.stage == PREPARE)
-        return optional[:last_prepare + 1] + [RECORDS_STEP] + optional[last_prepare + 1:]
+        steps = [RECORDS_STEP] * self.tuned + [SAMPLED_STEP] * self.sampled
+        return optional[:last_prepare + 1] + steps + optional[last_prepare + 1:]
 
     def probe(self, enabled: int, keep: Callable[[Any], bool] | None = None, label: str | None = None) -> Probe:
         """Build with the first ``enabled`` optional steps (and, if records apply, those ``keep``
@@ -76,7 +85,7 @@ class StageBisection:
         """Build with only the optional steps named in ``enabled``; see :meth:`probe`."""
         skipped = {step.name for step in self.steps} - enabled
         try:
-            outputs = self._run(self._build(self.pipeline.without(skipped - {RECORDS}), RECORDS in enabled, keep))
+            outputs = self._run(self._build(self.pipeline.without(skipped - SCHEDULE_STEPS), enabled, keep))
         except Exception as exc:  # noqa: BLE001 - a build the bisection cannot make is a finding, not a crash
             found = Probe(label, None, error=f"{type(exc).__name__}: {brief(exc)}")
         else:
@@ -85,14 +94,15 @@ class StageBisection:
         self.probes.append(found)
         return found
 
-    def _build(self, pipeline: PassPipeline, with_records: bool, keep: Callable[[Any], bool] | None) -> Any:
+    def _build(self, pipeline: PassPipeline, enabled: set[str], keep: Callable[[Any], bool] | None) -> Any:
         from pytest_tvmdeploy.build.compile import compile_module
         from pytest_tvmdeploy.tuning.apply import build_with_records
 
-        if not self.tuned:
+        if not self.tuned and not self.sampled:
             return compile_module(self.module, self.target, pipeline)
-        choose = keep if with_records else (lambda task: False)
-        return build_with_records(self.module, self.target, self.records, pipeline, keep=choose)[0]
+        choose = keep if RECORDS in enabled else (lambda task: False)
+        return build_with_records(self.module, self.target, self.records, pipeline, keep=choose,
+                                  sampled=self.sampled and SAMPLED in enabled).executable
 
     def _run(self, executable: Any) -> dict[str, np.ndarray]:
         values = flatten_outputs(relax_vm(executable)["main"](*tvm_tensors(self.inputs.values())))
@@ -110,14 +120,26 @@ class StageBisection:
         prepared = prepare_module(self.module, tuning_target(self.target), self.pipeline)
         return chosen_records(self.records, prepared, self.target)
 
+    def sampled_functions(self) -> list[str]:
+        """The functions a build with every step gives a sampled schedule (those without a record)."""
+        from pytest_tvmdeploy.tuning.sampled import unscheduled_tasks
+        from pytest_tvmdeploy.tuning.targets import tuning_target
+        from pytest_tvmdeploy.tuning.tasks import prepare_module
+
+        recorded = {task.task for task in self.applied_tasks()} if self.tuned else set()
+        prepared = prepare_module(self.module, tuning_target(self.target), self.pipeline)
+        return [task.name for task in unscheduled_tasks(prepared, tuning_target(self.target))
+                if task.name not in recorded]
+
 
 def bisect_stages(module: Any, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
                   target: TargetSpec, rules: ToleranceRules = ToleranceRules(), *, records: Any = None,
-                  pipeline: PassPipeline | None = None) -> StageVerdict:
+                  pipeline: PassPipeline | None = None, sampled: bool = False) -> StageVerdict:
     """The stage whose passes first put ``module``'s outputs on ``inputs`` outside tolerance of
-    ``reference``; ``records`` (a tuning database) are applied as the tuned build applies them."""
+    ``reference``; ``records`` (a tuning database) are applied as the tuned build applies them,
+    and with ``sampled`` the functions left without one get sampled schedules, as builds do."""
     start = time.perf_counter()
-    search = StageBisection(module, inputs, reference, target, rules, records, pipeline)
+    search = StageBisection(module, inputs, reference, target, rules, records, pipeline, sampled)
     verdict = _search(search)
     return StageVerdict(**{**verdict, "probes": tuple(search.probes), "seconds": time.perf_counter() - start})
 
@@ -147,11 +169,13 @@ def _search(search: StageBisection) -> dict[str, Any]:
     culprit = search.steps[bad - 1]
     result: dict[str, Any] = {"stage": culprit.stage, "culprit": culprit.name, "max_abs_error": errors.get(bad),
                               "last_good": search.steps[good - 1].name if good else None}
-    if search.tuned:
+    if search.tuned or search.sampled:
         enabled = {step.name for step in search.steps[:bad]}
         result["relax_passes"] = tuple(p.name for p in prepare_passes() if p.required or p.name in enabled)
     if culprit.name == RECORDS:
         return {**result, **_records_search(search, bad)}
+    if culprit.name == SAMPLED:
+        return {**result, "culprit": _sampled_search(search, bad)}
     if good:
         alone = _alone(search, bad - 1)
         result["alone"] = None if alone.passed is None else not alone.passed
@@ -203,23 +227,39 @@ def _records_search(search: StageBisection, enabled: int) -> dict[str, Any]:
     return {"culprit": f"{task.task} (workload {task.shash})"}
 
 
+def _sampled_search(search: StageBisection, enabled: int) -> str:
+    """The function whose sampled schedule makes the outputs wrong, found by halving the set of
+    functions that keep plain loops (a record found for a function makes the sampler skip it)."""
+    from pytest_tvmdeploy.tuning import sampled
+
+    functions = search.sampled_functions()
+    candidates = list(functions)
+    while len(candidates) > 1:
+        half = candidates[:len(candidates) // 2]
+        with sampled.only(set(half)):
+            wrong = search.probe(enabled, label=f"{len(half)} sampled schedule(s)").passed is False
+        candidates = half if wrong else candidates[len(half):]
+    return candidates[0] if candidates else f"{len(functions)} functions together"
+
+
 def bisect_model_file(source: ModelSource | ModelFile, inputs: Mapping[str, np.ndarray],
                       reference: Mapping[str, np.ndarray], target: TargetSpec, rules: ToleranceRules,
-                      tuning_dir: Path | None = None) -> StageVerdict:
+                      tuning_dir: Path | None = None, sampled: bool = False) -> StageVerdict:
     """:func:`bisect_stages` on a model (or one handed over as a file, in the sandbox worker),
-    imported at these inputs' shapes, with the records of ``tuning_dir`` when the artifact applied them."""
+    imported at these inputs' shapes, with the records of ``tuning_dir`` when the artifact applied
+    them and sampled schedules where it had them."""
     from pytest_tvmdeploy.tuning import read_database
 
     if isinstance(source, ModelFile):
         source, inputs = source.open_at(inputs)
     records = read_database(Path(tuning_dir)) if tuning_dir is not None else None
     module = source.to_relax(ShapeSignature.of(inputs))
-    verdict = bisect_stages(module, inputs, reference, target, rules, records=records)
+    verdict = bisect_stages(module, inputs, reference, target, rules, records=records, sampled=sampled)
     return replace(verdict, upstream=_whole_model_case(verdict, source, inputs, reference, rules))
 
 
 #: Verdicts that name no pass of the build.
-NOT_A_PASS = frozenset({IMPORT, RECORDS, EXPORTED, UNDECIDED, CPP_RUNTIME})
+NOT_A_PASS = frozenset({IMPORT, RECORDS, SAMPLED, EXPORTED, UNDECIDED, CPP_RUNTIME})
 #: The largest model written out whole as an upstream reproducer (its script stays short).
 MAX_WHOLE_MODEL = 25
 

@@ -9,6 +9,8 @@ from typing import Any
 IMPORT = "import or legalization"
 #: The pseudo-pass that applies the stored tuning records (between fusion and lowering).
 RECORDS = "tuning records"
+#: The pseudo-pass that gives functions without a record a sampled schedule (after the records).
+SAMPLED = "sampled schedules"
 #: A build in the checking process is right, the artifact wrong.
 EXPORTED = "exported library"
 #: The bisection could not decide (a build it needs fails).
@@ -58,6 +60,8 @@ class StageVerdict:
                     "legalization or the code TVM always generates for it")
         if self.stage == RECORDS:
             return f"correct untuned, wrong with the tuning record of {self.culprit} applied"
+        if self.stage == SAMPLED:
+            return f"correct with plain loops, wrong with the sampled schedule of {self.culprit}"
         if self.culprit is not None:
             before = f"correct through {self.last_good}" if self.last_good else "correct with the required passes"
             return f"{before}, wrong after {self.culprit} ({self.stage})"
@@ -68,7 +72,7 @@ class StageVerdict:
         text = f"compiler stage: {self.summary}"
         if self.max_abs_error is not None:
             text += f" (max abs error {self.max_abs_error:.3g})"
-        if self.alone is not None and self.culprit is not None and self.stage != RECORDS:
+        if self.alone is not None and self.culprit is not None and self.stage not in (RECORDS, SAMPLED):
             text += ("; the same pass alone on the required passes is wrong too" if self.alone
                      else "; that pass alone on the required passes is within tolerance: it breaks in "
                           f"combination with {self.partner or 'the passes before it'} and the passes before that")

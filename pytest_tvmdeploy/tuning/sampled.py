@@ -1,0 +1,165 @@
+"""Schedules for functions nobody tuned: sampled from MetaSchedule's rules, chosen by the shipped
+cost model, never measured.
+
+An unscheduled function runs as plain loops on one core (resnet18: ~1.9 s a call where PyTorch
+takes ~21 ms). Each fused function without a tuning record instead gets one of
+:data:`CANDIDATES` schedules drawn from MetaSchedule's design space for LLVM targets (multi-level
+tiling, parallel outer loops, vectorised inner loops, unrolling): the one the shipped cost model
+(:mod:`pytest_tvmdeploy.tuning.cost_model`) ranks first, or the first valid one without it. The
+draws are seeded from the function's structural hash, so a build is reproducible. Functions over
+symbolic dimensions have no design space and stay unscheduled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from pytest_tvmdeploy.errors import BuildError, brief
+from pytest_tvmdeploy.tuning.cost_model import shipped_cost_model, shipped_digest
+from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks
+
+if TYPE_CHECKING:
+    import tvm
+
+#: Design-space draws per function (each draw gives one schedule per sketch); 16 draws ranked by
+#: the cost model ran resnet18 in 89 ms and mobilenet_v2 in 14.6 ms, 64 draws in 89 / 14.0 ms at
+#: four times the scheduling time, one unranked draw in 176 / 33 ms.
+CANDIDATES = 16
+#: MetaSchedule's generic LLVM rules: the x86 set adds VNNI tiling, whose intrinsic registration
+#: alone imports all of TVM's tensor intrinsics (~20 s a process).
+RULES = "llvm"
+
+
+#: While set (see :func:`only`): the task names that may get a sampled schedule.
+_only: set[str] | None = None
+
+
+@contextmanager
+def only(names: set[str]) -> Iterator[None]:
+    """Within the block, sample schedules only for the tasks named (stage bisection narrows a
+    wrong sampled build down to one function this way)."""
+    global _only
+    before, _only = _only, set(names)
+    try:
+        yield
+    finally:
+        _only = before
+
+
+def recipe() -> str:
+    """What the sampled schedules depend on besides the module (for artifact keys)."""
+    return f"sampled-{CANDIDATES}-{RULES}-{shipped_digest() or 'first'}"
+
+
+def schedule_unscheduled(prepared: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
+    """``prepared`` with a sampled schedule on each static function that has none yet; also
+    returns how many functions got one."""
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.MemoryDatabase()
+    scheduled = 0
+    for task in unscheduled_tasks(prepared, target):
+        function = task.extracted.dispatched[0]
+        if _only is not None and task.name not in _only:
+            continue
+        schedule = choose_schedule(task, target)
+        if schedule is None:
+            continue
+        workload = database.commit_workload(function)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            schedule.trace, workload, [1.0], target, ms.arg_info.ArgInfo.from_prim_func(function["main"])))
+        scheduled += 1
+    if not scheduled:
+        return prepared, 0
+    try:
+        with target, database:
+            return relax.transform.MetaScheduleApplyDatabase()(prepared), scheduled
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(f"applying sampled schedules for {target} failed: {brief(exc)}") from exc
+
+
+def unscheduled_tasks(prepared: tvm.IRModule, target: tvm.target.Target) -> list[Task]:
+    """The tasks of ``prepared`` that no record has scheduled."""
+    return [task for task in extract_tasks(prepared, target) if not _is_scheduled(task.extracted.dispatched[0])]
+
+
+def choose_schedule(task: Task, target: tvm.target.Target) -> Any | None:
+    """The cost model's pick among the task's sampled schedules (``None``: no valid one)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    function = task.extracted.dispatched[0]
+    context = light_context(function, target, seed=int(task.shash) % (2**31 - 1) or 1)
+    domains = block_domains(function)
+    candidates = []
+    for _ in range(CANDIDATES):
+        for schedule in context.generate_design_space():
+            if all(postproc.apply(schedule) for postproc in context.space_generator.postprocs) \
+                    and covers_every_iteration(schedule, domains):
+                candidates.append(schedule)
+    model = shipped_cost_model()
+    if not candidates or model is None:
+        return candidates[0] if candidates else None
+    args = ms.arg_info.ArgInfo.from_prim_func(function["main"])
+    scores = model.predict(context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
+    return candidates[max(range(len(candidates)), key=lambda i: scores[i])]
+
+
+def block_domains(function: tvm.IRModule) -> dict[str, int]:
+    """How many iterations each block of the unscheduled ``function`` runs."""
+    import tvm
+
+    schedule = tvm.s_tir.Schedule(function)
+    domains: dict[str, int] = {}
+    for block in _blocks(schedule):
+        size = 1
+        for variable in schedule.get(block).iter_vars:
+            size *= int(variable.dom.extent)
+        domains[schedule.get(block).name_hint] = size
+    return domains
+
+
+def covers_every_iteration(schedule: Any, domains: dict[str, int]) -> bool:
+    """Whether each block of ``domains`` still in ``schedule`` sits in loops that run at least
+    its iterations. A consumer fused into a producer's tiles (``reverse_compute_at``) runs only
+    over the producer's extent: a padding block then never writes its border, whose memory
+    holds whatever the memory planner last put there (TVM 0.27 samples such schedules, e.g.
+    for EfficientNet-Lite0's padded depthwise convs)."""
+    for block in _blocks(schedule):
+        name = schedule.get(block).name_hint
+        if name not in domains:
+            continue  # split by decompose_reduction, or new (cache reads and writes)
+        runs = 1
+        for loop in schedule.get_loops(block):
+            runs *= int(schedule.get(loop).extent)
+        if runs < domains[name]:
+            return False
+    return True
+
+
+def _blocks(schedule: Any) -> list[Any]:
+    """The blocks of the schedule's ``main`` (those under its root block)."""
+    return list(schedule.get_child_blocks(schedule.get_sblock("root")))
+
+
+def light_context(module: tvm.IRModule, target: tvm.target.Target, seed: int) -> Any:
+    """A MetaSchedule ``TuneContext`` with the :data:`RULES` design space, made without the
+    blanket import of every tensor intrinsic that ``TuneContext()`` does first."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule import _ffi_api
+    from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func
+
+    space = ms.space_generator.PostOrderApply(sch_rules=RULES, postprocs=RULES, mutator_probs=RULES)
+    context = ms.TuneContext.__new__(ms.TuneContext)
+    context.__init_handle_by_constructor__(
+        _ffi_api.TuneContext, module, target, space, None, "sampled", 1, seed,
+        get_logging_func(get_logger(__name__)),
+    )
+    _ffi_api.TuneContextInitialize(context)
+    return context
+
+
+def _is_scheduled(function: tvm.IRModule) -> bool:
+    return any(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in function.functions.values())
