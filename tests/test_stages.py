@@ -46,14 +46,19 @@ def test_a_wrong_relax_rewrite_is_named_with_its_stage(project: pytest.Pytester)
     assert "compiler stage" in (project.path / "out" / "report.html").read_text()
 
 
-def test_a_tir_pass_perturbing_one_buffer_is_named(project: pytest.Pytester) -> None:
-    project.makepyfile(plant="from faults import plant_tir_perturbation\nplant_tir_perturbation('relu1')\n",
-                       test_model=CONV_RELU)
+def _planted(project: pytest.Pytester, fault: str) -> tuple[pytest.RunResult, dict]:
+    """Run CONV_RELU with ``faults.<fault>`` planted by a --tvm-setup module (no localiser):
+    the failing run and its stage verdict."""
+    project.makepyfile(plant=f"import faults\nfaults.{fault}\n", test_model=CONV_RELU)
     result = project.runpytest_subprocess("--tvm-setup=plant", "--tvm-cache-dir=cache", "--tvm-report=out",
                                           "--tvm-localize=off")
     result.assert_outcomes(failed=1)
+    return result, _stage(project)
+
+
+def test_a_tir_pass_perturbing_one_buffer_is_named(project: pytest.Pytester) -> None:
+    result, stage = _planted(project, "plant_tir_perturbation('relu1')")
     result.stdout.fnmatch_lines(["*compiler stage: correct through *, wrong after HalfPrecisionStore (TIR passes)*"])
-    stage = _stage(project)
     assert (stage["stage"], stage["culprit"], stage["alone"]) == ("TIR passes", "HalfPrecisionStore", True)
     # the pass before it in the pipeline's order is the last one with good outputs
     assert stage["last_good"] == "CanonicalizeLoop"
@@ -122,12 +127,7 @@ sys.exit(done.returncode)
 
 
 def test_a_sampled_schedule_that_computes_differently_is_named(project: pytest.Pytester) -> None:
-    project.makepyfile(plant="from faults import plant_wrong_sampled_schedule\nplant_wrong_sampled_schedule('relu1')\n",
-                       test_model=CONV_RELU)
-    result = project.runpytest_subprocess("--tvm-setup=plant", "--tvm-cache-dir=cache", "--tvm-report=out",
-                                          "--tvm-localize=off")
-    result.assert_outcomes(failed=1)
-    stage = _stage(project)
+    result, stage = _planted(project, "plant_wrong_sampled_schedule('relu1')")
     assert stage["stage"] == "sampled schedules"
     assert "relu1" in stage["culprit"]
     result.stdout.fnmatch_lines(["*compiler stage: correct with plain loops, wrong with the sampled schedule of "
