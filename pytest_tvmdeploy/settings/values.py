@@ -43,14 +43,6 @@ def whole_number(value: Any, minimum: int) -> int | None:
     return count if count >= minimum else None
 
 
-def trials(value: Any, where: str) -> int:
-    """A tuning budget: a whole number of trials >= 0."""
-    count = whole_number(value, 0)
-    if count is None:
-        raise ConfigError(f"{where}: {value!r} is not a number of trials (a whole number >= 0)")
-    return count
-
-
 #: The trial budget of a time-only limit (``--tvm-tune=15m``): the clock ends the run first.
 TIME_ONLY_TRIALS = 100_000
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -65,14 +57,15 @@ def tuning_budget(value: Any, where: str) -> tuple[int, float | None]:
         trials_text, time_text = str(TIME_ONLY_TRIALS), text
     seconds = None
     if time_text or text.endswith("/"):
-        number = time_text[:-1] if time_text[-1:] in _UNITS else ""
         try:
-            seconds = float(number) * _UNITS[time_text[-1]]
-        except (ValueError, KeyError):
+            seconds = float(time_text[:-1]) * _UNITS[time_text[-1]]
+        except (ValueError, KeyError, IndexError):
             seconds = -1.0
-        if not seconds > 0:
-            raise ConfigError(f"{where}: {value!r} is not a tuning budget: a time limit looks like 15m, 90s or 1h")
-    return trials(trials_text, where), seconds
+    count = whole_number(trials_text, 0)
+    if count is None or (seconds is not None and not seconds > 0):
+        raise ConfigError(f"{where}: {value!r} is not a number of trials (a whole number >= 0), a time "
+                          f"limit (15m, 90s, 1h) or both (2000/15m)")
+    return count, seconds
 
 
 def repeat(value: Any, where: str) -> int:
