@@ -33,6 +33,20 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
+def link_or_copy(source: Path, destination: Path) -> None:
+    """Make ``destination`` a hard link to ``source`` (no second copy on disk), or a copy where
+    links are impossible (another file system)."""
+    import shutil
+
+    try:
+        os.link(source, destination)
+    except OSError:
+        try:
+            shutil.copyfile(source, destination)
+        except OSError as exc:
+            raise storage_error(destination, exc) from exc
+
+
 def out_of_space(exc: OSError) -> bool:
     """Whether ``exc`` says the disk (or the user's quota, or the file size limit) is full."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from pytest_tvmdeploy.build.fold_arithmetic import fold_constant_arithmetic
+
 if TYPE_CHECKING:
     import tvm
 
@@ -67,10 +69,12 @@ def _tir(name: str, *, required: bool = True, label: str | None = None, args: Se
 
 
 def prepare_passes() -> list[BuildPass]:
-    """What ``static_shape_tuning`` runs before tuning records apply: legalize, fold, fuse."""
+    """What ``static_shape_tuning`` runs before tuning records apply: legalize, fold, fuse (and
+    :mod:`~pytest_tvmdeploy.build.fold_arithmetic`, which gets the same constants much faster)."""
     return [
         _relax("DecomposeOpsForInference", PREPARE, required=False),
         _relax("CanonicalizeBindings", PREPARE, required=False),
+        BuildPass("FoldConstantArithmetic", PREPARE, fold_constant_arithmetic, required=False),
         _relax("LegalizeOps", PREPARE),
         _relax("AnnotateTIROpPattern", PREPARE, required=False),
         _relax("FoldConstant", PREPARE, required=False),

@@ -45,6 +45,8 @@ from pytest_tvmdeploy.tuning.sampled import recipe as sampled_recipe
 BUILD_RECIPE = 4
 
 Phase = Callable[[str], None]
+#: The cache's folder of compiled libraries, keyed by the Relax module rather than the model file.
+LIBRARIES = "libraries"
 #: :func:`tvm_side` as the sandbox worker calls it.
 TVM_SIDE = "pytest_tvmdeploy.deployment.pipeline:tvm_side"
 
@@ -184,7 +186,9 @@ def tvm_side(job: TvmJob, config: DeployConfig, phase: Phase, heartbeat: Phase |
         tasks_key = cache_key({**build_inputs, "specialized": [dict(s) for s in job.shapes.dims.shapes]})
     records, applied = _tuning_records(module, config, cache, tasks_key)
     key = cache_key({**build_inputs, "tuning": applied})
-    artifact, built = cache.get_or_build(key, lambda folder: module.build(folder, records if applied else None))
+    library_key = {**{k: v for k, v in build_inputs.items() if k != "model"}, "tuning": applied}
+    artifact, built = cache.get_or_build(key, lambda folder: module.build(
+        folder, records if applied else None, ArtifactCache(cache.root / LIBRARIES), library_key))
     phase("run")
     tvm_result, not_run = run_tvm(artifact, job.arrays, config)
     cpp_result, cpp_error = None, None

@@ -4,16 +4,17 @@ most once per deployment (tuning and building both need the module; a cache hit 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_tvmdeploy.build.cache import ARTIFACT_NAME
+from pytest_tvmdeploy.build.cache import ARTIFACT_NAME, ArtifactCache, cache_key
 from pytest_tvmdeploy.build.compile import export_library, tvm_version
 from pytest_tvmdeploy.build.specialize import specialize
 from pytest_tvmdeploy.deployment.config import DeployConfig
+from pytest_tvmdeploy.files import link_or_copy
 from pytest_tvmdeploy.quantize import quantize_for_target
 from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import ModelSource
@@ -76,6 +77,16 @@ class RelaxModule:
             self.source, self.shapes = source, shapes
         return self.source.to_relax(self.shapes)
 
+    @staticmethod
+    def _shared_library(libraries: ArtifactCache, key: Mapping[str, Any],
+                        compile_into: Callable[[Path], dict[str, Any]], folder: Path) -> dict[str, Any]:
+        """The library for ``key`` from ``libraries`` (compiled now if absent), linked into ``folder``."""
+        library, built = libraries.get_or_build(cache_key(key), compile_into)
+        link_or_copy(library.path, folder / ARTIFACT_NAME)
+        compiled = {name: library.meta[name] for name in ("tuned_functions", "sampled_functions")
+                    if name in library.meta}
+        return {**compiled, "library": {"key": library.key, "reused": not built}}
+
     def timed(self, name: str, work: Callable[[], Any]) -> Any:
         self.phase(name)
         start = time.perf_counter()
@@ -96,20 +107,28 @@ class RelaxModule:
         self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
                                "skipped_tasks": len(summary.skipped)}
 
-    def build(self, folder: Path, records: DatabaseFiles | None) -> dict[str, Any]:
+    def build(self, folder: Path, records: DatabaseFiles | None, libraries: ArtifactCache | None = None,
+              key: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Compile (applying the best of ``records`` to the module's tasks, ``None`` when none
-        applies) and export into ``folder``; returns the artifact's metadata."""
+        applies) and export into ``folder``; returns the artifact's metadata.
+
+        With ``libraries``, the library is kept there under ``key`` plus the Relax module's
+        structural hash (constants included), and linked into ``folder``: a model reaching TVM
+        as the identical module again (the same network as a module, a TorchScript file and a
+        ``.pt2``) is compiled once."""
         config, tuned = self.config, records is not None and not records.is_empty
         relax_module = self.tunable() if tuned else self.get()
 
-        def compile_and_export() -> None:
+        def compile_and_export(into: Path) -> dict[str, Any]:
             built = build_with_records(relax_module, config.spec, records, sampled=config.schedule == "sampled")
-            if tuned:
-                self.meta["tuned_functions"] = built.applied
-            self.meta["sampled_functions"] = built.sampled
-            export_library(built.executable, folder / ARTIFACT_NAME, cc=config.cc)
+            export_library(built.executable, into / ARTIFACT_NAME, cc=config.cc)
+            return {**({"tuned_functions": built.applied} if tuned else {}), "sampled_functions": built.sampled}
 
-        self.timed("compile", compile_and_export)
+        if libraries is None:
+            self.meta.update(self.timed("compile", lambda: compile_and_export(folder)))
+        else:
+            self.meta.update(self.timed("compile", lambda: self._shared_library(
+                libraries, {**(key or {}), "relax_module": module_digest(relax_module)}, compile_and_export, folder)))
         return {
             **self.meta,
             "model": self.source.description,
@@ -121,3 +140,10 @@ class RelaxModule:
             "import_seconds": self.seconds.get("import", 0.0),
             "compile_seconds": self.seconds["compile"],
         }
+
+
+def module_digest(module: tvm.IRModule) -> str:
+    """The module's structural hash: its functions, shapes and every constant's bytes."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(module):016x}"
