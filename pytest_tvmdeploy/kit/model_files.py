@@ -20,6 +20,16 @@ SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2", QDQ: ".qdq.onn
 QDQ_CALIBRATION_SAMPLES = 8
 
 
+def seeded_module(entry: CatalogueEntry) -> Any:
+    """The entry's ``nn.Module`` with the weights its model files hold (seed 0): every source
+    form of a model then reaches TVM as the same network, which is compiled once."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return entry.build()
+
+
 def model_file(entry: CatalogueEntry, source: str, folder: Path) -> Path:
     """``folder/<name><suffix>``, written once (seed 0) and atomically, then reused."""
     import torch
@@ -30,9 +40,7 @@ def model_file(entry: CatalogueEntry, source: str, folder: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if source == QDQ:
         return _quantized_onnx(entry, model_file(entry, "onnx", folder), path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        module = entry.build()
+    module = seeded_module(entry)
     example = tuple(torch.from_numpy(a) for a in make_inputs(entry.example_inputs(), seed=0).values())
     dynamic = _named_axes(entry)
     # Written under its final name (TorchScript and .pt2 archives record it), then moved in place.

@@ -23,13 +23,16 @@ from pytest_tvmdeploy.kit.expected import (
     read_expected,
     shape_case,
 )
-from pytest_tvmdeploy.kit.model_files import model_file
+from pytest_tvmdeploy.kit.model_files import model_file, seeded_module
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, option_value
 from pytest_tvmdeploy.targets import TargetSpec
 
+#: Source forms that reach TVM as the module the ``torch`` form built (same network, same weights).
+SHARED_BUILD_SOURCES = ("torchscript", "pt2")
+
 
 def _model(entry: CatalogueEntry, source: str, folder: Path):
-    return entry.build() if source == "torch" else model_file(entry, source, folder)
+    return seeded_module(entry) if source == "torch" else model_file(entry, source, folder)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -40,7 +43,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     folder = config.stash[SESSION_KEY].cache_dir / "kit-models"
     expected = read_expected(Path(option_value(config, "tvm_kit_expected") or EXPECTED_FAILURES))
     params = []
-    for entry in entries:
+    for position, entry in enumerate(entries):
         for source in entry.cases:
             factory = partial(_model, entry, source, folder)
             factory.__qualname__ = f"kit model {entry.name} ({source})"  # how errors name it
@@ -55,8 +58,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 if xfail is not None:
                     marks.append(xfail)
                 case_id = "-".join(filter(None, (entry.name, source, shape_id)))
-                params.append(pytest.param((entry.name, source), shape, marks=marks, id=case_id))
-    metafunc.parametrize(("kit_case", "tvm_shape"), params, indirect=["tvm_shape"])
+                order = (shape != (entry.shapes or (None,))[0], source in SHARED_BUILD_SOURCES, position)
+                params.append((order, pytest.param((entry.name, source), shape, marks=marks, id=case_id)))
+    # Tests that build first, those that reuse their builds after: pytest-xdist workers then
+    # rarely wait for each other's build of the same library.
+    metafunc.parametrize(("kit_case", "tvm_shape"), [param for _, param in sorted(params, key=lambda p: p[0])],
+                         indirect=["tvm_shape"])
 
 
 def _expected_failure(expected: Expected, config: pytest.Config, case: str) -> pytest.MarkDecorator | None:

@@ -49,6 +49,11 @@ class Option:
         return f"{self.flag} / {self.name}" if self.ini else self.flag
 
 
+def switch(name: str, feature: str, default: str, help: str) -> Option:  # noqa: A002 - Option's own field name
+    """An ``on`` / ``off`` option, settable in the ini file too."""
+    return Option(name, feature, help, default=default, ini=True, choices=("on", "off"), parse=values.switch)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("tvm_target", "deploy", many=True, ini=True, metavar="TARGET",
            help=f"TVM target for tvm_model tests: 'llvm', 'llvm -mcpu=znver4' or JSON "
@@ -79,7 +84,7 @@ OPTIONS: tuple[Option, ...] = (
            help="a prebuilt tvm_cpp_check to use instead of building cpp_check/"),
     Option("tvm_cpp_timeout", "cpp", metavar="SECONDS", default="600", parse=values.seconds,
            help="time limit of one C++ run (default 600)"),
-    Option("tvm_snapshot", "snapshot", ini=True, default="on", choices=("on", "off"), parse=values.switch,
+    switch("tvm_snapshot", "snapshot", "on",
            help="keep each marked test's reference outputs as a syrupy snapshot under "
                 "__snapshots__/ and check PyTorch and TVM against it (default on; "
                 "--snapshot-update writes them)"),
@@ -94,7 +99,7 @@ OPTIONS: tuple[Option, ...] = (
            help="what functions without a tuning record get: 'sampled' (default), a schedule drawn from "
                 "MetaSchedule's rules and ranked by the shipped cost model, nothing measured; 'none', "
                 "TVM's plain loops"),
-    Option("tvm_static_shapes", "deploy", ini=True, default="off", choices=("on", "off"), parse=values.switch,
+    switch("tvm_static_shapes", "deploy", "off",
            help="build every marked model for its test's input sizes, even where the inputs name a "
                 "dimension (shapes=) or an ONNX file leaves one open (dim_param): one artifact per "
                 "shape, instead of one symbolic artifact for them all (default off)"),
@@ -102,11 +107,11 @@ OPTIONS: tuple[Option, ...] = (
            help="deploy every marked test's model as int8: a calibrate mode (global_scale, "
                 "kl_divergence, max, percentile), optionally +WEIGHT_SCALE (e.g. kl_divergence+max); "
                 "outputs are then judged by the quantization budget, not elementwise"),
-    Option("tvm_localize", "check", ini=True, default="on", choices=("on", "off"), parse=values.switch,
+    switch("tvm_localize", "check", "on",
            help="when a float model's TVM outputs leave tolerance, compare every intermediate "
                 "result with the framework's and name the first operator that diverges "
                 "(default on; costs one or two extra builds per failing test)"),
-    Option("tvm_bisect", "check", ini=True, default="on", choices=("on", "off"), parse=values.switch,
+    switch("tvm_bisect", "check", "on",
            help="when a float model's TVM outputs leave tolerance, rebuild it with more and more of "
                 "the build's optional passes (and tuning records) and name the first compiler stage, "
                 "pass or record after which they do (default on; a few extra builds per failing test)"),
@@ -126,7 +131,7 @@ OPTIONS: tuple[Option, ...] = (
            help="the device key: asked of the RPC tracker, or the match key sent to a --tvm-rpc server"),
     Option("tvm_rpc_timeout", "remote", metavar="SECONDS", default="600", parse=values.seconds,
            help="time limit of one remote run, waiting for a free device included (default 600)"),
-    Option("tvm_isolate", "isolation", ini=True, default="on", choices=("on", "off"), parse=values.switch,
+    switch("tvm_isolate", "isolation", "on",
            help="run everything that touches TVM (import, quantize, tune, build, run, localize) in a "
                 "sandbox worker process, so a TVM crash fails one test, not the session (default on; "
                 "off runs in-process, for debugging with pdb)"),
@@ -140,7 +145,7 @@ OPTIONS: tuple[Option, ...] = (
            help="a module imported where TVM runs (the sandbox worker, or this process with "
                 "--tvm-isolate=off) before its first deployment: register custom converters, TVM "
                 "functions or passes there (repeatable)"),
-    Option("tvm_coverage", "report", ini=True, default="off", choices=("on", "off"), parse=values.switch,
+    switch("tvm_coverage", "report", "off",
            help="record the operators each model's frontend sees (aten ops, ONNX op types) and print "
                 "a coverage table: per operator, the models using it and how their tests ended "
                 "(default off; on in tvmdeploy-kit)"),

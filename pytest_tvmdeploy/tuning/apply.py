@@ -49,11 +49,12 @@ def compile_tuned(module: tvm.IRModule, target: TargetSpec, database_dir: Path) 
 def build_with_records(module: tvm.IRModule, target: TargetSpec, files: DatabaseFiles | None,
                        pipeline: PassPipeline | None = None,
                        keep: Callable[[TaskRecords], bool] | None = None,
-                       sampled: bool = False) -> RecordsBuild:
+                       sampled: bool = False, sample: Callable[[str], bool] | None = None) -> RecordsBuild:
     """:func:`compile_tuned` with the database already read (``None``: no database). ``pipeline``
     is the passes to run (by default :func:`build_pipeline`'s); ``keep`` chooses which of the
     chosen records apply (all); with ``sampled`` the functions still unscheduled get a sampled
-    schedule (:mod:`pytest_tvmdeploy.tuning.sampled`; LLVM targets only)."""
+    schedule (:mod:`pytest_tvmdeploy.tuning.sampled`; LLVM targets only), those whose task name
+    ``sample`` chooses (all)."""
     pipeline = pipeline or build_pipeline()
     has_records = files is not None and not files.is_empty
     sampled = sampled and target.as_dict.get("kind") == "llvm"
@@ -68,7 +69,7 @@ def build_with_records(module: tvm.IRModule, target: TargetSpec, files: Database
         if chosen:
             prepared, applied = apply_records(prepared, as_tuned, files, chosen)
     if sampled:
-        prepared, scheduled = schedule_unscheduled(prepared, as_tuned)
+        prepared, scheduled = schedule_unscheduled(prepared, as_tuned, sample)
     return RecordsBuild(compile_module(prepared, target, pipeline), applied, scheduled)
 
 

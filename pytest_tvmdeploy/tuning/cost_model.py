@@ -26,7 +26,14 @@ def shipped_digest() -> str | None:
     """A short digest of the shipped model (part of artifact keys: a new model makes new schedules)."""
     if not SHIPPED.is_file():
         return None
-    return hashlib.sha256(SHIPPED.read_bytes()).hexdigest()[:16]
+    stat = SHIPPED.stat()
+    return _file_digest(str(SHIPPED), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _file_digest(path: str, _mtime_ns: int, _size: int) -> str:
+    """Hashed once per process for each version of the file (every deployment asks)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)

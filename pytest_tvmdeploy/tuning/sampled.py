@@ -12,8 +12,7 @@ symbolic dimensions have no design space and stay unscheduled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import BuildError, brief
@@ -32,30 +31,16 @@ CANDIDATES = 16
 RULES = "llvm"
 
 
-#: While set (see :func:`only`): the task names that may get a sampled schedule.
-_only: set[str] | None = None
-
-
-@contextmanager
-def only(names: set[str]) -> Iterator[None]:
-    """Within the block, sample schedules only for the tasks named (stage bisection narrows a
-    wrong sampled build down to one function this way)."""
-    global _only
-    before, _only = _only, set(names)
-    try:
-        yield
-    finally:
-        _only = before
-
-
 def recipe() -> str:
     """What the sampled schedules depend on besides the module (for artifact keys)."""
     return f"sampled-{CANDIDATES}-{RULES}-{shipped_digest() or 'first'}"
 
 
-def schedule_unscheduled(prepared: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
-    """``prepared`` with a sampled schedule on each static function that has none yet; also
-    returns how many functions got one."""
+def schedule_unscheduled(prepared: tvm.IRModule, target: tvm.target.Target,
+                         sample: Callable[[str], bool] | None = None) -> tuple[tvm.IRModule, int]:
+    """``prepared`` with a sampled schedule on each static function that has none yet (of those
+    whose task name ``sample`` chooses: stage bisection narrows a wrong build down to one function
+    this way); also returns how many functions got one."""
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
@@ -63,7 +48,7 @@ def schedule_unscheduled(prepared: tvm.IRModule, target: tvm.target.Target) -> t
     scheduled = 0
     for task in unscheduled_tasks(prepared, target):
         function = task.extracted.dispatched[0]
-        if _only is not None and task.name not in _only:
+        if sample is not None and not sample(task.name):
             continue
         schedule = choose_schedule(task, target)
         if schedule is None:

@@ -62,6 +62,7 @@ class StageBisection:
         self.sampled = sampled
         self.steps = self._steps()
         self.probes: list[Probe] = []
+        self._prepared_module: Any = None
 
     def _steps(self) -> list[BuildPass]:
         import tvm
@@ -75,17 +76,20 @@ class StageBisection:
         steps = [RECORDS_STEP] * self.tuned + [SAMPLED_STEP] * self.sampled
         return optional[:last_prepare + 1] + steps + optional[last_prepare + 1:]
 
-    def probe(self, enabled: int, keep: Callable[[Any], bool] | None = None, label: str | None = None) -> Probe:
+    def probe(self, enabled: int, keep: Callable[[Any], bool] | None = None, label: str | None = None,
+              sample: Callable[[str], bool] | None = None) -> Probe:
         """Build with the first ``enabled`` optional steps (and, if records apply, those ``keep``
-        chooses), run it here and compare with the reference."""
+        chooses; if schedules are sampled, for the functions ``sample`` chooses), run it here and
+        compare with the reference."""
         label = label or (f"through {self.steps[enabled - 1].name}" if enabled else "required passes only")
-        return self.probe_with({step.name for step in self.steps[:enabled]}, label, keep)
+        return self.probe_with({step.name for step in self.steps[:enabled]}, label, keep, sample)
 
-    def probe_with(self, enabled: set[str], label: str, keep: Callable[[Any], bool] | None = None) -> Probe:
+    def probe_with(self, enabled: set[str], label: str, keep: Callable[[Any], bool] | None = None,
+                   sample: Callable[[str], bool] | None = None) -> Probe:
         """Build with only the optional steps named in ``enabled``; see :meth:`probe`."""
         skipped = {step.name for step in self.steps} - enabled
         try:
-            outputs = self._run(self._build(self.pipeline.without(skipped - SCHEDULE_STEPS), enabled, keep))
+            outputs = self._run(self._build(self.pipeline.without(skipped - SCHEDULE_STEPS), enabled, keep, sample))
         except Exception as exc:  # noqa: BLE001 - a build the bisection cannot make is a finding, not a crash
             found = Probe(label, None, error=f"{type(exc).__name__}: {brief(exc)}")
         else:
@@ -94,7 +98,8 @@ class StageBisection:
         self.probes.append(found)
         return found
 
-    def _build(self, pipeline: PassPipeline, enabled: set[str], keep: Callable[[Any], bool] | None) -> Any:
+    def _build(self, pipeline: PassPipeline, enabled: set[str], keep: Callable[[Any], bool] | None,
+               sample: Callable[[str], bool] | None) -> Any:
         from pytest_tvmdeploy.build.compile import compile_module
         from pytest_tvmdeploy.tuning.apply import build_with_records
 
@@ -102,7 +107,7 @@ class StageBisection:
             return compile_module(self.module, self.target, pipeline)
         choose = keep if RECORDS in enabled else (lambda task: False)
         return build_with_records(self.module, self.target, self.records, pipeline, keep=choose,
-                                  sampled=self.sampled and SAMPLED in enabled).executable
+                                  sampled=self.sampled and SAMPLED in enabled, sample=sample).executable
 
     def _run(self, executable: Any) -> dict[str, np.ndarray]:
         values = flatten_outputs(relax_vm(executable)["main"](*tvm_tensors(self.inputs.values())))
@@ -114,22 +119,26 @@ class StageBisection:
     def applied_tasks(self) -> list[Any]:
         """The tasks whose records a tuned build applies."""
         from pytest_tvmdeploy.tuning.apply import chosen_records
-        from pytest_tvmdeploy.tuning.targets import tuning_target
-        from pytest_tvmdeploy.tuning.tasks import prepare_module
 
-        prepared = prepare_module(self.module, tuning_target(self.target), self.pipeline)
-        return chosen_records(self.records, prepared, self.target)
+        return chosen_records(self.records, self._prepared(), self.target)
 
     def sampled_functions(self) -> list[str]:
         """The functions a build with every step gives a sampled schedule (those without a record)."""
         from pytest_tvmdeploy.tuning.sampled import unscheduled_tasks
         from pytest_tvmdeploy.tuning.targets import tuning_target
-        from pytest_tvmdeploy.tuning.tasks import prepare_module
 
         recorded = {task.task for task in self.applied_tasks()} if self.tuned else set()
-        prepared = prepare_module(self.module, tuning_target(self.target), self.pipeline)
-        return [task.name for task in unscheduled_tasks(prepared, tuning_target(self.target))
+        return [task.name for task in unscheduled_tasks(self._prepared(), tuning_target(self.target))
                 if task.name not in recorded]
+
+    def _prepared(self) -> Any:
+        """The module as a build with every pass prepares it for records (made once)."""
+        from pytest_tvmdeploy.tuning.targets import tuning_target
+        from pytest_tvmdeploy.tuning.tasks import prepare_module
+
+        if self._prepared_module is None:
+            self._prepared_module = prepare_module(self.module, tuning_target(self.target), self.pipeline)
+        return self._prepared_module
 
 
 def bisect_stages(module: Any, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
@@ -230,16 +239,16 @@ def _records_search(search: StageBisection, enabled: int) -> dict[str, Any]:
 def _sampled_search(search: StageBisection, enabled: int) -> str:
     """The function whose sampled schedule makes the outputs wrong, found by halving the set of
     functions that keep plain loops (a record found for a function makes the sampler skip it)."""
-    from pytest_tvmdeploy.tuning import sampled
-
     functions = search.sampled_functions()
+    if not functions:
+        return "no sampled schedule (the build samples none)"
     candidates = list(functions)
     while len(candidates) > 1:
         half = candidates[:len(candidates) // 2]
-        with sampled.only(set(half)):
-            wrong = search.probe(enabled, label=f"{len(half)} sampled schedule(s)").passed is False
+        wrong = search.probe(enabled, label=f"{len(half)} sampled schedule(s)",
+                             sample=lambda name, chosen=frozenset(half): name in chosen).passed is False
         candidates = half if wrong else candidates[len(half):]
-    return candidates[0] if candidates else f"{len(functions)} functions together"
+    return candidates[0]
 
 
 def bisect_model_file(source: ModelSource | ModelFile, inputs: Mapping[str, np.ndarray],
