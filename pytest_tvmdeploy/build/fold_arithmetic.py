@@ -27,6 +27,8 @@ _ARITHMETIC: dict[str, Callable[..., np.ndarray]] = {
     "relax.sqrt": np.sqrt,
     "relax.negative": np.negative,
 }
+#: Integer to float: ``float32(int32(q) - int32(zero_point)) * scale``, one rounding, as TVM legalizes it.
+_DEQUANTIZE = "relax.dequantize"
 #: Data movement: no arithmetic at all.
 _MOVEMENT = ("relax.expand_dims", "relax.reshape", "relax.permute_dims", "relax.squeeze")
 _FLOATS = ("float16", "float32", "float64")
@@ -69,11 +71,11 @@ def evaluate(call: Any, args: list[Any]) -> np.ndarray | None:
     import tvm
 
     name = getattr(call.op, "name", None)
-    if name not in _ARITHMETIC and name not in _MOVEMENT:
+    if name not in _ARITHMETIC and name not in _MOVEMENT and name != _DEQUANTIZE:
         return None
     if not args or not isinstance(args[0], tvm.ir.expr.Constant):
         return None
-    arrays = [_array(arg) for arg in (args if name in _ARITHMETIC else args[:1])]
+    arrays = [_array(arg) for arg in (args[:1] if name in _MOVEMENT else args)]
     if any(a is None or a.size > MAX_ELEMENTS for a in arrays):
         return None
     expected = _static_type(call)
@@ -85,11 +87,32 @@ def evaluate(call: Any, args: list[Any]) -> np.ndarray | None:
             return None
         with np.errstate(all="ignore"):  # inf and nan fold as LLVM computes them
             result = _ARITHMETIC[name](*arrays)
+    elif name == _DEQUANTIZE:
+        result = _dequantize(*arrays, axis=int(call.attrs.axis)) if dtype == "float32" else None
     else:
         result = _move(name, arrays[0], call.attrs, shape)
     if result is None or result.shape != shape or str(result.dtype) != dtype:
         return None
     return np.ascontiguousarray(result)
+
+
+def _dequantize(data: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray | None:
+    if data.dtype.kind not in "iu" or scale.dtype != np.float32 or zero_point.dtype.kind not in "iu":
+        return None
+
+    def along_axis(parameter: np.ndarray) -> np.ndarray | None:
+        if parameter.size == 1:
+            return parameter.reshape(())
+        if parameter.ndim != 1 or parameter.shape[0] != data.shape[axis]:
+            return None
+        shape = [1] * data.ndim
+        shape[axis] = parameter.shape[0]
+        return parameter.reshape(shape)
+
+    scale, zero_point = along_axis(scale), along_axis(zero_point)
+    if scale is None or zero_point is None:
+        return None
+    return (data.astype(np.int32) - zero_point.astype(np.int32)).astype(np.float32) * scale
 
 
 def _move(name: str, array: np.ndarray, attrs: Any, shape: tuple[int, ...]) -> np.ndarray | None:

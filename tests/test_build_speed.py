@@ -1,0 +1,122 @@
+"""What makes builds cheaper must not change what they build: constants folded with NumPy are the
+bits TVM's FoldConstant computes, and a library is shared only by identical Relax modules."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import TinyConvNet, seeded
+from pytest_tvmdeploy import deploy, parse_target
+from pytest_tvmdeploy.build.passes import build_pipeline
+from pytest_tvmdeploy.shapes import ShapeSignature
+from pytest_tvmdeploy.sources import open_source
+
+INPUTS = {"x": ((1, 3, 16, 16), "float32")}
+
+
+def _constants(module) -> list[str]:
+    """Every constant of ``main``, as a digest of its bytes and its shape, in order."""
+    from tvm import relax
+
+    found: list[str] = []
+
+    @relax.expr_functor.visitor
+    class Constants(relax.PyExprVisitor):
+        def visit_generic_const_(self, constant) -> None:
+            array = constant.value.numpy()
+            found.append(f"{hashlib.sha256(array.tobytes()).hexdigest()[:16]}{array.shape}{array.dtype}")
+
+    Constants().visit_expr(module["main"])
+    return found
+
+
+def _prepared_both_ways(module):
+    """``module`` prepared for plain llvm with the NumPy fold, and with FoldConstant alone."""
+    from pytest_tvmdeploy.tuning.tasks import extract_tasks
+
+    target = parse_target("llvm").to_tvm()
+    results = []
+    for pipeline in (build_pipeline(), build_pipeline().without(["FoldConstantArithmetic"])):
+        with target:
+            prepared = pipeline.prepare(module)
+        results.append((_constants(prepared), sorted(task.shash for task in extract_tasks(prepared, target))))
+    return results
+
+
+def test_batchnorm_constants_folded_with_numpy_are_the_bits_foldconstant_computes() -> None:
+    from tvm import relax
+
+    from pytest_tvmdeploy.build.fold_arithmetic import fold_constant_arithmetic
+
+    model = seeded(TinyConvNet())
+    module = open_source(model).to_relax(ShapeSignature.of({"x": np.zeros((1, 3, 16, 16), "float32")}))
+    decomposed = relax.transform.DecomposeOpsForInference()(module)
+    folded = fold_constant_arithmetic()(decomposed)
+    text = folded["main"].script()
+    assert "R.sqrt" not in text and "R.expand_dims" not in text  # the BatchNorm's parameter arithmetic
+    assert "R.sqrt" in decomposed["main"].script()
+    (numpy_constants, numpy_tasks), (tvm_constants, tvm_tasks) = _prepared_both_ways(module)
+    assert numpy_constants == tvm_constants and len(numpy_constants) >= 4
+    assert numpy_tasks == tvm_tasks  # the same fused functions: tuning records still match
+
+
+def test_int8_weights_dequantized_with_numpy_are_the_bits_foldconstant_computes() -> None:
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-128, 128, (8, 3, 3, 3), dtype=np.int8)
+    scale = (rng.random(8, dtype=np.float32) * 0.01 + 1e-4).astype("float32")
+    zero_point = rng.integers(-3, 3, 8, dtype=np.int8)
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 16, 16), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            w = builder.emit(relax.op.dequantize(relax.const(weight), relax.const(scale), relax.const(zero_point),
+                                                 axis=0, out_dtype="float32"))
+            out = builder.emit_output(builder.emit(relax.op.nn.conv2d(x, w, padding=1)))
+        builder.emit_func_output(out)
+    module = builder.get()
+    (numpy_constants, numpy_tasks), (tvm_constants, tvm_tasks) = _prepared_both_ways(module)
+    assert numpy_constants == tvm_constants and len(numpy_constants) == 1
+    expected = (weight.astype(np.int32) - zero_point.astype(np.int32)[:, None, None, None]).astype(np.float32) \
+        * scale[:, None, None, None]
+    assert numpy_constants[0].startswith(hashlib.sha256(expected.tobytes()).hexdigest()[:16])
+    assert numpy_tasks == tvm_tasks
+    assert isinstance(module, tvm.IRModule)
+
+
+def test_one_network_as_a_module_and_as_torchscript_is_compiled_once(tmp_path: Path) -> None:
+    model = seeded(TinyConvNet())
+    example = torch.zeros(1, 3, 16, 16)
+    scripted = tmp_path / "tiny.pt"
+    torch.jit.trace(model, example).save(str(scripted))
+    cache = tmp_path / "cache"
+    first = deploy(model, INPUTS, cache_dir=cache, cpp_runner=None)
+    second = deploy(scripted, INPUTS, cache_dir=cache, cpp_runner=None)
+    assert first.model_fingerprint != second.model_fingerprint  # two artifacts, two keys...
+    assert first.artifact.key != second.artifact.key
+    assert first.artifact.meta["library"] == {"key": first.artifact.meta["library"]["key"], "reused": False}
+    assert second.artifact.meta["library"] == {**first.artifact.meta["library"], "reused": True}  # ...one build
+    assert os.path.samefile(first.artifact.path, second.artifact.path)  # one file on disk, linked
+    assert second.artifact.meta["model"] != first.artifact.meta["model"]  # each entry names its own model
+    for name, value in first.outputs.items():
+        np.testing.assert_array_equal(second.outputs[name], value)
+
+    other = deploy(seeded(TinyConvNet(), seed=1), INPUTS, cache_dir=cache, cpp_runner=None)
+    assert other.artifact.meta["library"]["reused"] is False  # other weights: another module
+    assert other.artifact.meta["library"]["key"] != first.artifact.meta["library"]["key"]
+
+
+def test_a_library_built_otherwise_is_not_shared(tmp_path: Path) -> None:
+    model = seeded(TinyConvNet())
+    sampled = deploy(model, INPUTS, cache_dir=tmp_path, cpp_runner=None)
+    plain = deploy(model, INPUTS, cache_dir=tmp_path, cpp_runner=None, schedule="none")
+    assert plain.artifact.meta["library"]["key"] != sampled.artifact.meta["library"]["key"]
+    assert plain.artifact.meta["library"]["reused"] is False
+    assert (plain.sampled, sampled.sampled > 0) == (0, True)
