@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from pytest_tvmdeploy.deployment.sandbox import Sandbox
 from pytest_tvmdeploy.deployment.worker import Job, import_setup
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options, option_value
+from pytest_tvmdeploy.settings.options import MARKER
 from pytest_tvmdeploy.shapes import ShapeSignature
 
 SANDBOX_KEY = pytest.StashKey["Sandbox | None"]()
@@ -85,6 +87,22 @@ def _model_file(config: pytest.Config, deployment: Any) -> Any:
     folder = config.stash[SESSION_KEY].cache_dir / "models"
     shapes = ShapeSignature.of(deployment.inputs)
     return deployment.source.model_file(shapes, folder, deployment.model_fingerprint)
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    # A test module that marks models: start the worker before the module's own imports run
+    # (torchvision, the user's models), so that it imports TVM (seconds) meanwhile.
+    if isinstance(collector, pytest.Module) and _marks_models(collector.path):
+        sandbox = sandbox_of(collector.config)
+        if sandbox is not None:
+            sandbox.start()
+
+
+def _marks_models(path: Path) -> bool:
+    try:
+        return MARKER in path.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
