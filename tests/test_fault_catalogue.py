@@ -206,6 +206,7 @@ class FaultySession:
     stored_after: dict[str, str]
     project: Path
     damaged_entry: str  # the cache entry broken on purpose, to be set aside and rebuilt
+    damaged_library: str  # the library that entry's model.so is a hard link to: broken with it
 
 
 def _run(project: Path, *args: str, seed: int) -> subprocess.CompletedProcess[str]:
@@ -225,14 +226,16 @@ def _stored(project: Path) -> dict[str, str]:
             if f.is_file() and not ({"locks", "sandbox"} & set(f.relative_to(project).parts))}
 
 
-def _damage(project: Path) -> str:
-    """Break two stored things on purpose: a snapshot file and one artifact (its entry's folder is returned)."""
+def _damage(project: Path) -> tuple[str, str]:
+    """Break two stored things on purpose: a snapshot file and one artifact (its entry's folder
+    and the folder of the compiled library it is a link to are returned)."""
     (project / "__snapshots__" / "test_faults" / "test_damaged_snapshot.tensors").write_text("not a snapshot\n")
     meta = next(meta for meta in (project / "cache").glob(f"*/*/{META_NAME}")
                 if json.loads(meta.read_text())["inputs"] == [["x", [1, 3, 12, 12], "float32"]])
     so = meta.with_name("model.so")
-    so.write_bytes(so.read_bytes()[: so.stat().st_size // 2])
-    return str(meta.parent.relative_to(project))
+    so.write_bytes(so.read_bytes()[: so.stat().st_size // 2])  # in place: the library linked to it too
+    library = json.loads(meta.read_text())["library"]["key"]
+    return str(meta.parent.relative_to(project)), f"cache/libraries/{library[:2]}/{library}"
 
 
 def _failure_texts(junit: Path) -> dict[str, str]:
@@ -256,14 +259,14 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> FaultySession:
     (project / "test_faults.py").write_text(HEADER + "\n\n".join(f.source() for f in FAULTS) + FOOTER)
     storing = _run(project, "-k", STORING, "--snapshot-update", seed=0)
     assert storing.returncode == 0, storing.stdout[-3000:] + storing.stderr[-3000:]
-    damaged_entry = _damage(project)
+    damaged_entry, damaged_library = _damage(project)
     before = _stored(project)
     session = _run(project, "-rA", f"--tvm-timeout={TIMEOUT}", f"--tvm-memory-limit={MEMORY}",
                    "--tvm-report=out", "--junitxml=junit.xml", seed=5)
     report = json.loads((project / "out" / "report.json").read_text())
     records = {r["test"].rsplit("::", 1)[-1]: r for r in report["tests"]}
     return FaultySession(records, _failure_texts(project / "junit.xml"), session.stdout + session.stderr,
-                         before, _stored(project), project, damaged_entry)
+                         before, _stored(project), project, damaged_entry, damaged_library)
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
@@ -287,9 +290,10 @@ def test_the_healthy_tests_around_the_faults_pass(faulty: FaultySession) -> None
 
 def _assert_stored_state_intact(faulty: FaultySession) -> None:
     """Every file stored before the faults is still there, byte for byte (the damaged artifact,
-    set aside and rebuilt, is the one change), and every cache entry is whole."""
+    set aside and rebuilt with the library it links to, is the one change), and every cache entry is whole."""
     changed = {path for path, digest in faulty.stored_before.items() if faulty.stored_after.get(path) != digest}
-    assert changed <= {f"{faulty.damaged_entry}/{name}" for name in (META_NAME, "model.so")}, changed
+    assert changed <= {f"{folder}/{name}" for folder in (faulty.damaged_entry, faulty.damaged_library)
+                       for name in (META_NAME, "model.so")}, changed
     assert not list((faulty.project / "cache").glob("tmp-*")), "a build folder left behind"
     cache = ArtifactCache(faulty.project / "cache")
     entries = [meta.parent.name for meta in (faulty.project / "cache").glob(f"*/*/{META_NAME}")

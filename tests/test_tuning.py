@@ -81,7 +81,8 @@ def test_importing_the_package_imports_neither_tvm_nor_torch() -> None:
 def test_tune_writes_records_for_every_task(tuned) -> None:
     database, summary, _ = tuned
     assert summary.tasks == 4
-    assert {r.name for r in summary.results} >= {"fused_matmul_add2", "mean"}
+    names = {r.name for r in summary.results}
+    assert "mean" in names and any(name.startswith("fused_matmul_add") for name in names)
     assert 0 < summary.trials <= 8
     assert summary.records_added == summary.trials == len(_lines(database, RECORD_FILE))
     assert len(_lines(database, WORKLOAD_FILE)) == len(summary.results)
