@@ -4,8 +4,9 @@ Relax's ``FoldConstant`` evaluates an operator on constants by compiling its leg
 function with LLVM and running it: ~80 ms per distinct function. A decomposed BatchNorm leaves six
 such operators on its parameters (``expand_dims`` of mean, variance, scale and shift, ``add`` of
 epsilon, ``sqrt``), so densenet121 spent 27 of its 29 s of preparation compiling them. This pass
-computes the exactly rounded operators (IEEE ``+ - * /`` and ``sqrt``) and the pure data movements
-with NumPy instead, giving the same bits, and leaves everything else to ``FoldConstant``.
+computes the exactly rounded operators (IEEE ``+ - * /`` and ``sqrt``), ``dequantize`` of integer
+weights (one rounding, as TVM legalizes it) and the pure data movements with NumPy instead, giving
+the same bits, and leaves everything else to ``FoldConstant``.
 """
 
 from __future__ import annotations

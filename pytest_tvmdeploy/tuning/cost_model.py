@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from pytest_tvmdeploy.hashing import file_sha256
 
 #: The shipped booster (see the module docstring for what it was trained on).
 SHIPPED = Path(__file__).with_name("cost_model.json")
@@ -33,7 +34,7 @@ def shipped_digest() -> str | None:
 @lru_cache(maxsize=4)
 def _file_digest(path: str, _mtime_ns: int, _size: int) -> str:
     """Hashed once per process for each version of the file (every deployment asks)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return file_sha256(Path(path))[:16]
 
 
 @lru_cache(maxsize=1)
