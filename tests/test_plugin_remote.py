@@ -64,6 +64,27 @@ def test_xdist_workers_take_devices_from_a_tracker_pool(project: pytest.Pytester
     assert devices == {f"rpc:{KEY}@{tracker.address}"}
 
 
+@needs_tracker
+def test_tuning_measures_candidates_on_the_tracker_pool(project: pytest.Pytester, tmp_path: Path) -> None:
+    """--tvm-tune with a tracker: candidates are linked here and measured on both servers; the
+    run that follows uses the records (and a device again)."""
+    with RpcFarm(tmp_path) as farm:
+        tracker = farm.tracker()
+        servers = [farm.server(tracker=tracker, key=KEY) for _ in range(2)]
+        farm.wait_ready()
+        project.makepyfile(FOUR_MODELS)
+        project.makeini("[pytest]\ntvm_snapshot = off\ntvm_tuning_dir = tuning\n")
+        result = project.runpytest_subprocess("--tvm-tune=12", "--tvm-rpc-tracker", tracker.address,
+                                              "--tvm-rpc-key", KEY, "--tvm-report=out", "-k", "copy0")
+        result.assert_outcomes(passed=1)
+        sessions = [server.sessions() for server in servers]
+    (record,) = records(project.path / "out")
+    assert record["tuned"] is True and record["device"] == f"rpc:{KEY}@{tracker.address}"
+    measured = len((project.path / "tuning" / "llvm" / "database_tuning_record.json").read_text().splitlines())
+    assert measured >= 8
+    assert all(count >= 2 for count in sessions) and sum(sessions) >= measured + 1, sessions
+
+
 def test_an_unreachable_device_fails_its_tests_and_the_session_goes_on(project: pytest.Pytester) -> None:
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     project.makepyfile(FOUR_MODELS)

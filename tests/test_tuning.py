@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from pytest_tvmdeploy.build.compile import compile_module, export_library
-from pytest_tvmdeploy.errors import BuildError
+from pytest_tvmdeploy.errors import BuildError, ConfigError, RunnerError
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
+from pytest_tvmdeploy.runners.rpc_devices import parse_remote
 from pytest_tvmdeploy.targets import parse_target
 from pytest_tvmdeploy.tuning import (
     RECORD_FILE,
@@ -27,6 +28,7 @@ from pytest_tvmdeploy.tuning import (
     workload_hashes,
 )
 from pytest_tvmdeploy.tuning.records import read_database
+from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
@@ -189,16 +191,38 @@ def test_a_damaged_database_names_its_file(tuned, tiny, tmp_path, name, damage, 
 
 
 def test_a_tuning_failure_names_the_task(tmp_path) -> None:
-    """Candidates for another CPU build but cannot be loaded here: every one fails to run."""
+    """Candidates for this CPU but another OS (Mach-O objects) build, and fail to link here."""
     module = _relax_module(torch.nn.ReLU(), torch.randn(1, 8))
-    arm = parse_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
-    with pytest.raises(BuildError, match=r"every candidate failed, e.g. task relu: .*error") as caught:
-        tune(module, arm, tmp_path / "db", max_trials=1)
+    darwin = parse_target({"kind": "llvm", "mtriple": "x86_64-apple-darwin"})
+    with pytest.raises(BuildError, match=r"every candidate failed, e.g. task relu: .*ld returned 1") as caught:
+        tune(module, darwin, tmp_path / "db", max_trials=1)
     assert caught.value.stage == "build"
     assert database_fingerprint(tmp_path / "db") is None  # nothing of the broken run was kept
     logs = Path(re.search(r"MetaSchedule logs: (\S+)\)", str(caught.value)).group(1))
     assert any(logs.glob("*relu*.log"))  # kept for whoever debugs it
     shutil.rmtree(logs.parent)
+
+
+def test_tuning_for_another_architecture_needs_a_device(tmp_path) -> None:
+    module = _relax_module(torch.nn.ReLU(), torch.randn(1, 8))
+    arm = parse_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+    with pytest.raises(ConfigError, match=r"built for aarch64, not this machine .*give an RPC device"):
+        tune(module, arm, tmp_path / "db", max_trials=1)
+    assert not (tmp_path / "db").exists()
+
+
+def test_tuning_on_a_tracker_without_servers_for_the_key_names_the_pool(tmp_path) -> None:
+    from rpc_servers import RpcFarm
+
+    module = _relax_module(torch.nn.ReLU(), torch.randn(1, 8))
+    with RpcFarm(tmp_path / "rpc") as farm:
+        tracker = farm.tracker()
+        farm.wait_ready()
+        nobody = RemoteMeasurement(parse_remote(tracker=tracker.address, key="nobody"))
+        with pytest.raises(RunnerError, match=rf"RPC device 'nobody' from tracker {tracker.address}: cannot tune "
+                                              r"there, no server is registered with key 'nobody'"):
+            tune(module, SPEC, tmp_path / "db", max_trials=1, remote=nobody)
+    assert database_fingerprint(tmp_path / "db") is None
 
 
 def test_the_vnni_intrinsic_replacement_compiles_and_computes(tmp_path) -> None:

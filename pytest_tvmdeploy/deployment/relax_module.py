@@ -20,6 +20,7 @@ from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import ModelSource
 from pytest_tvmdeploy.sources.base import ModelFile
 from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, tune, workload_hashes
+from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
 
 if TYPE_CHECKING:
     import tvm
@@ -101,9 +102,10 @@ class RelaxModule:
     def tune(self) -> None:
         """Tune what the database lacks for this module (nothing when it was tuned before)."""
         config, relax_module = self.config, self.tunable()
+        remote = RemoteMeasurement(config.remote, config.remote_timeout, config.cc) if config.remote else None
         summary = self.timed("tune", lambda: tune(relax_module, config.spec, config.tuning_dir,
                                                   max_trials=config.tune, progress=self.heartbeat,
-                                                  max_seconds=config.tune_seconds))
+                                                  max_seconds=config.tune_seconds, remote=remote))
         self.meta["tuning"] = {"tasks": summary.tasks, "trials": summary.trials, "seconds": summary.seconds,
                                "skipped_tasks": len(summary.skipped)}
 

@@ -9,6 +9,7 @@ each other, and the second usually finds its tasks already tuned).
 
 from __future__ import annotations
 
+import platform
 import shutil
 import tempfile
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_tvmdeploy.errors import BuildError
+from pytest_tvmdeploy.errors import BuildError, ConfigError
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.exhausted import note_exhausted
 from pytest_tvmdeploy.tuning.plan import TuningPlan, plan_tuning
@@ -30,6 +31,8 @@ from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, t
 if TYPE_CHECKING:
     import tvm
 
+    from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
+
 
 def tune(
     module: tvm.IRModule,
@@ -40,6 +43,7 @@ def tune(
     max_trials_per_task: int | None = None,
     progress: Callable[[str], None] | None = None,
     max_seconds: float | None = None,
+    remote: RemoteMeasurement | None = None,
 ) -> TuningSummary:
     """Tune ``module`` (a Relax module as a frontend imported it) for ``target``; store records in ``database_dir``.
 
@@ -51,9 +55,14 @@ def tune(
     by up to one cap in that call). Records already in the folder are kept. ``progress``
     receives a line per batch of candidates sent to the builder and per measured batch.
     ``max_seconds`` ends the search once that much time has gone (the batches under way are
-    still measured and stored); a later call goes on from the stored records.
+    still measured and stored); a later call goes on from the stored records. With ``remote``,
+    candidates are measured on RPC devices (a target that is not this machine needs one).
     """
     say = progress or (lambda line: None)
+    if remote is None and not target.runs_here:
+        raise ConfigError(f"tuning for target {target.json}: it is built for {target.architecture}, not this "
+                          f"machine ({platform.machine()}); give an RPC device to measure on "
+                          "(--tvm-rpc / --tvm-rpc-tracker)")
     database_dir = Path(database_dir)
     start = time.perf_counter()
     with database_lock(database_dir):
@@ -69,7 +78,8 @@ def tune(
                 f"{plan.budget} in all")
             todo = [task for task in tasks if (task.name, task.shash) in plan.todo]
             results, added, timed_out = _tune_in_copy(_warm_start(seed, todo, target), todo, plan, tvm_target,
-                                                      label=target.json, say=say, max_seconds=max_seconds)
+                                                      label=target.json, say=say, max_seconds=max_seconds,
+                                                      remote=remote)
             if not timed_out:  # a task cut short by the clock did not run dry
                 note_exhausted(database_dir, target_key(target), _exhausted(todo, plan, results))
         else:
@@ -118,6 +128,7 @@ def _tune_in_copy(
     label: str,
     say: Callable[[str], None],
     max_seconds: float | None = None,
+    remote: RemoteMeasurement | None = None,
 ) -> tuple[tuple[TaskResult, ...], int, bool]:
     """Tune in a temporary database holding ``seed`` (records of the real one), then append the
     new records to the real one (``seed``'s folder).
@@ -130,7 +141,7 @@ def _tune_in_copy(
         seed.write(run_dir)
         results, timed_out = run_meta_schedule(
             todo, target, run_dir, budget=plan.budget, per_task=plan.per_task, label=label, say=say,
-            max_seconds=max_seconds,
+            max_seconds=max_seconds, remote=remote,
         )
         _all_failed_check(results, label, run_dir)  # before merging: a broken run must not mark tasks done
         tuned = {task.shash: tuned_workload(task) for task in todo}

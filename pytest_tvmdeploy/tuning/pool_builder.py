@@ -4,13 +4,16 @@ TVM's ``LocalBuilder`` starts fresh worker processes for every batch of candidat
 build function imports all of ``tvm.s_tir.tensor_intrin`` (~20 s on one of our cores) in each
 of them; under load the first builds of every batch then hit the timeout. Here the workers live
 as long as the run, and they import nothing beyond what building a candidate needs: candidates
-arrive already tensorized, so no intrinsic has to be registered in the worker.
+arrive already tensorized, so no intrinsic has to be registered in the worker. For a remote
+device the candidates are linked here into shared libraries (with the deployment's cross
+compiler, if any): the device then needs no compiler.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 
 from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
@@ -24,21 +27,36 @@ BUILD_TIMEOUT_SECONDS = 60.0
 BUILDS_PER_WORKER = 256
 
 
-def build_candidate(mod: IRModule, target: Target, folder: str) -> str:
-    """Compile one candidate and export it as a tar archive in a new folder under ``folder``.
+@dataclass(frozen=True)
+class Export:
+    """How candidates leave the builder: a tar archive of objects (``shared=False``, linked where
+    it is loaded), or a shared library linked here with ``cc`` (``None``: the host's compiler)."""
+
+    shared: bool = False
+    cc: str | None = None
+
+
+def build_candidate(mod: IRModule, target: Target, folder: str, export: Export = Export()) -> str:
+    """Compile one candidate and export it (see :class:`Export`) in a new folder under ``folder``.
 
     Runs in a pool worker: MetaSchedule's ``default_build`` + ``default_export``, minus the
-    blanket intrinsics import. MetaSchedule deletes the archive's folder once the candidate
-    is measured; a build killed by its timeout leaves its folder to the run's cleanup.
+    blanket intrinsics import. MetaSchedule deletes the candidate's folder once it is
+    measured; a build killed by its timeout leaves its folder to the run's cleanup.
     """
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.support import cc as compilers
     from tvm.support.tar import tar
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     runtime_module = tvm_build(mod, target=target)
-    path = os.path.join(tempfile.mkdtemp(prefix="candidate-", dir=folder), "candidate." + tar.output_format)
-    runtime_module.export_library(path, fcompile=tar)
+    into = tempfile.mkdtemp(prefix="candidate-", dir=folder)
+    if not export.shared:
+        path = os.path.join(into, "candidate." + tar.output_format)
+        runtime_module.export_library(path, fcompile=tar)
+    else:
+        path = os.path.join(into, "candidate.so")
+        runtime_module.export_library(path, **({"fcompile": compilers.cross_compiler(export.cc)} if export.cc else {}))
     return path
 
 
@@ -47,8 +65,8 @@ def worker_ready() -> bool:
     return True
 
 
-def build_job(job: tuple[IRModule, Target, str]) -> str:
-    """``build_candidate`` on one ``(mod, target, folder)`` tuple (the pool passes one argument)."""
+def build_job(job: tuple[IRModule, Target, str, Export]) -> str:
+    """``build_candidate`` on one ``(mod, target, folder, export)`` tuple (the pool passes one argument)."""
     return build_candidate(*job)
 
 
@@ -56,9 +74,11 @@ def build_job(job: tuple[IRModule, Target, str]) -> str:
 class PersistentPoolBuilder(PyBuilder):
     """Builds candidates into ``folder`` in a pool of processes that lives until :meth:`shutdown`."""
 
-    def __init__(self, *, folder: str, max_workers: int, timeout_seconds: float = BUILD_TIMEOUT_SECONDS) -> None:
+    def __init__(self, *, folder: str, max_workers: int, timeout_seconds: float = BUILD_TIMEOUT_SECONDS,
+                 export: Export = Export()) -> None:
         super().__init__()
         self.folder = folder
+        self.export = export
         self.timeout_seconds = timeout_seconds
         self.pool = PopenPoolExecutor(
             max_workers=max_workers, timeout=timeout_seconds, maximum_process_uses=BUILDS_PER_WORKER
@@ -68,7 +88,7 @@ class PersistentPoolBuilder(PyBuilder):
             self.pool.submit(worker_ready)
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
-        jobs = [(build_input.mod, build_input.target, self.folder) for build_input in build_inputs]
+        jobs = [(build_input.mod, build_input.target, self.folder, self.export) for build_input in build_inputs]
         outcomes = self.pool.map_with_error_catching(build_job, jobs)
         return [self._result(outcome) for outcome in outcomes]
 

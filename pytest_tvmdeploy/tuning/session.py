@@ -1,7 +1,8 @@
 """One MetaSchedule run over some tasks, with the recipe that works on small shared machines.
 
-Builds go to a pool of processes that lives for the whole run (see ``builder``); measurements
-repeat for at least 40 ms; the evolutionary population is sized to the per-task budget. The
+Builds go to a pool of processes that lives for the whole run (see ``pool_builder``);
+measurements happen on this machine, or on RPC devices (see ``remote_runner``), and repeat for at
+least 40 ms; the evolutionary population is sized to the per-task budget. The
 run also tames MetaSchedule's logging: nothing on stdout, log files closed afterwards, and no
 clash with handlers pytest attaches to its loggers.
 """
@@ -22,6 +23,8 @@ from pytest_tvmdeploy.tuning.tasks import Task
 
 if TYPE_CHECKING:
     import tvm
+
+    from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
 
 #: The evolutionary population is at most half of TVM's default (whose evolution cost 6-13 s
 #: per task iteration on one of our cores), and smaller still when a task may measure only a
@@ -45,11 +48,13 @@ def run_meta_schedule(
     label: str,
     say: Callable[[str], None],
     max_seconds: float | None = None,
+    remote: RemoteMeasurement | None = None,
 ) -> tuple[tuple[TaskResult, ...], bool]:
     """MetaSchedule on ``tasks`` with the builder, runner and search sized for small machines;
     returns each task's result and whether ``max_seconds`` ended the run before its budget.
 
-    ``label`` names the target in error messages.
+    ``label`` names the target in error messages. With ``remote``, candidates are linked into
+    shared libraries here and measured on its devices.
     """
     import time
 
@@ -57,9 +62,10 @@ def run_meta_schedule(
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
     from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
-    from pytest_tvmdeploy.tuning.pool_builder import PersistentPoolBuilder
+    from pytest_tvmdeploy.tuning.pool_builder import Export, PersistentPoolBuilder
 
     configure_threads()  # candidates are measured with the threads the deployed model will run with
+    devices = _remote_devices(remote, say)  # fails early when no device answers
     logger = logging.getLogger(META_SCHEDULE_LOGGER)
     contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger)
     deadline = time.monotonic() + max_seconds if max_seconds is not None else None
@@ -68,11 +74,14 @@ def run_meta_schedule(
     logger.addHandler(current)
     candidates = work_dir / "candidates"
     candidates.mkdir(exist_ok=True)
-    builder = PersistentPoolBuilder(folder=str(candidates), max_workers=cpu_count(logical=True))  # before the runner
-    runner = ms.runner.LocalRunner(
-        timeout_sec=RUN_TIMEOUT_SECONDS,
-        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40),
-    )
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40)
+    export = Export() if remote is None else Export(shared=True, cc=remote.cc)
+    builder = PersistentPoolBuilder(folder=str(candidates), max_workers=cpu_count(logical=True), export=export)
+    try:  # the builder's pool starts before the runner's
+        runner = _runner(remote, devices, evaluator)
+    except BaseException:
+        builder.shutdown()
+        raise
     try:
         ms.tune.tune_tasks(
             tasks=contexts,
@@ -101,6 +110,29 @@ def run_meta_schedule(
     if monitor.timed_out:
         say(f"tuning stopped at its time limit of {max_seconds:g} s")
     return monitor.results(), monitor.timed_out
+
+
+def _remote_devices(remote: RemoteMeasurement | None, say: Callable[[str], None]) -> int:
+    """How many of ``remote``'s devices measure at once (0 without ``remote``), said once."""
+    if remote is None:
+        return 0
+    from pytest_tvmdeploy.tuning.remote_runner import device_count
+
+    devices = device_count(remote.spec)
+    say(f"measuring candidates on {remote.spec.describe()}, {devices} at a time")
+    return devices
+
+
+def _runner(remote: RemoteMeasurement | None, devices: int, evaluator: Any) -> Any:
+    """This machine's runner, or one measuring on ``devices`` of ``remote``'s devices at once."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if remote is None:
+        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_SECONDS, evaluator_config=evaluator)
+    from pytest_tvmdeploy.tuning.remote_runner import remote_runner
+
+    return remote_runner(remote.spec, evaluator, devices=devices, run_timeout=RUN_TIMEOUT_SECONDS,
+                         lease_timeout=remote.lease_timeout)
 
 
 def _tune_contexts(tasks: list[Task], work_dir: Path, per_task: int, logger: logging.Logger) -> tuple[Any, Any]:
