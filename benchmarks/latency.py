@@ -1,7 +1,7 @@
 """Latency of tuned and untuned TVM builds against PyTorch and ONNX Runtime, each backend in its own process.
 
     python benchmarks/latency.py [--models resnet18,mobilenet_v2] [--repeat 30] [--int8]
-                                 [--target "llvm -mcpu=x86-64-v4"] [--tuning-dir DIR] [--tune TRIALS]
+                                 [--target "llvm -mcpu=x86-64-v4"] [--tuning-dir DIR] [--tune BUDGET]
 
 Per model (torchvision, seeded random weights, 1x3x224x224 fp32, one real photo crop as input):
 TVM untuned (plain loops, ``schedule="none"``); TVM's default build without tuning (sampled
@@ -11,7 +11,8 @@ project's quantizer, kl_divergence + max per channel) untuned and tuned; on a CP
 VNNI (``-mcpu=sapphirerapids``, ``znver4``, ...) its convs take the VNNI form
 (``quantize/vnni.py``). Tuned builds apply the MetaSchedule database ``DIR/<target label>/``
 (``{model}`` in DIR is replaced by the model's name; default ``benchmarks/tuning/{model}``);
-``--tune N`` first tunes each model until its database holds N trials for the target. Each backend runs in
+``--tune N`` first tunes each model until its database holds N trials for the target
+(``--tune 2000/15m``: or until 15 minutes of tuning; the notes' recipe row takes the trials only). Each backend runs in
 a fresh process, one after another; reported: median, min and max of ``--repeat`` timed calls,
 and each median's ratio to ONNX Runtime's. JSON goes to
 ``benchmarks/results/latency-<target label>.json``.
@@ -58,9 +59,10 @@ def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:
     return [row(backend, name, timed(lambda: session.run(None, {"x": x}), repeat))]
 
 
-def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: int) -> list[dict]:
+def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: str) -> list[dict]:
     from pytest_tvmdeploy import deploy
     from pytest_tvmdeploy.runners.cpp_build import SessionCppRunner
+    from pytest_tvmdeploy.settings.values import tuning_budget
 
     sys.path.insert(0, str(ROOT / "fixtures"))
     from images import calibration_set
@@ -71,13 +73,14 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
     quantized = "int8" in backend
     schedule = "sampled" if tuned or backend == "tvm-default" else "none"
     database = Path(tuning_dir.replace("{model}", name + "-recipe" * recipe)) / spec.label if tuned else None
+    trials, seconds = tuning_budget(tune, "--tune") if tune else (0, None)
     started = time.perf_counter()
-    recipe_seconds = recipe_tune(name, spec, database, tune) if recipe else None
+    recipe_seconds = recipe_tune(name, spec, database, trials) if recipe else None
     deployment = deploy(
         model(name), {"x": photo()}, target=spec, cache_dir=CACHE, repeat=(repeat if tuned else min(repeat, 10)) + 1,
         quantize=INT8 if quantized else None,
         calibration=calibration_set(4, input_name="x") if quantized else None,
-        tuning_dir=database, tune=tune if tuned and not recipe else 0, schedule=schedule,
+        tuning_dir=database, tune=trials if tuned and not recipe else 0, tune_seconds=seconds, schedule=schedule,
         cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
     )
     extra = {"tuned_functions": deployment.tuned, "sampled_functions": deployment.sampled,
@@ -170,7 +173,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--target", default="llvm -mcpu=x86-64-v4")
     parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning" / "{model}"))
-    parser.add_argument("--tune", type=int, default=0)
+    parser.add_argument("--tune", default="0", help="trials (1409), a time limit (15m) or both (2000/15m)")
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--backends", help="comma-separated subset of the backends to run (default: all)")
     parser.add_argument("--recipe", action="store_true",

@@ -1,5 +1,6 @@
 """What makes builds cheaper must not change what they build: constants folded with NumPy are the
-bits TVM's FoldConstant computes, and a library is shared only by identical Relax modules."""
+bits TVM's FoldConstant computes, a BatchNorm folded into its conv gives the ONNX export's tasks
+and the same outputs, and a library is shared only by identical Relax modules."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import torch
 
 from models import TinyConvNet, seeded
 from pytest_tvmdeploy import deploy, parse_target
-from pytest_tvmdeploy.build.passes import build_pipeline
+from pytest_tvmdeploy.build.passes import FOLD_BATCH_NORM, build_pipeline
 from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import open_source
 
 INPUTS = {"x": ((1, 3, 16, 16), "float32")}
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def _constants(module) -> list[str]:
@@ -35,13 +37,25 @@ def _constants(module) -> list[str]:
     return found
 
 
+def _conv_tasks(module, pipeline=None) -> list[tuple[str, str]]:
+    """The names and workload hashes of ``module``'s convolution tasks, prepared for plain llvm."""
+    from pytest_tvmdeploy.tuning.tasks import extract_tasks
+
+    target = parse_target("llvm").to_tvm()
+    with target:
+        prepared = (pipeline or build_pipeline()).prepare(module)
+    return sorted((task.name, task.shash) for task in extract_tasks(prepared, target) if "conv2d" in task.name)
+
+
 def _prepared_both_ways(module):
-    """``module`` prepared for plain llvm with the NumPy fold, and with FoldConstant alone."""
+    """``module`` prepared for plain llvm with the NumPy fold, and with FoldConstant alone (the
+    BatchNorm left for them to compute, not folded into the conv)."""
     from pytest_tvmdeploy.tuning.tasks import extract_tasks
 
     target = parse_target("llvm").to_tvm()
     results = []
-    for pipeline in (build_pipeline(), build_pipeline().without(["FoldConstantArithmetic"])):
+    unfolded = build_pipeline().without([FOLD_BATCH_NORM])
+    for pipeline in (unfolded, unfolded.without(["FoldConstantArithmetic"])):
         with target:
             prepared = pipeline.prepare(module)
         results.append((_constants(prepared), sorted(task.shash for task in extract_tasks(prepared, target))))
@@ -89,6 +103,28 @@ def test_int8_weights_dequantized_with_numpy_are_the_bits_foldconstant_computes(
     assert numpy_constants[0].startswith(hashlib.sha256(expected.tobytes()).hexdigest()[:16])
     assert numpy_tasks == tvm_tasks
     assert isinstance(module, tvm.IRModule)
+
+
+def test_a_batchnorm_folds_into_its_conv_as_in_the_onnx_export(tmp_path: Path) -> None:
+    """TinyConvNet from PyTorch (conv + bias, then BatchNorm) gets the tuning tasks of its ONNX
+    export (Conv with the BatchNorm in its weights), and outputs within rounding of PyTorch's."""
+    from pytest_tvmdeploy.build.fold_batch_norm import fold_batch_norm
+
+    signature = ShapeSignature.of({"x": np.zeros((1, 3, 16, 16), "float32")})
+    model = seeded(TinyConvNet())
+    module = open_source(model).to_relax(signature)
+    assert "R.nn.batch_norm" in module["main"].script()
+    folded = fold_batch_norm()(module)["main"].script()
+    assert "R.nn.batch_norm" not in folded and folded.count("R.nn.conv2d") == 1
+    onnx_tasks = _conv_tasks(open_source(FIXTURES / "tiny_convnet.onnx").to_relax(signature))
+    assert _conv_tasks(module) == onnx_tasks and onnx_tasks[0][0] == "fused_conv2d_add_relu"
+    (unfolded,) = _conv_tasks(module, build_pipeline().without([FOLD_BATCH_NORM]))
+    assert unfolded[0] == "fused_conv2d_add_subtract_divide_multiply_add_relu"
+    result = deploy(model, INPUTS, cache_dir=tmp_path, cpp_runner=None)
+    expected = model(torch.from_numpy(result.inputs["x"])).detach().numpy()
+    (output,) = result.outputs.values()
+    np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected).max() > 0.1
 
 
 def test_one_network_as_a_module_and_as_torchscript_is_compiled_once(tmp_path: Path) -> None:

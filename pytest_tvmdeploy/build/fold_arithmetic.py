@@ -76,7 +76,7 @@ def evaluate(call: Any, args: list[Any]) -> np.ndarray | None:
         return None
     if not args or not isinstance(args[0], tvm.ir.expr.Constant):
         return None
-    arrays = [_array(arg) for arg in (args[:1] if name in _MOVEMENT else args)]
+    arrays = [constant_array(arg) for arg in (args[:1] if name in _MOVEMENT else args)]
     if any(a is None or a.size > MAX_ELEMENTS for a in arrays):
         return None
     expected = _static_type(call)
@@ -128,7 +128,7 @@ def _move(name: str, array: np.ndarray, attrs: Any, shape: tuple[int, ...]) -> n
     return None
 
 
-def _array(arg: Any) -> np.ndarray | None:
+def constant_array(arg: Any) -> np.ndarray | None:
     """A tensor constant's value (``None`` for a string, a scalar of another kind...)."""
     value = getattr(arg, "value", None)
     return value.numpy() if hasattr(value, "numpy") else None

@@ -16,13 +16,15 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.build.fold_arithmetic import fold_constant_arithmetic
+from pytest_tvmdeploy.build.fold_batch_norm import fold_batch_norm
 
 if TYPE_CHECKING:
     import tvm
 
-#: This package's own pass (not TVM's): it computes what TVM's FoldConstant would, so a script
-#: for TVM's developers leaves it out.
+#: This package's own passes (not TVM's; a script for TVM's developers leaves them out): the first
+#: computes what TVM's FoldConstant would, the second folds BatchNorm into convolution weights.
 FOLD_ARITHMETIC = "FoldConstantArithmetic"
+FOLD_BATCH_NORM = "FoldBatchNormIntoConv"
 #: The stages a pass belongs to, in the order a build runs them.
 PREPARE, LOWER, TIR, CODEGEN = "relax optimization", "relax lowering", "TIR passes", "LLVM code generation"
 
@@ -36,6 +38,7 @@ class BuildPass:
     make: Callable[[], Any]
     required: bool = True
     skipped_as: Callable[[], Any] | None = None  # what runs instead when an optional pass is left out
+    own: bool = False  # this package's pass, which TVM does not have
 
     def create(self, skipped: bool) -> Any | None:
         if not skipped:
@@ -72,12 +75,15 @@ def _tir(name: str, *, required: bool = True, label: str | None = None, args: Se
 
 
 def prepare_passes() -> list[BuildPass]:
-    """What ``static_shape_tuning`` runs before tuning records apply: legalize, fold, fuse (and
-    :mod:`~pytest_tvmdeploy.build.fold_arithmetic`, which gets the same constants much faster)."""
+    """What ``static_shape_tuning`` runs before tuning records apply: legalize, fold, fuse; and
+    two of our own: :mod:`~pytest_tvmdeploy.build.fold_batch_norm` (conv weights absorb the
+    BatchNorm after them, as ONNX exports have it) and :mod:`~pytest_tvmdeploy.build.fold_arithmetic`
+    (the constants FoldConstant would compute, much faster)."""
     return [
+        BuildPass(FOLD_BATCH_NORM, PREPARE, fold_batch_norm, required=False, own=True),
         _relax("DecomposeOpsForInference", PREPARE, required=False),
         _relax("CanonicalizeBindings", PREPARE, required=False),
-        BuildPass(FOLD_ARITHMETIC, PREPARE, fold_constant_arithmetic, required=False),
+        BuildPass(FOLD_ARITHMETIC, PREPARE, fold_constant_arithmetic, required=False, own=True),
         _relax("LegalizeOps", PREPARE),
         _relax("AnnotateTIROpPattern", PREPARE, required=False),
         _relax("FoldConstant", PREPARE, required=False),

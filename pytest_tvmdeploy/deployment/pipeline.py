@@ -42,7 +42,7 @@ from pytest_tvmdeploy.tuning import DatabaseFiles, applied_fingerprint, needs_tu
 from pytest_tvmdeploy.tuning.sampled import recipe as sampled_recipe
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
-BUILD_RECIPE = 4
+BUILD_RECIPE = 5
 
 Phase = Callable[[str], None]
 #: The cache's folder of compiled libraries, keyed by the Relax module rather than the model file.
