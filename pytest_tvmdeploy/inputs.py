@@ -77,7 +77,7 @@ def make_inputs(
 
 
 def _materialize(name: str, value: Any, rng: np.random.Generator) -> np.ndarray:
-    if _is_spec(value):
+    if is_spec(value):
         return _random_array(name, value, rng)
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor
         value = value.detach().cpu().numpy()
@@ -92,7 +92,9 @@ def _materialize(name: str, value: Any, rng: np.random.Generator) -> np.ndarray:
     return array
 
 
-def _is_spec(value: Any) -> bool:
+def is_spec(value: Any) -> bool:
+    """Whether ``value`` describes an input rather than giving it: ``(shape, dtype)`` or
+    ``(shape, dtype, (low, high))``."""
     return (
         isinstance(value, tuple)
         and len(value) in (2, 3)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pytest_tvmdeploy.errors import ConfigError, InputSpecError
+from pytest_tvmdeploy.inputs import is_spec
 
 #: A dimension: a size, or the name of a symbolic size.
 Dim = int | str
@@ -232,8 +233,8 @@ def _is_size(value: Any, minimum: int) -> bool:
 
 
 def _is_symbolic_spec(value: Any) -> bool:
-    return (isinstance(value, tuple) and len(value) in (2, 3) and isinstance(value[0], tuple | list)
-            and isinstance(value[1], str) and any(isinstance(d, str) for d in value[0]))
+    """An input spec (see :func:`~pytest_tvmdeploy.inputs.is_spec`) that names a dimension."""
+    return is_spec(value) and any(isinstance(d, str) for d in value[0])
 
 
 def _items(inputs: Mapping[str, Any] | Sequence[Any]) -> Iterable[tuple[Any, Any]]:

@@ -156,3 +156,29 @@ def test_a_library_built_otherwise_is_not_shared(tmp_path: Path) -> None:
     assert plain.artifact.meta["library"]["key"] != sampled.artifact.meta["library"]["key"]
     assert plain.artifact.meta["library"]["reused"] is False
     assert (plain.sampled, sampled.sampled > 0) == (0, True)
+
+
+def test_sampled_schedules_are_kept_per_function_and_replayed(tmp_path: Path) -> None:
+    """The cache keeps each function's sampled schedule: the network's ONNX export replays the
+    conv's, and a rebuild from the kept schedules alone compiles the same library bytes."""
+    import shutil
+
+    model = seeded(TinyConvNet())
+    cache = tmp_path / "cache"
+    first = deploy(model, INPUTS, cache_dir=cache, cpp_runner=None)
+    first_library = _sha256(first.artifact.path)
+    kept = set((cache / "schedules").glob("*.json"))
+    assert first.sampled >= 3 and len(kept) == first.sampled
+    exported = deploy(FIXTURES / "tiny_convnet.onnx", INPUTS, cache_dir=cache, cpp_runner=None)
+    added = set((cache / "schedules").glob("*.json")) - kept
+    assert exported.sampled == first.sampled and 0 < len(added) < exported.sampled  # the conv replayed
+    for entry in cache.iterdir():  # everything but the kept schedules goes
+        if entry.name != "schedules":
+            shutil.rmtree(entry)
+    again = deploy(model, INPUTS, cache_dir=cache, cpp_runner=None)
+    assert again.artifact.meta["library"]["reused"] is False and again.sampled == first.sampled
+    assert _sha256(again.artifact.path) == first_library
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -12,6 +12,7 @@ quantize, tune, build, run) are separate steps: :func:`framework_side` and :func
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +46,8 @@ from pytest_tvmdeploy.tuning.sampled import recipe as sampled_recipe
 BUILD_RECIPE = 5
 
 Phase = Callable[[str], None]
+#: The cache's folder of sampled schedules, one file per function (see ``tuning.sampled``).
+SCHEDULES = "schedules"
 #: The cache's folder of compiled libraries, keyed by the Relax module rather than the model file.
 LIBRARIES = "libraries"
 #: :func:`tvm_side` as the sandbox worker calls it.
@@ -188,7 +191,8 @@ def tvm_side(job: TvmJob, config: DeployConfig, phase: Phase, heartbeat: Phase |
     key = cache_key({**build_inputs, "tuning": applied})
     library_key = {**{k: v for k, v in build_inputs.items() if k != "model"}, "tuning": applied}
     artifact, built = cache.get_or_build(key, lambda folder: module.build(
-        folder, records if applied else None, ArtifactCache(cache.root / LIBRARIES), library_key))
+        folder, records if applied else None, ArtifactCache(cache.root / LIBRARIES), library_key,
+        schedules=functools.partial(cache.remembered, SCHEDULES)))
     phase("run")
     tvm_result, not_run = run_tvm(artifact, job.arrays, config)
     cpp_result, cpp_error = None, None

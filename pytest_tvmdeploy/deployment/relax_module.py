@@ -21,6 +21,7 @@ from pytest_tvmdeploy.sources import ModelSource
 from pytest_tvmdeploy.sources.base import ModelFile
 from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, tune, workload_hashes
 from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
+from pytest_tvmdeploy.tuning.sampled import Remember
 
 if TYPE_CHECKING:
     import tvm
@@ -110,19 +111,21 @@ class RelaxModule:
                                "skipped_tasks": len(summary.skipped)}
 
     def build(self, folder: Path, records: DatabaseFiles | None, libraries: ArtifactCache | None = None,
-              key: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              key: Mapping[str, Any] | None = None, schedules: Remember | None = None) -> dict[str, Any]:
         """Compile (applying the best of ``records`` to the module's tasks, ``None`` when none
         applies) and export into ``folder``; returns the artifact's metadata.
 
         With ``libraries``, the library is kept there under ``key`` plus the Relax module's
         structural hash (constants included), and linked into ``folder``: a model reaching TVM
         as the identical module again (the same network as a module, a TorchScript file and a
-        ``.pt2``) is compiled once."""
+        ``.pt2``) is compiled once. ``schedules`` keeps the sampled schedules of its functions
+        (see :mod:`pytest_tvmdeploy.tuning.sampled`)."""
         config, tuned = self.config, records is not None and not records.is_empty
         relax_module = self.tunable() if tuned else self.get()
 
         def compile_and_export(into: Path) -> dict[str, Any]:
-            built = build_with_records(relax_module, config.spec, records, sampled=config.schedule == "sampled")
+            built = build_with_records(relax_module, config.spec, records, sampled=config.schedule == "sampled",
+                                       remember=schedules)
             export_library(built.executable, into / ARTIFACT_NAME, cc=config.cc)
             return {**({"tuned_functions": built.applied} if tuned else {}), "sampled_functions": built.sampled}
 

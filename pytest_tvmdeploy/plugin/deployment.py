@@ -11,21 +11,17 @@ from typing import Any
 
 import pytest
 
-from pytest_tvmdeploy.build.compile import tvm_version
-from pytest_tvmdeploy.checks.localize.crash_prefix import PREFIX_FILE, opened_graph, smallest_crashing_prefix
 from pytest_tvmdeploy.deployment.config import DeployConfig
-from pytest_tvmdeploy.deployment.pipeline import TVM_SIDE, FrameworkSide, deploy
+from pytest_tvmdeploy.deployment.pipeline import FrameworkSide, deploy
 from pytest_tvmdeploy.deployment.result import Deployment
-from pytest_tvmdeploy.deployment.worker import Job
 from pytest_tvmdeploy.errors import SandboxError, TvmDeployError
 from pytest_tvmdeploy.inputs import seed_for
 from pytest_tvmdeploy.plugin.cpp import cpp_runner_for
 from pytest_tvmdeploy.plugin.isolation import sandbox_of
 from pytest_tvmdeploy.plugin.records import record_of
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, reproducer_folder
-from pytest_tvmdeploy.report.crash_reproducer import write_crash_reproducer
+from pytest_tvmdeploy.report.crash_reproducer import crash_prefix_lines, write_crash_reproducer
 from pytest_tvmdeploy.report.record import TestRecord
-from pytest_tvmdeploy.report.upstream import write_upstream
 from pytest_tvmdeploy.settings.marker import ModelTestSettings, model_test_settings
 from pytest_tvmdeploy.settings.options import MARKER
 from pytest_tvmdeploy.settings.session import SessionSettings
@@ -140,41 +136,13 @@ def _crash_reproducer(item: pytest.Item, error: TvmDeployError, record: TestReco
     return lines + _crash_prefix(item, error, folder)
 
 
-#: Crashes whose graph prefixes can crash the same way (quantize and tune run on the whole model).
-_PREFIX_STAGES = ("import", "build", "run")
-
-
 def _crash_prefix(item: pytest.Item, error: SandboxError, folder: Path) -> str:
-    """For a crash (a signal, not a hang or a memory limit, which each probe would meet again) in
-    import, build or run: the smallest prefix of the graph that still crashes, with its upstream
-    script (lines of the failure; empty when there is none)."""
-    sandbox, job = sandbox_of(item.config), error.job
-    if sandbox is None or job is None or job.function != TVM_SIDE or error.stage not in _PREFIX_STAGES \
-            or not str(error.cause).startswith("SIG") or not item.config.stash[SESSION_KEY].localize:
+    """The smallest crashing prefix of the graph, searched in the session's sandbox when the
+    session localizes failures (lines of the failure; empty otherwise)."""
+    sandbox = sandbox_of(item.config)
+    if sandbox is None or not item.config.stash[SESSION_KEY].localize:
         return ""
-    tvm_job, target = job.payload["job"], job.payload["config"].spec
-
-    def crashes(value: str) -> bool:
-        try:
-            sandbox.run(Job(PREFIX_FILE, {"source": tvm_job.source, "inputs": tvm_job.arrays, "target": target,
-                                          "value": value}))
-        except SandboxError:
-            return True
-        except TvmDeployError:
-            return False
-        return False
-
-    try:
-        prefix = smallest_crashing_prefix(opened_graph(tvm_job.source, tvm_job.arrays), crashes)
-    except Exception as exc:  # noqa: BLE001 - the crash stands without its prefix
-        return f"\n  could not look for the smallest crashing prefix: {type(exc).__name__}: {exc}"
-    if prefix is None:
-        return "\n  no prefix of the graph crashes on its own: the crash needs the whole model"
-    text = f"\n  {prefix.describe()}"
-    if prefix.case is not None:
-        script = write_upstream(folder, prefix.case, target.as_dict, tvm_version())
-        text += f"\n  upstream reproducer of {prefix.case.op}: python {script}"
-    return text
+    return crash_prefix_lines(sandbox, error, folder)
 
 
 def deploy_config(session: SessionSettings, settings: ModelTestSettings, target: TargetSpec, seed: int,
@@ -191,7 +159,7 @@ def deploy_config(session: SessionSettings, settings: ModelTestSettings, target:
 
 
 def _fill(record: TestRecord, deployment: Deployment) -> None:
-    record.source = deployment.source_kind
+    """The record's fields from a finished deployment (its source kind was noted when the model opened)."""
     record.reference_name = deployment.reference_name
     record.cache_hit = deployment.cache_hit
     record.timings = deployment.timings.as_dict()

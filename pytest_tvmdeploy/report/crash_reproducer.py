@@ -3,7 +3,9 @@ replayed by ``python -m pytest_tvmdeploy.replay <folder>`` in a child process.
 
 Layout: ``model.pt2`` or ``model.onnx``, ``inputs/<name>.npy``, ``calibration/<i>/<name>.npy``
 (when the int8 calibration ran) and ``reproducer.json`` (``"kind": "crash"``, the stage, the
-signal, the target and quantization, the worker's last stderr lines).
+signal, the target and quantization, the worker's last stderr lines). For a crash in import,
+build or run, :func:`crash_prefix_lines` also looks for the smallest prefix of the graph that
+crashes the same way.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pytest_tvmdeploy.build.compile import tvm_version
+from pytest_tvmdeploy.checks.localize.crash_prefix import PREFIX_FILE, opened_graph, smallest_crashing_prefix
 from pytest_tvmdeploy.deployment.config import DeployConfig
 from pytest_tvmdeploy.deployment.pipeline import TVM_SIDE, TvmJob
+from pytest_tvmdeploy.deployment.sandbox import Sandbox
 from pytest_tvmdeploy.deployment.worker import Job
-from pytest_tvmdeploy.errors import SandboxError
+from pytest_tvmdeploy.errors import SandboxError, TvmDeployError
 from pytest_tvmdeploy.report.reproducer import load_arrays, publish, save_arrays, staging_folder
+from pytest_tvmdeploy.report.upstream import write_upstream
 from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources.base import ModelFile
 
@@ -69,3 +75,41 @@ def crash_job(folder: Path, manifest: dict[str, Any], cache_dir: Path) -> Job:
     shapes = ShapeSignature.from_json(manifest["shapes"]) if "shapes" in manifest else ShapeSignature.of(arrays)
     return Job(TVM_SIDE, {"job": TvmJob(model, arrays, shapes, samples or None, "replay"), "config": config},
                reports_progress=True)
+
+
+#: Crashes whose graph prefixes can crash the same way (quantize and tune run on the whole model).
+PREFIX_STAGES = ("import", "build", "run")
+
+
+def crash_prefix_lines(sandbox: Sandbox, error: SandboxError, folder: Path) -> str:
+    """For a crash (a signal, not a hang or a memory limit, which each probe would meet again) in
+    import, build or run: the smallest prefix of the graph that still crashes, each candidate run
+    in ``sandbox``, with its upstream script in ``folder`` (lines of the failure; empty when there
+    is none)."""
+    job = error.job
+    if job is None or job.function != TVM_SIDE or error.stage not in PREFIX_STAGES \
+            or not str(error.cause).startswith("SIG"):
+        return ""
+    tvm_job, target = job.payload["job"], job.payload["config"].spec
+
+    def crashes(value: str) -> bool:
+        try:
+            sandbox.run(Job(PREFIX_FILE, {"source": tvm_job.source, "inputs": tvm_job.arrays, "target": target,
+                                          "value": value}))
+        except SandboxError:
+            return True
+        except TvmDeployError:
+            return False
+        return False
+
+    try:
+        prefix = smallest_crashing_prefix(opened_graph(tvm_job.source, tvm_job.arrays), crashes)
+    except Exception as exc:  # noqa: BLE001 - the crash stands without its prefix
+        return f"\n  could not look for the smallest crashing prefix: {type(exc).__name__}: {exc}"
+    if prefix is None:
+        return "\n  no prefix of the graph crashes on its own: the crash needs the whole model"
+    text = f"\n  {prefix.describe()}"
+    if prefix.case is not None:
+        script = write_upstream(folder, prefix.case, target.as_dict, tvm_version())
+        text += f"\n  upstream reproducer of {prefix.case.op}: python {script}"
+    return text

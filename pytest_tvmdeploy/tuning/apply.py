@@ -18,7 +18,7 @@ from pytest_tvmdeploy.build.passes import PassPipeline, build_pipeline
 from pytest_tvmdeploy.errors import BuildError, brief
 from pytest_tvmdeploy.targets import TargetSpec
 from pytest_tvmdeploy.tuning.records import DatabaseFiles, RecordLine, read_database
-from pytest_tvmdeploy.tuning.sampled import schedule_unscheduled
+from pytest_tvmdeploy.tuning.sampled import Remember, schedule_unscheduled
 from pytest_tvmdeploy.tuning.selection import TaskRecords, records_by_task
 from pytest_tvmdeploy.tuning.targets import record_matcher, tuning_target
 from pytest_tvmdeploy.tuning.tasks import extract_tasks, prepare_module, task_keys
@@ -49,12 +49,13 @@ def compile_tuned(module: tvm.IRModule, target: TargetSpec, database_dir: Path) 
 def build_with_records(module: tvm.IRModule, target: TargetSpec, files: DatabaseFiles | None,
                        pipeline: PassPipeline | None = None,
                        keep: Callable[[TaskRecords], bool] | None = None,
-                       sampled: bool = False, sample: Callable[[str], bool] | None = None) -> RecordsBuild:
+                       sampled: bool = False, sample: Callable[[str], bool] | None = None,
+                       remember: Remember | None = None) -> RecordsBuild:
     """:func:`compile_tuned` with the database already read (``None``: no database). ``pipeline``
     is the passes to run (by default :func:`build_pipeline`'s); ``keep`` chooses which of the
     chosen records apply (all); with ``sampled`` the functions still unscheduled get a sampled
     schedule (:mod:`pytest_tvmdeploy.tuning.sampled`; LLVM targets only), those whose task name
-    ``sample`` chooses (all)."""
+    ``sample`` chooses (all), kept in ``remember`` for later builds if given."""
     pipeline = pipeline or build_pipeline()
     has_records = files is not None and not files.is_empty
     sampled = sampled and target.as_dict.get("kind") == "llvm"
@@ -69,7 +70,7 @@ def build_with_records(module: tvm.IRModule, target: TargetSpec, files: Database
         if chosen:
             prepared, applied = apply_records(prepared, as_tuned, files, chosen)
     if sampled:
-        prepared, scheduled = schedule_unscheduled(prepared, as_tuned, sample)
+        prepared, scheduled = schedule_unscheduled(prepared, as_tuned, sample, remember)
     return RecordsBuild(compile_module(prepared, target, pipeline), applied, scheduled)
 
 

@@ -54,8 +54,8 @@ def tune(
     tunes the other tasks further (starting from their best records; a task may exceed its cap
     by up to one cap in that call). Records already in the folder are kept. ``progress``
     receives a line per batch of candidates sent to the builder and per measured batch.
-    ``max_seconds`` ends the search once that much time has gone (the batches under way are
-    still measured and stored); a later call goes on from the stored records. With ``remote``,
+    ``max_seconds`` ends the search once that much time has gone (the batch being measured then
+    is stored, candidates still queued are dropped); a later call goes on from the stored records. With ``remote``,
     candidates are measured on RPC devices (a target that is not this machine needs one).
     """
     say = progress or (lambda line: None)

@@ -32,11 +32,18 @@ class _Tally:
     first_error: str | None = None
 
 
+class TuningDeadline(Exception):
+    """Raised by :class:`TuningMonitor` once its deadline has passed, to end MetaSchedule's run."""
+
+
 @derived_object
 class TuningMonitor(PyMeasureCallback):
-    """Counts trials and errors per task and reports progress after each measured batch; past
-    ``deadline`` (a ``time.monotonic()`` value) it ends every task, so the run stops after the
-    batches already under way."""
+    """Counts trials and errors per task and reports progress after each measured batch; the
+    first batch measured past ``deadline`` (a ``time.monotonic()`` value) is counted, then
+    :class:`TuningDeadline` ends the run (``timed_out`` says so).
+
+    Raising is the one clean way out: terminating the tasks from here leaves MetaSchedule's
+    gradient scheduler holding task ids it already chose, which it then fails on."""
 
     def __init__(self, task_names: list[str], progress: Callable[[str], None], deadline: float | None = None) -> None:
         self.task_names = task_names
@@ -46,13 +53,13 @@ class TuningMonitor(PyMeasureCallback):
         self.timed_out = False
 
     def apply(self, task_scheduler, task_id: int, measure_candidates, builder_results, runner_results) -> None:
+        if builder_results:  # the scheduler revisits exhausted tasks with empty batches
+            self._count(task_id, builder_results, runner_results)
         if self.deadline is not None and not self.timed_out and time.monotonic() >= self.deadline:
             self.timed_out = True
-            for index, task in enumerate(task_scheduler.tasks_):
-                if not task.is_terminated:
-                    task_scheduler.terminate_task(index)
-        if not builder_results:
-            return  # the scheduler revisits exhausted tasks with empty batches
+            raise TuningDeadline("the tuning run's time limit has passed")
+
+    def _count(self, task_id: int, builder_results, runner_results) -> None:
         tally = self.tallies[task_id]
         for built, ran in zip(builder_results, runner_results):
             tally.trials += 1

@@ -7,11 +7,16 @@ takes ~21 ms). Each fused function without a tuning record instead gets one of
 tiling, parallel outer loops, vectorised inner loops, unrolling): the one the shipped cost model
 (:mod:`pytest_tvmdeploy.tuning.cost_model`) ranks first, or the first valid one without it. The
 draws are seeded from the function's structural hash, so a build is reproducible. Functions over
-symbolic dimensions have no design space and stay unscheduled.
+symbolic dimensions have no design space and stay unscheduled. Given a ``remember`` store (the
+artifact cache's), the chosen schedule's trace is kept per function text, target and recipe, and
+any later build meeting the same function (another form of the model, another model with the same
+layer, a rebuild after another layer changed) replays it instead of sampling again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +39,10 @@ INJECTIVE_CANDIDATES = 2
 #: alone imports all of TVM's tensor intrinsics (~20 s a process).
 RULES = "llvm"
 
+#: A store of JSON values: ``remember(key, compute)`` returns the value kept under ``key``, or
+#: keeps and returns ``compute()`` (see ``ArtifactCache.remembered``).
+Remember = Callable[[str, Callable[[], Any]], Any]
+
 
 def recipe() -> str:
     """What the sampled schedules depend on besides the module (for artifact keys)."""
@@ -41,10 +50,12 @@ def recipe() -> str:
 
 
 def schedule_unscheduled(prepared: tvm.IRModule, target: tvm.target.Target,
-                         sample: Callable[[str], bool] | None = None) -> tuple[tvm.IRModule, int]:
+                         sample: Callable[[str], bool] | None = None,
+                         remember: Remember | None = None) -> tuple[tvm.IRModule, int]:
     """``prepared`` with a sampled schedule on each static function that has none yet (of those
     whose task name ``sample`` chooses: stage bisection narrows a wrong build down to one function
-    this way); also returns how many functions got one."""
+    this way); also returns how many functions got one. ``remember`` keeps the chosen schedules
+    for later builds."""
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
@@ -54,7 +65,7 @@ def schedule_unscheduled(prepared: tvm.IRModule, target: tvm.target.Target,
         function = task.extracted.dispatched[0]
         if sample is not None and not sample(task.name):
             continue
-        schedule = choose_schedule(task, target)
+        schedule = remembered_schedule(task, target, remember) if remember else choose_schedule(task, target)
         if schedule is None:
             continue
         workload = database.commit_workload(function)
@@ -81,9 +92,9 @@ def choose_schedule(task: Task, target: tvm.target.Target) -> Any | None:
 
     function = task.extracted.dispatched[0]
     context = light_context(function, target, seed=int(task.shash) % (2**31 - 1) or 1)
-    domains = block_domains(function)
+    domains, reduces = _blocks_of(function)
     candidates = []
-    for _ in range(CANDIDATES if has_reduction(function) else INJECTIVE_CANDIDATES):
+    for _ in range(CANDIDATES if reduces else INJECTIVE_CANDIDATES):
         for schedule in context.generate_design_space():
             if all(postproc.apply(schedule) for postproc in context.space_generator.postprocs) \
                     and covers_every_iteration(schedule, domains):
@@ -96,27 +107,64 @@ def choose_schedule(task: Task, target: tvm.target.Target) -> Any | None:
     return candidates[max(range(len(candidates)), key=lambda i: scores[i])]
 
 
+def remembered_schedule(task: Task, target: tvm.target.Target, remember: Remember) -> Any | None:
+    """:func:`choose_schedule`'s schedule, its trace kept in ``remember`` under the function's
+    text (block names included: a trace replays only on the names it was made on), the target and
+    :func:`recipe`. Both a first and a later build replay the kept trace, so they build alike."""
+    import tvm
+
+    function = task.extracted.dispatched[0]
+    key = hashlib.sha256("\n".join([function.script(), str(target), recipe()]).encode()).hexdigest()
+
+    def choose() -> Any:
+        schedule = choose_schedule(task, target)
+        return None if schedule is None else _plain(schedule.trace.as_json())
+
+    trace = remember(key, choose)
+    if trace is None:
+        return None
+    schedule = tvm.s_tir.Schedule(function)
+    try:
+        tvm.s_tir.schedule.Trace.apply_json_to_schedule(trace, schedule)
+    except Exception as exc:  # noqa: BLE001 - a damaged kept trace costs a new draw, not the build
+        warnings.warn(f"kept sampled schedule {key[:16]} of {task.name} does not replay ({brief(exc)}); "
+                      "sampling it again", stacklevel=2)
+        return choose_schedule(task, target)
+    return schedule
+
+
+def _plain(value: Any) -> Any:
+    """A trace's JSON form (TVM arrays, maps and numbers) as plain Python values."""
+    import tvm
+
+    if isinstance(value, tvm.tirx.IntImm | tvm.tirx.FloatImm):
+        return value.value
+    if isinstance(value, str | int | float) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return [_plain(item) for item in value]
+
+
 def block_domains(function: tvm.IRModule) -> dict[str, int]:
     """How many iterations each block of the unscheduled ``function`` runs."""
+    return _blocks_of(function)[0]
+
+
+def _blocks_of(function: tvm.IRModule) -> tuple[dict[str, int], bool]:
+    """Each block's iteration count, and whether any block reduces (one pass over the blocks)."""
     import tvm
 
     schedule = tvm.s_tir.Schedule(function)
     domains: dict[str, int] = {}
+    reduces = False
     for block in _blocks(schedule):
         size = 1
         for variable in schedule.get(block).iter_vars:
             size *= int(variable.dom.extent)
+            reduces = reduces or variable.iter_type == tvm.tirx.IterVar.CommReduce
         domains[schedule.get(block).name_hint] = size
-    return domains
-
-
-def has_reduction(function: tvm.IRModule) -> bool:
-    """Whether a block of ``function`` reduces (a conv, matmul, pooling, sum...)."""
-    import tvm
-
-    schedule = tvm.s_tir.Schedule(function)
-    return any(variable.iter_type == tvm.tirx.IterVar.CommReduce
-               for block in _blocks(schedule) for variable in schedule.get(block).iter_vars)
+    return domains, reduces
 
 
 def covers_every_iteration(schedule: Any, domains: dict[str, int]) -> bool:
