@@ -75,17 +75,20 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
     database = Path(tuning_dir.replace("{model}", name + "-recipe" * recipe)) / spec.label if tuned else None
     trials, seconds = tuning_budget(tune, "--tune") if tune else (0, None)
     started = time.perf_counter()
-    recipe_seconds = recipe_tune(name, spec, database, trials) if recipe else None
+    if recipe:
+        recipe_seconds = recipe_tune(name, spec, database, trials)
+        return [row(backend, name, recipe_run(name, spec, database, repeat), tune_s=round(recipe_seconds, 1),
+                    prepare_s=round(time.perf_counter() - started, 1))]
     deployment = deploy(
         model(name), {"x": photo()}, target=spec, cache_dir=CACHE, repeat=(repeat if tuned else min(repeat, 10)) + 1,
         quantize=INT8 if quantized else None,
         calibration=calibration_set(4, input_name="x") if quantized else None,
-        tuning_dir=database, tune=trials if tuned and not recipe else 0, tune_seconds=seconds, schedule=schedule,
+        tuning_dir=database, tune=trials if tuned else 0, tune_seconds=seconds, schedule=schedule,
         cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
     )
     extra = {"tuned_functions": deployment.tuned, "sampled_functions": deployment.sampled,
              "prepare_s": round(time.perf_counter() - started, 1),
-             "tune_s": round(recipe_seconds if recipe else deployment.timings.tune, 1),
+             "tune_s": round(deployment.timings.tune, 1),
              "threads": deployment.threads}
     if quantized:
         extra["vnni_convs"] = deployment.quantization.get("vnni_convs", 0)
@@ -130,6 +133,26 @@ def recipe_tune(name: str, spec: Any, folder: Path, trials: int) -> float:
     finally:
         builder.shutdown()
     return time.perf_counter() - started
+
+
+def recipe_run(name: str, spec: Any, folder: Path, repeat: int) -> list[float]:
+    """Seconds of ``repeat`` calls of ``name`` built with the recipe's records, prepared as the
+    recipe prepares (without this package's BatchNorm fold, whose conv tasks its records lack)."""
+    from pytest_tvmdeploy.build.compile import export_library
+    from pytest_tvmdeploy.build.passes import FOLD_BATCH_NORM, build_pipeline
+    from pytest_tvmdeploy.runners.python_vm import run_python_vm
+    from pytest_tvmdeploy.shapes import ShapeSignature
+    from pytest_tvmdeploy.sources import open_source
+    from pytest_tvmdeploy.threads import configure_threads
+    from pytest_tvmdeploy.tuning.apply import build_with_records
+    from pytest_tvmdeploy.tuning.records import read_database
+
+    configure_threads()
+    module = open_source(model(name)).to_relax(ShapeSignature.of({"x": photo()}))
+    built = build_with_records(module, spec, read_database(folder), build_pipeline().without([FOLD_BATCH_NORM]),
+                               sampled=True)
+    library = export_library(built.executable, Path(tempfile.mkdtemp()) / f"{name}-recipe.so")
+    return list(run_python_vm(library, {"x": photo()}, repeat=repeat + 1).call_seconds[1:])
 
 
 def row(backend: str, name: str, seconds: Any, **extra: Any) -> dict:
