@@ -17,6 +17,7 @@ from pytest_tvmdeploy.errors import BuildError, ConfigError, RunnerError
 from pytest_tvmdeploy.runners.cpp import run_cpp
 from pytest_tvmdeploy.runners.python_vm import run_python_vm
 from pytest_tvmdeploy.runners.rpc_devices import parse_remote
+from pytest_tvmdeploy.runners.rpc_tuning import rpc_measurement
 from pytest_tvmdeploy.targets import parse_target
 from pytest_tvmdeploy.tuning import (
     RECORD_FILE,
@@ -28,7 +29,6 @@ from pytest_tvmdeploy.tuning import (
     workload_hashes,
 )
 from pytest_tvmdeploy.tuning.records import read_database
-from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
@@ -218,7 +218,7 @@ def test_tuning_on_a_tracker_without_servers_for_the_key_names_the_pool(tmp_path
     with RpcFarm(tmp_path / "rpc") as farm:
         tracker = farm.tracker()
         farm.wait_ready()
-        nobody = RemoteMeasurement(parse_remote(tracker=tracker.address, key="nobody"))
+        nobody = rpc_measurement(parse_remote(tracker=tracker.address, key="nobody"))
         with pytest.raises(RunnerError, match=rf"RPC device 'nobody' from tracker {tracker.address}: cannot tune "
                                               r"there, no server is registered with key 'nobody'"):
             tune(module, SPEC, tmp_path / "db", max_trials=1, remote=nobody)

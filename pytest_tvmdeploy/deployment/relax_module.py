@@ -16,11 +16,11 @@ from pytest_tvmdeploy.build.specialize import specialize
 from pytest_tvmdeploy.deployment.config import DeployConfig
 from pytest_tvmdeploy.files import link_or_copy
 from pytest_tvmdeploy.quantize import quantize_for_target
+from pytest_tvmdeploy.runners.rpc_tuning import rpc_measurement
 from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import ModelSource
 from pytest_tvmdeploy.sources.base import ModelFile
 from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, tune, workload_hashes
-from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
 from pytest_tvmdeploy.tuning.sampled import Remember
 
 if TYPE_CHECKING:
@@ -103,7 +103,8 @@ class RelaxModule:
     def tune(self) -> None:
         """Tune what the database lacks for this module (nothing when it was tuned before)."""
         config, relax_module = self.config, self.tunable()
-        remote = RemoteMeasurement(config.remote, config.remote_timeout, config.cc) if config.remote else None
+        remote = rpc_measurement(config.remote, lease_timeout=config.remote_timeout, cc=config.cc) \
+            if config.remote else None
         summary = self.timed("tune", lambda: tune(relax_module, config.spec, config.tuning_dir,
                                                   max_trials=config.tune, progress=self.heartbeat,
                                                   max_seconds=config.tune_seconds, remote=remote))

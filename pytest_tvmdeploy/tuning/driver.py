@@ -31,7 +31,7 @@ from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks, prepare_module, t
 if TYPE_CHECKING:
     import tvm
 
-    from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
+    from pytest_tvmdeploy.tuning.session import RemoteMeasurement
 
 
 def tune(

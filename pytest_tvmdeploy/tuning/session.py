@@ -1,10 +1,10 @@
 """One MetaSchedule run over some tasks, with the recipe that works on small shared machines.
 
 Builds go to a pool of processes that lives for the whole run (see ``pool_builder``);
-measurements happen on this machine, or on RPC devices (see ``remote_runner``), and repeat for at
-least 40 ms; the evolutionary population is sized to the per-task budget. The
-run also tames MetaSchedule's logging: nothing on stdout, log files closed afterwards, and no
-clash with handlers pytest attaches to its loggers.
+measurements happen on this machine, or elsewhere through a :class:`RemoteMeasurement` (RPC
+devices: ``runners.rpc_tuning``), and repeat for at least 40 ms; the evolutionary population is
+sized to the per-task budget. The run also tames MetaSchedule's logging: nothing on stdout, log
+files closed afterwards, and no clash with handlers pytest attaches to its loggers.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,16 @@ from pytest_tvmdeploy.tuning.tasks import Task
 if TYPE_CHECKING:
     import tvm
 
-    from pytest_tvmdeploy.tuning.remote_runner import RemoteMeasurement
+@dataclass(frozen=True)
+class RemoteMeasurement:
+    """Candidates measured off this machine: ``make_runner(evaluator, run_timeout, say)`` gives
+    MetaSchedule's runner for it (checking first that it answers, and saying where it measures);
+    the candidates are linked here into shared libraries with ``cc`` (``None``: the host's
+    compiler), so the other side needs no compiler."""
+
+    make_runner: Callable[[Any, float, Callable[[str], None]], Any]
+    cc: str | None = None
+
 
 #: The evolutionary population is at most half of TVM's default (whose evolution cost 6-13 s
 #: per task iteration on one of our cores), and smaller still when a task may measure only a
@@ -65,7 +75,6 @@ def run_meta_schedule(
     from pytest_tvmdeploy.tuning.pool_builder import Export, PersistentPoolBuilder
 
     configure_threads()  # candidates are measured with the threads the deployed model will run with
-    devices = _remote_devices(remote, say)  # fails early when no device answers
     logger = logging.getLogger(META_SCHEDULE_LOGGER)
     contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger)
     deadline = time.monotonic() + max_seconds if max_seconds is not None else None
@@ -78,7 +87,7 @@ def run_meta_schedule(
     export = Export() if remote is None else Export(shared=True, cc=remote.cc)
     builder = PersistentPoolBuilder(folder=str(candidates), max_workers=cpu_count(logical=True), export=export)
     try:  # the builder's pool starts before the runner's
-        runner = _runner(remote, devices, evaluator)
+        runner = _runner(remote, evaluator, say)
     except BaseException:
         builder.shutdown()
         raise
@@ -113,27 +122,13 @@ def run_meta_schedule(
     return monitor.results(), monitor.timed_out
 
 
-def _remote_devices(remote: RemoteMeasurement | None, say: Callable[[str], None]) -> int:
-    """How many of ``remote``'s devices measure at once (0 without ``remote``), said once."""
-    if remote is None:
-        return 0
-    from pytest_tvmdeploy.tuning.remote_runner import device_count
-
-    devices = device_count(remote.spec)
-    say(f"measuring candidates on {remote.spec.describe()}, {devices} at a time")
-    return devices
-
-
-def _runner(remote: RemoteMeasurement | None, devices: int, evaluator: Any) -> Any:
-    """This machine's runner, or one measuring on ``devices`` of ``remote``'s devices at once."""
+def _runner(remote: RemoteMeasurement | None, evaluator: Any, say: Callable[[str], None]) -> Any:
+    """This machine's runner, or ``remote``'s."""
     from tvm.s_tir import meta_schedule as ms
 
     if remote is None:
         return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_SECONDS, evaluator_config=evaluator)
-    from pytest_tvmdeploy.tuning.remote_runner import remote_runner
-
-    return remote_runner(remote.spec, evaluator, devices=devices, run_timeout=RUN_TIMEOUT_SECONDS,
-                         lease_timeout=remote.lease_timeout)
+    return remote.make_runner(evaluator, RUN_TIMEOUT_SECONDS, say)
 
 
 def _tune_contexts(tasks: list[Task], work_dir: Path, per_task: int, logger: logging.Logger) -> tuple[Any, Any]:

@@ -1,6 +1,7 @@
 """Measure tuning candidates on RPC devices: MetaSchedule's RPC runner with our sessions.
 
-Each measurement opens its session the way a deployment's run does (:mod:`runners.rpc_devices`):
+:func:`rpc_measurement` is what ``tune(remote=...)`` takes. Each measurement opens its session
+the way a deployment's run does (:mod:`~pytest_tvmdeploy.runners.rpc_devices`):
 a device leased from the tracker's pool by key, with a deadline, or the one server connected
 directly. The session ends with the measurement, so the device goes back to its pool at once;
 with a tracker, the runner keeps as many measurements under way as the pool has servers.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import RunnerError
@@ -25,6 +25,7 @@ from pytest_tvmdeploy.runners.rpc_devices import (
     probe_server,
     tracker_summary,
 )
+from pytest_tvmdeploy.tuning.session import RemoteMeasurement
 
 if TYPE_CHECKING:
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RPCRunner
@@ -33,14 +34,19 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
-class RemoteMeasurement:
-    """Tuning measured on RPC devices: where, how long a candidate may wait for a free device
-    (seconds), and the compiler that links candidates here (``None``: the host's)."""
+def rpc_measurement(spec: RemoteSpec, *, lease_timeout: float = RPC_TIMEOUT,
+                    cc: str | None = None) -> RemoteMeasurement:
+    """Tuning measured on ``spec``'s devices: each candidate may wait ``lease_timeout`` seconds for
+    a free device; candidates are linked here with ``cc`` (``None``: the host's compiler)."""
+    return RemoteMeasurement(functools.partial(_measuring_runner, spec, lease_timeout), cc)
 
-    spec: RemoteSpec
-    lease_timeout: float = RPC_TIMEOUT
-    cc: str | None = None
+
+def _measuring_runner(spec: RemoteSpec, lease_timeout: float, evaluator: EvaluatorConfig, run_timeout: float,
+                      say: Callable[[str], None]) -> RPCRunner:
+    """The runner of :func:`rpc_measurement`, after checking the devices answer (said once)."""
+    devices = device_count(spec)
+    say(f"measuring candidates on {spec.describe()}, {devices} at a time")
+    return remote_runner(spec, evaluator, devices=devices, run_timeout=run_timeout, lease_timeout=lease_timeout)
 
 
 def remote_runner(spec: RemoteSpec, evaluator: EvaluatorConfig, *, devices: int, run_timeout: float,
@@ -94,4 +100,4 @@ def open_session(spec: RemoteSpec, rpc_config: Any, *, lease_timeout: float, run
     return rpc.connect(lease.host, lease.port, key=lease.match_key, session_timeout=run_timeout)
 
 
-__all__ = ["RemoteMeasurement", "device_count", "open_session", "remote_runner"]
+__all__ = ["device_count", "open_session", "remote_runner", "rpc_measurement"]
