@@ -30,7 +30,7 @@ def fold_batch_norm() -> tvm.transform.Pass:
 
     @relax.expr_functor.mutator
     class Folder(relax.PyExprMutator):
-        uses: dict[Any, int] = {}  # of the function being rewritten
+        uses: dict[Any, int]  # how often each variable of the function being rewritten is used
 
         def visit_tuple_getitem_(self, item: Any) -> Any:
             item = super().visit_tuple_getitem_(item)

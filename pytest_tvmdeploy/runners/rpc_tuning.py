@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_tvmdeploy.errors import RunnerError
 from pytest_tvmdeploy.runners.rpc_devices import (
     RPC_TIMEOUT,
+    Lease,
     RemoteSpec,
     lease_device,
     pool_status,
@@ -72,7 +73,7 @@ def device_count(spec: RemoteSpec) -> int:
     naming the device when the server does not answer or no server is under the key."""
     where = spec.describe()
     if not spec.tracker:
-        probe_server(lease_device(spec, deadline=0.0, connect_timeout=CONNECT_TIMEOUT), where=where,
+        probe_server(Lease(spec.host, spec.port, spec.key), where=where,
                      deadline=time.monotonic() + CONNECT_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
         return 1
     summary = tracker_summary(spec.host, spec.port, timeout=CONNECT_TIMEOUT)

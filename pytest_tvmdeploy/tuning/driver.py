@@ -55,8 +55,9 @@ def tune(
     by up to one cap in that call). Records already in the folder are kept. ``progress``
     receives a line per batch of candidates sent to the builder and per measured batch.
     ``max_seconds`` ends the search once that much time has gone (the batch being measured then
-    is stored, candidates still queued are dropped); a later call goes on from the stored records. With ``remote``,
-    candidates are measured on RPC devices (a target that is not this machine needs one).
+    is stored, candidates still queued are dropped); a later call goes on from the stored records.
+    With ``remote`` (e.g. :func:`pytest_tvmdeploy.runners.rpc_tuning.rpc_measurement`), candidates
+    are measured there; a target that is not this machine needs that.
     """
     say = progress or (lambda line: None)
     if remote is None and not target.runs_here:

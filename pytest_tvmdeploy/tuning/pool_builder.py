@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
@@ -45,8 +46,9 @@ def build_candidate(mod: IRModule, target: Target, folder: str, export: Export =
     """
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-    from tvm.support import cc as compilers
     from tvm.support.tar import tar
+
+    from pytest_tvmdeploy.build.compile import export_library
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     runtime_module = tvm_build(mod, target=target)
@@ -55,8 +57,7 @@ def build_candidate(mod: IRModule, target: Target, folder: str, export: Export =
         path = os.path.join(into, "candidate." + tar.output_format)
         runtime_module.export_library(path, fcompile=tar)
     else:
-        path = os.path.join(into, "candidate.so")
-        runtime_module.export_library(path, **({"fcompile": compilers.cross_compiler(export.cc)} if export.cc else {}))
+        path = str(export_library(runtime_module, Path(into) / "candidate.so", cc=export.cc))
     return path
 
 
