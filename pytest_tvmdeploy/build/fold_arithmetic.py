@@ -31,7 +31,7 @@ _ARITHMETIC: dict[str, Callable[..., np.ndarray]] = {
 #: Integer to float: ``float32(int32(q) - int32(zero_point)) * scale``, one rounding, as TVM legalizes it.
 _DEQUANTIZE = "relax.dequantize"
 #: Data movement: no arithmetic at all.
-_MOVEMENT = ("relax.expand_dims", "relax.reshape", "relax.permute_dims", "relax.squeeze")
+_MOVEMENT = ("relax.expand_dims", "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.layout_transform")
 _FLOATS = ("float16", "float32", "float64")
 #: Operands larger than this stay for ``FoldConstant`` (the memory of a NumPy copy of a big weight).
 MAX_ELEMENTS = 1 << 24
@@ -123,9 +123,41 @@ def _move(name: str, array: np.ndarray, attrs: Any, shape: tuple[int, ...]) -> n
         return np.expand_dims(array, tuple(int(a) for a in attrs.axis))
     if name == "relax.permute_dims":
         return np.transpose(array, None if attrs.axes is None else [int(a) for a in attrs.axes])
+    if name == "relax.layout_transform":  # packing weights for a blocked layout; padded ones stay
+        return None if attrs.pad_value is not None else _layout_transform(array, attrs.index_map, shape)
     if name == "relax.squeeze":
         return np.squeeze(array, None if attrs.axis is None else tuple(int(a) for a in attrs.axis))
     return None
+
+
+def _layout_transform(array: np.ndarray, index_map: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``array`` moved to ``shape`` by ``index_map`` (an affine map of ``+ - * // %``), or ``None``."""
+    if array.size != int(np.prod(shape, dtype=np.int64)):
+        return None  # padded or cropped
+    grid = dict(zip((v.name for v in index_map.initial_indices), np.indices(array.shape, sparse=True)))
+    targets = [_index(expr, grid) for expr in index_map.final_indices]
+    if any(t is None for t in targets):
+        return None
+    result = np.empty(shape, dtype=array.dtype)
+    result[tuple(np.broadcast_arrays(*targets))] = array
+    return result
+
+
+def _index(expr: Any, grid: dict[str, np.ndarray]) -> Any:
+    """An index expression evaluated over ``grid`` (broadcastable index arrays by variable name)."""
+    from tvm import tirx
+
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value)
+    if isinstance(expr, tirx.Var):
+        return grid.get(expr.name)
+    operations = {tirx.Add: np.add, tirx.Sub: np.subtract, tirx.Mul: np.multiply,
+                  tirx.FloorDiv: np.floor_divide, tirx.FloorMod: np.mod}
+    operation = operations.get(type(expr))
+    if operation is None:
+        return None
+    a, b = _index(expr.a, grid), _index(expr.b, grid)
+    return None if a is None or b is None else operation(a, b)
 
 
 def constant_array(arg: Any) -> np.ndarray | None:

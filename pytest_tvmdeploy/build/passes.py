@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from pytest_tvmdeploy.build.block_layout import LEGALIZE_BLOCKED, block_convolutions
 from pytest_tvmdeploy.build.fold_arithmetic import fold_constant_arithmetic
 from pytest_tvmdeploy.build.fold_batch_norm import fold_batch_norm
 
@@ -22,9 +23,11 @@ if TYPE_CHECKING:
     import tvm
 
 #: This package's own passes (not TVM's; a script for TVM's developers leaves them out): the first
-#: computes what TVM's FoldConstant would, the second folds BatchNorm into convolution weights.
+#: computes what TVM's FoldConstant would, the second folds BatchNorm into convolution weights, the
+#: third turns convolutions to a channel-blocked layout.
 FOLD_ARITHMETIC = "FoldConstantArithmetic"
 FOLD_BATCH_NORM = "FoldBatchNormIntoConv"
+BLOCK_CONVOLUTIONS = "BlockConvolutions"
 #: The stages a pass belongs to, in the order a build runs them.
 PREPARE, LOWER, TIR, CODEGEN = "relax optimization", "relax lowering", "TIR passes", "LLVM code generation"
 
@@ -55,6 +58,16 @@ def _relax(name: str, stage: str, *, required: bool = True, args: Sequence[Any] 
     return BuildPass(name, stage, make, required)
 
 
+def _legalize(stage: str) -> BuildPass:
+    """``LegalizeOps``, which also knows how to compute channel-blocked convolutions."""
+    def make() -> Any:
+        from tvm import relax
+
+        return relax.transform.LegalizeOps(customize_legalize_map=LEGALIZE_BLOCKED)
+
+    return BuildPass("LegalizeOps", stage, make)
+
+
 def _backend(name: str) -> BuildPass:
     def make() -> Any:
         from tvm.relax import backend
@@ -74,17 +87,19 @@ def _tir(name: str, *, required: bool = True, label: str | None = None, args: Se
     return BuildPass(label or name, TIR, make, required)
 
 
-def prepare_passes() -> list[BuildPass]:
+def prepare_passes(blocked: bool = False) -> list[BuildPass]:
     """What ``static_shape_tuning`` runs before tuning records apply: legalize, fold, fuse; and
-    two of our own: :mod:`~pytest_tvmdeploy.build.fold_batch_norm` (conv weights absorb the
-    BatchNorm after them, as ONNX exports have it) and :mod:`~pytest_tvmdeploy.build.fold_arithmetic`
-    (the constants FoldConstant would compute, much faster)."""
+    our own: :mod:`~pytest_tvmdeploy.build.fold_batch_norm` (conv weights absorb the BatchNorm
+    after them, as ONNX exports have it), :mod:`~pytest_tvmdeploy.build.block_layout` (convolutions
+    in ``NCHW16c``; only when ``blocked``, as tuned builds are) and
+    :mod:`~pytest_tvmdeploy.build.fold_arithmetic` (the constants FoldConstant would compute, much faster)."""
     return [
         BuildPass(FOLD_BATCH_NORM, PREPARE, fold_batch_norm, required=False, own=True),
         _relax("DecomposeOpsForInference", PREPARE, required=False),
         _relax("CanonicalizeBindings", PREPARE, required=False),
+        *([BuildPass(BLOCK_CONVOLUTIONS, PREPARE, block_convolutions, required=False, own=True)] * blocked),
         BuildPass(FOLD_ARITHMETIC, PREPARE, fold_constant_arithmetic, required=False, own=True),
-        _relax("LegalizeOps", PREPARE),
+        _legalize(PREPARE),
         _relax("AnnotateTIROpPattern", PREPARE, required=False),
         _relax("FoldConstant", PREPARE, required=False),
         _relax("FuseOps", PREPARE, required=False),
@@ -97,7 +112,7 @@ def lowering_passes() -> list[BuildPass]:
     return [
         _backend("DispatchSampling"),
         _backend("DispatchSortScan"),
-        _relax("LegalizeOps", LOWER),
+        _legalize(LOWER),
         _relax("RewriteDataflowReshape", LOWER, required=False),
         _relax("ToNonDataflow", LOWER),
         _relax("RemovePurityChecking", LOWER),
@@ -190,15 +205,19 @@ LLVM_OPTIMIZATION = BuildPass("LLVM -O3", CODEGEN, lambda: None, required=False)
 class PassPipeline:
     """The passes of one build, minus the optional ones named in ``skipped``.
 
-    ``extra`` holds passes added with :func:`add_pass`, each after the pass it names.
+    ``extra`` holds passes added with :func:`add_pass`, each after the pass it names. ``blocked``
+    builds run convolutions in ``NCHW16c`` (:mod:`~pytest_tvmdeploy.build.block_layout`): tuned
+    builds do, as tuning finds far faster schedules for them (see ``benchmarks/results/``), while
+    a single sampled schedule of a blocked convolution is slower than one of a plain convolution.
     """
 
     skipped: frozenset[str] = frozenset()
     extra: tuple[tuple[str, BuildPass], ...] = ()
+    blocked: bool = False
 
     def relax_passes(self, prepare: bool) -> list[BuildPass]:
         """The Relax passes in order: with ``prepare``, those tuning builds run first."""
-        return self._with_extra((prepare_passes() if prepare else []) + lowering_passes())
+        return self._with_extra((prepare_passes(self.blocked) if prepare else []) + lowering_passes())
 
     def optional(self, prepare: bool, config: Any = None) -> list[BuildPass]:
         """The passes a build may leave out, in the order it runs them."""
@@ -217,7 +236,7 @@ class PassPipeline:
 
     def prepare(self, module: tvm.IRModule) -> tvm.IRModule:
         """Run the passes tuning builds run before records apply."""
-        return self.sequence(self._with_extra(prepare_passes()))(module)
+        return self.sequence(self._with_extra(prepare_passes(self.blocked)))(module)
 
     def compile(self, module: tvm.IRModule, target: tvm.target.Target) -> Any:
         """``tvm.compile`` with this pipeline's Relax lowering and TIR passes."""
@@ -276,6 +295,7 @@ def add_pass(after: str, build_pass: BuildPass) -> None:
     _ADDED.append((after, build_pass))
 
 
-def build_pipeline() -> PassPipeline:
-    """The pipeline builds run now: every pass, plus those added with :func:`add_pass`."""
-    return PassPipeline(extra=tuple(_ADDED))
+def build_pipeline(blocked: bool = False) -> PassPipeline:
+    """The pipeline builds run now: every pass, plus those added with :func:`add_pass`; with
+    ``blocked``, the one of tuned builds."""
+    return PassPipeline(extra=tuple(_ADDED), blocked=blocked)

@@ -52,12 +52,13 @@ def build_with_records(module: tvm.IRModule, target: TargetSpec, files: Database
                        sampled: bool = False, sample: Callable[[str], bool] | None = None,
                        remember: Remember | None = None) -> RecordsBuild:
     """:func:`compile_tuned` with the database already read (``None``: no database). ``pipeline``
-    is the passes to run (by default :func:`build_pipeline`'s); ``keep`` chooses which of the
-    chosen records apply (all); with ``sampled`` the functions still unscheduled get a sampled
-    schedule (:mod:`pytest_tvmdeploy.tuning.sampled`; LLVM targets only), those whose task name
-    ``sample`` chooses (all), kept in ``remember`` for later builds if given."""
-    pipeline = pipeline or build_pipeline()
+    is the passes to run (by default :func:`build_pipeline`'s, convolutions blocked when there
+    are records); ``keep`` chooses which of the chosen records apply (all); with ``sampled`` the
+    functions still unscheduled get a sampled schedule (:mod:`pytest_tvmdeploy.tuning.sampled`;
+    LLVM targets only), those whose task name ``sample`` chooses (all), kept in ``remember`` for
+    later builds if given."""
     has_records = files is not None and not files.is_empty
+    pipeline = pipeline or build_pipeline(blocked=has_records)
     sampled = sampled and target.as_dict.get("kind") == "llvm"
     if not has_records and not sampled:
         return RecordsBuild(compile_module(module, target, pipeline), 0, 0)

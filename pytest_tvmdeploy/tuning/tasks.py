@@ -31,10 +31,10 @@ class Task:
 def prepare_module(module: tvm.IRModule, target: tvm.target.Target,
                    pipeline: PassPipeline | None = None) -> tvm.IRModule:
     """Legalize and fuse ``module`` for ``target`` as ``static_shape_tuning`` does before tuning
-    (with ``pipeline``'s passes: by default :func:`build_pipeline`'s)."""
+    (with ``pipeline``'s passes: by default those of a tuned build, convolutions blocked)."""
     try:
         with target:
-            return (pipeline or build_pipeline()).prepare(module)
+            return (pipeline or build_pipeline(blocked=True)).prepare(module)
     except Exception as exc:  # noqa: BLE001
         raise BuildError(f"preparing the module for tuning on {target} failed: {brief(exc)}") from exc
 

@@ -63,8 +63,8 @@ class StageBisection:
                  pipeline: PassPipeline | None = None, sampled: bool = False) -> None:
         self.module, self.inputs, self.reference = module, dict(inputs), dict(reference)
         self.target, self.rules, self.records = target, rules, records
-        self.pipeline = pipeline or build_pipeline()
         self.tuned = records is not None and not records.is_empty
+        self.pipeline = pipeline or build_pipeline(blocked=self.tuned)
         self.sampled = sampled
         self.steps = self._steps()
         self.probes: list[Probe] = []
