@@ -16,6 +16,7 @@ from pytest_tvmdeploy import parse_target
 from pytest_tvmdeploy.build.passes import build_pipeline
 from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import open_source
+from relax_constants import constants
 
 SHAPE = (1, 3, 20, 20)
 
@@ -115,25 +116,9 @@ def test_blocked_convolutions_compute_what_pytorch_does(network, tmp_path: Path)
     assert np.abs(expected).max() > 0.1
 
 
-def _constants(prepared) -> list[bytes]:
-    """Every constant of ``main``: its bytes and shape, in order."""
-    from tvm import relax
-
-    found: list[bytes] = []
-
-    @relax.expr_functor.visitor
-    class Constants(relax.PyExprVisitor):
-        def visit_generic_const_(self, constant) -> None:
-            array = constant.value.numpy()
-            found.append(array.tobytes() + str(array.shape).encode())
-
-    Constants().visit_expr(prepared["main"])
-    return found
-
-
 def test_weights_packed_with_numpy_are_the_bits_foldconstant_computes(network) -> None:
     module, _, _ = network
     blocked = build_pipeline(blocked=True)
-    numpy_packed, tvm_packed = (_constants(_prepared(module, pipeline)[0])
+    numpy_packed, tvm_packed = (constants(_prepared(module, pipeline)[0])
                                 for pipeline in (blocked, blocked.without(["FoldConstantArithmetic"])))
     assert numpy_packed == tvm_packed and len(numpy_packed) >= 8

@@ -16,25 +16,10 @@ from pytest_tvmdeploy import deploy, parse_target
 from pytest_tvmdeploy.build.passes import FOLD_BATCH_NORM, build_pipeline
 from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import open_source
+from relax_constants import constants
 
 INPUTS = {"x": ((1, 3, 16, 16), "float32")}
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
-
-def _constants(module) -> list[str]:
-    """Every constant of ``main``, as a digest of its bytes and its shape, in order."""
-    from tvm import relax
-
-    found: list[str] = []
-
-    @relax.expr_functor.visitor
-    class Constants(relax.PyExprVisitor):
-        def visit_generic_const_(self, constant) -> None:
-            array = constant.value.numpy()
-            found.append(f"{hashlib.sha256(array.tobytes()).hexdigest()[:16]}{array.shape}{array.dtype}")
-
-    Constants().visit_expr(module["main"])
-    return found
 
 
 def _conv_tasks(module, pipeline=None) -> list[tuple[str, str]]:
@@ -58,7 +43,7 @@ def _prepared_both_ways(module):
     for pipeline in (unfolded, unfolded.without(["FoldConstantArithmetic"])):
         with target:
             prepared = pipeline.prepare(module)
-        results.append((_constants(prepared), sorted(task.shash for task in extract_tasks(prepared, target))))
+        results.append((constants(prepared), sorted(task.shash for task in extract_tasks(prepared, target))))
     return results
 
 
