@@ -71,6 +71,8 @@ def block_convolutions() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="BlockConvolutions")
     def run(module: tvm.IRModule, _context: Any) -> tvm.IRModule:
+        if not _has_conv2d(module):  # nothing to gain; ConvertLayout ran out of memory on a transformer
+            return module
         converted = merge_copies(convert(rewrite(Unclip(module), module)))
         repack = Repack(converted)
         blocked = rewrite(repack, converted)
@@ -79,6 +81,25 @@ def block_convolutions() -> tvm.transform.Pass:
         return blocked
 
     return run
+
+
+def _has_conv2d(module: tvm.IRModule) -> bool:
+    """Whether any Relax function of ``module`` calls ``relax.nn.conv2d``."""
+    from tvm import relax
+
+    found = False
+
+    @relax.expr_functor.visitor
+    class Finder(relax.PyExprVisitor):
+        def visit_call_(self, call: Any) -> None:
+            nonlocal found
+            super().visit_call_(call)
+            found |= getattr(call.op, "name", None) == "relax.nn.conv2d"
+
+    for function in module.functions.values():
+        if isinstance(function, relax.Function):
+            Finder().visit_expr(function)
+    return found
 
 
 def layout_changes(module: tvm.IRModule) -> int:
