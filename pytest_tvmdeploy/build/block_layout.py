@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pytest_tvmdeploy.build.rewrite import rewrite_relax_functions
+
 if TYPE_CHECKING:
     import tvm
 
@@ -63,19 +65,13 @@ def block_convolutions() -> tvm.transform.Pass:
             call = super().visit_call_(call)
             return _min_max(call) if getattr(call.op, "name", None) == "relax.clip" else call
 
-    def rewrite(rewriter: Any, module: tvm.IRModule) -> tvm.IRModule:
-        for global_var, function in module.functions_items():
-            if isinstance(function, relax.Function):
-                rewriter.builder_.update_func(global_var, rewriter.visit_expr(function))
-        return rewriter.builder_.get()
-
     @tvm.transform.module_pass(opt_level=0, name="BlockConvolutions")
     def run(module: tvm.IRModule, _context: Any) -> tvm.IRModule:
         if not _has_conv2d(module):  # nothing to gain; ConvertLayout ran out of memory on a transformer
             return module
-        converted = merge_copies(convert(rewrite(Unclip(module), module)))
+        converted = merge_copies(convert(rewrite_relax_functions(Unclip(module), module)))
         repack = Repack(converted)
-        blocked = rewrite(repack, converted)
+        blocked = rewrite_relax_functions(repack, converted)
         if repack.blocked_grouped or layout_changes(blocked) > MAX_LAYOUT_CHANGES:
             return module
         return blocked
@@ -116,9 +112,8 @@ def layout_changes(module: tvm.IRModule) -> int:
 
         def visit_var_binding_(self, binding: Any) -> None:
             value = binding.value
-            if isinstance(value, relax.Call) and all(self._constant(arg) for arg in value.args):
-                self.folded.add(binding.var)
-            elif self._constant(value):
+            if self._constant(value) or (isinstance(value, relax.Call)
+                                         and all(self._constant(arg) for arg in value.args)):
                 self.folded.add(binding.var)
             self.visit_expr(value)
 
@@ -171,11 +166,11 @@ def _is_depthwise(call: Any) -> bool:
     return kernel_shape[1] == 1 and kernel_shape[0] * BLOCK == int(call.attrs.groups)
 
 
-def _conv_attrs(call: Any, *, data_layout: str | None = None, kernel_layout: str) -> dict[str, Any]:
+def _conv_attrs(call: Any, *, kernel_layout: str) -> dict[str, Any]:
+    """``call``'s convolution attributes with another kernel layout."""
     attrs = call.attrs
-    layout = data_layout or attrs.data_layout
     return {"strides": attrs.strides, "padding": attrs.padding, "dilation": attrs.dilation, "groups": attrs.groups,
-            "data_layout": layout, "kernel_layout": kernel_layout, "out_layout": layout,
+            "data_layout": attrs.data_layout, "kernel_layout": kernel_layout, "out_layout": attrs.out_layout,
             "out_dtype": attrs.out_dtype}
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pytest_tvmdeploy.build.rewrite import rewrite_relax_functions
+
 if TYPE_CHECKING:
     import tvm
 
@@ -57,11 +59,7 @@ def fold_constant_arithmetic() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="FoldConstantArithmetic")
     def run(module: tvm.IRModule, _context: Any) -> tvm.IRModule:
-        folder = Folder(module)
-        for global_var, function in module.functions_items():
-            if isinstance(function, relax.Function):
-                folder.builder_.update_func(global_var, folder.visit_expr(function))
-        return folder.builder_.get()
+        return rewrite_relax_functions(Folder(module), module)
 
     return run
 
