@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from pytest_tvmdeploy.tuning import (
     tune,
     workload_hashes,
 )
+from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask
 from pytest_tvmdeploy.tuning.records import read_database
 
 torch = pytest.importorskip("torch")
@@ -223,6 +225,10 @@ def test_tuning_on_a_tracker_without_servers_for_the_key_names_the_pool(tmp_path
                                               r"there, no server is registered with key 'nobody'"):
             tune(module, SPEC, tmp_path / "db", max_trials=1, remote=nobody)
     assert database_fingerprint(tmp_path / "db") is None
+    # nothing of the failed run stays on MetaSchedule's logger (a progress handler left there took
+    # the next task's name and broke the next tune's logging setup)
+    assert not [handler for handler in logging.getLogger(META_SCHEDULE_LOGGER).handlers
+                if isinstance(handler, CurrentTask)]
 
 
 def test_the_vnni_intrinsic_replacement_compiles_and_computes(tmp_path) -> None:

@@ -107,21 +107,21 @@ class CurrentTask(logging.Handler):
         self.task_count = task_count
         self.progress = progress
         self.number = 0
-        self.name: str | None = None
+        self.task_name: str | None = None  # not ``name``: that is the handler's own name in logging's registry
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         match = _TASK_MESSAGE.search(message)
         if match:
-            self.number, self.name = int(match.group(1)) + 1, match.group(2)
+            self.number, self.task_name = int(match.group(1)) + 1, match.group(2)
         sending = _SENDING_MESSAGE.search(message)
-        if sending and self.name and int(sending.group(1)) > 0:
+        if sending and self.task_name and int(sending.group(1)) > 0:
             self.progress(f"measuring {sending.group(1)} candidates of task {self.number}/{self.task_count} "
-                          f"{self.name}")
+                          f"{self.task_name}")
 
     def described(self) -> str:
         """The last announced task, as error messages name it."""
-        return f"{self.number}/{self.task_count} {self.name}" if self.name else "(none started)"
+        return f"{self.number}/{self.task_count} {self.task_name}" if self.task_name else "(none started)"
 
 
 def _shorten(message: str) -> str:

@@ -80,7 +80,6 @@ def run_meta_schedule(
     deadline = time.monotonic() + max_seconds if max_seconds is not None else None
     monitor = TuningMonitor([str(context.task_name) for context in contexts], say, deadline)
     current = CurrentTask(len(contexts), say)
-    logger.addHandler(current)
     candidates = work_dir / "candidates"
     candidates.mkdir(exist_ok=True)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40)
@@ -91,6 +90,7 @@ def run_meta_schedule(
     except BaseException:
         builder.shutdown()
         raise
+    logger.addHandler(current)  # after everything that can fail before the ``finally`` that removes it
     try:
         ms.tune.tune_tasks(
             tasks=contexts,
