@@ -8,13 +8,22 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+pytestmark = pytest.mark.xdist_group("demo")  # one worker, in order: the later runs find the demo's schedules
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact cache for every copy of the demo: a changed weight rebuilds its model, but
+    with the sampled schedules the unchanged model left there."""
+    return tmp_path_factory.mktemp("demo-cache")
 
 
 @pytest.fixture
-def demo(pytester: pytest.Pytester, not_an_xdist_worker: None) -> pytest.Pytester:
+def demo(pytester: pytest.Pytester, not_an_xdist_worker: None, demo_cache: Path) -> pytest.Pytester:
     """A copy of examples/ (tests, conftest, shipped snapshots), without generated model files."""
     shutil.copytree(EXAMPLES, pytester.path, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("models", "__pycache__", ".pytest_cache"))
+    pytester.makeini(f"[pytest]\ntvm_cache_dir = {demo_cache}\n")
     return pytester
 
 

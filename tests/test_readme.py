@@ -35,22 +35,33 @@ def resnet18_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_readme_usage_example_passes(pytester: pytest.Pytester, resnet18_files: Path) -> None:
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One artifact cache for both runs of the example: the second builds nothing."""
+    return f"--tvm-cache-dir={tmp_path_factory.mktemp('readme-cache')}"
+
+
+@pytest.mark.xdist_group("readme-example")  # one worker, one after the other: the second run finds the builds
+def test_readme_usage_example_passes(pytester: pytest.Pytester, resnet18_files: Path, shared_cache: str) -> None:
     shutil.copytree(resnet18_files, pytester.path / "models")
     pytester.makepyfile(test_deploy=readme_usage_example())
-    pytester.runpytest("--snapshot-update").assert_outcomes(passed=3)  # the README's first run
-    result = pytester.runpytest("-v", "--tvm-target=llvm")
+    pytester.runpytest("--snapshot-update", shared_cache).assert_outcomes(passed=3)  # the README's first run
+    result = pytester.runpytest("-v", "--tvm-target=llvm", shared_cache)
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines_random([
         "*test_resnet18 *PASSED*", "*test_resnet18_torchscript *PASSED*", "*test_resnet18_onnx *PASSED*",
     ])
 
 
+@pytest.mark.xdist_group("readme-example")
 def test_readme_example_fails_with_diagnostics_at_zero_tolerance(pytester: pytest.Pytester,
-                                                                 resnet18_files: Path) -> None:
+                                                                 resnet18_files: Path, shared_cache: str) -> None:
     shutil.copytree(resnet18_files, pytester.path / "models")
     pytester.makepyfile(test_deploy=readme_usage_example())
-    result = pytester.runpytest("--tvm-rtol=0", "--tvm-atol=0", "--tvm-snapshot=off")
+    # the failure as the README shows it: statistics, first diverging operator, reproducer (the
+    # compiler-stage bisection after it has tests of its own, in test_stages)
+    result = pytester.runpytest("--tvm-rtol=0", "--tvm-atol=0", "--tvm-snapshot=off", "--tvm-bisect=off",
+                                shared_cache)
     # the first test sets its own tolerance in the marker and keeps it; the two files fail
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines_random([
@@ -58,6 +69,7 @@ def test_readme_example_fails_with_diagnostics_at_zero_tolerance(pytester: pytes
         "*tvm output differs from onnxruntime: 1 of 1 output(s) outside tolerance",
         "*mismatched elements: * / 1000 (*%) outside exact",
         "*worst element [[]0, *[]]: reference=*, tvm=*",
+        "first diverging operator: *onv*",
         "*replay it with: python -m pytest_tvmdeploy.replay *",
     ])
 

@@ -1,5 +1,4 @@
-"""Convolutions in a channel-blocked layout (``NCHW16c``, else ``NCHW8c``), the form x86 vector units
-run fastest.
+"""Convolutions in a channel-blocked layout (``NCHW16c``), the form x86 vector units run fastest.
 
 In ``NCHW`` a convolution's innermost loop runs along image rows (7 values wide in ResNet's last
 stage) and its weights are read with strides; in ``NCHW16c`` it runs along a block of 16 channels,
@@ -13,13 +12,11 @@ additions in between, so only the model's edges change layout; a ``clip`` become
 :data:`LEGALIZE_BLOCKED` tells ``LegalizeOps`` how to compute a blocked convolution (TOPI's
 ``conv2d_NCHWc`` for ordinary ones, :func:`depthwise_conv2d_nchwc` for depthwise ones). A network
 the conversion would leave changing layout inside (channel counts that do not divide, grouped
-convolutions other than depthwise ones) in blocks of 16 is tried with blocks of 8 (MobileNetV2's
-24-channel layers), and stays as it is if that fails too: see :data:`MAX_LAYOUT_CHANGES`.
+convolutions other than depthwise ones) stays as it is: see :data:`MAX_LAYOUT_CHANGES`.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.build.rewrite import rewrite_relax_functions
@@ -27,84 +24,62 @@ from pytest_tvmdeploy.build.rewrite import rewrite_relax_functions
 if TYPE_CHECKING:
     import tvm
 
-#: Channels per block, in the order tried: one AVX-512 register of float32, then one AVX2 register.
-BLOCKS = (16, 8)
+#: Channels per block: one AVX-512 register of float32.
+BLOCK = 16
 #: A network is blocked only if it changes layout at most this often (into the blocked layout
 #: after the stem and out of it before the head): each change more copies an activation, and
 #: MobileNetV2 (24-channel layers stay plain, ~10 changes), tuned 15 minutes, ran 7.4-8.8 ms
-#: blocked against 5.6 ms plain.
+#: blocked against 5.6 ms plain; blocked in 8 channels throughout (two changes) it still ran 8.8 ms.
 MAX_LAYOUT_CHANGES = 2
-_BLOCKED_DATA = re.compile(r"NCHW(\d+)c")
-
-
-def data_layout(block: int) -> str:
-    """The blocked activation layout with ``block`` channels per block."""
-    return f"NCHW{block}c"
-
-
-def _block_of(layout: str) -> int | None:
-    """The block size of a blocked activation layout, ``None`` for a plain one."""
-    match = _BLOCKED_DATA.fullmatch(layout)
-    return int(match.group(1)) if match else None
+DATA_LAYOUT = f"NCHW{BLOCK}c"
+#: How ConvertLayout packs every convolution's weights (the depthwise form; ordinary ones are repacked).
+_CONVERTED_KERNEL = f"OIHW1i{BLOCK}o"
+_KERNEL = f"OIHW{BLOCK}i{BLOCK}o"
 
 
 def block_convolutions() -> tvm.transform.Pass:
-    """The pass: convolutions to ``NCHW16c`` (else ``NCHW8c``) where their channels allow, weights
-    packed to match, unless that leaves more than :data:`MAX_LAYOUT_CHANGES` layout changes."""
+    """The pass: convolutions to ``NCHW16c`` where their channels allow, weights packed to match,
+    unless that leaves more than :data:`MAX_LAYOUT_CHANGES` layout changes."""
     import tvm
     from tvm import relax
 
-    @relax.expr_functor.mutator
-    class Unclip(relax.PyExprMutator):
-        def visit_call_(self, call: Any) -> Any:
-            call = super().visit_call_(call)
-            return _min_max(call) if getattr(call.op, "name", None) == "relax.clip" else call
-
-    @tvm.transform.module_pass(opt_level=0, name="BlockConvolutions")
-    def run(module: tvm.IRModule, _context: Any) -> tvm.IRModule:
-        if not _has_conv2d(module):  # nothing to gain; ConvertLayout ran out of memory on a transformer
-            return module
-        unclipped = rewrite_relax_functions(Unclip(module), module)
-        for block in BLOCKS:
-            blocked = _blocked(unclipped, block)
-            if blocked is not None:
-                return blocked
-        return module
-
-    return run
-
-
-def _blocked(module: tvm.IRModule, block: int) -> tvm.IRModule | None:
-    """``module`` with its convolutions in blocks of ``block`` channels, or ``None`` if none can be,
-    or if that leaves a grouped convolution blocked or more than :data:`MAX_LAYOUT_CHANGES` layout
-    changes."""
-    from tvm import relax
-
-    layout = data_layout(block)
-    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, f"OIHW1i{block}o"]})
+    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": [DATA_LAYOUT, _CONVERTED_KERNEL]})
     merge_copies = relax.transform.EliminateCommonSubexpr()  # ConvertLayout changes a value once per use
 
     @relax.expr_functor.mutator
     class Repack(relax.PyExprMutator):
         blocked_grouped = False  # a grouped conv that is not depthwise has no blocked form here
-        convs = 0  # blocked ones
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
-            if getattr(call.op, "name", None) != "relax.nn.conv2d" or call.attrs.data_layout != layout:
+            if getattr(call.op, "name", None) != "relax.nn.conv2d" or call.attrs.data_layout != DATA_LAYOUT:
                 return call
-            self.convs += 1
             if call.attrs.groups == 1:
-                return _ordinary(call, block)
-            self.blocked_grouped |= not _is_depthwise(call, block)
+                return _ordinary(call)
+            self.blocked_grouped |= not _is_depthwise(call)
             return call
 
-    converted = merge_copies(convert(module))
-    repack = Repack(converted)
-    blocked = rewrite_relax_functions(repack, converted)
-    if not repack.convs or repack.blocked_grouped or layout_changes(blocked) > MAX_LAYOUT_CHANGES:
-        return None
-    return blocked
+    @relax.expr_functor.mutator
+    class ForConversion(relax.PyExprMutator):
+        """What ConvertLayout needs first (see :data:`_REWRITES`)."""
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            rewrite = _REWRITES.get(getattr(call.op, "name", None))
+            return rewrite(call) if rewrite else call
+
+    @tvm.transform.module_pass(opt_level=0, name="BlockConvolutions")
+    def run(module: tvm.IRModule, _context: Any) -> tvm.IRModule:
+        if not _has_conv2d(module):  # nothing to gain
+            return module
+        converted = merge_copies(convert(rewrite_relax_functions(ForConversion(module), module)))
+        repack = Repack(converted)
+        blocked = rewrite_relax_functions(repack, converted)
+        if repack.blocked_grouped or layout_changes(blocked) > MAX_LAYOUT_CHANGES:
+            return module
+        return blocked
+
+    return run
 
 
 def _has_conv2d(module: tvm.IRModule) -> bool:
@@ -173,25 +148,43 @@ def _min_max(call: Any) -> Any:
                             relax.const(_number(high), dtype))
 
 
+def _positive_axes(call: Any) -> Any:
+    """``squeeze`` with its negative axes counted from the front: ConvertLayout's layout rule for
+    ``squeeze`` indexes a string with the axes as given, and a negative one made it fail with
+    ``std::bad_alloc`` (a transformer's ``squeeze(x, axis=[-2])``)."""
+    from tvm import relax
+
+    axes = call.attrs.axis
+    if axes is None or all(int(axis) >= 0 for axis in axes):
+        return call
+    rank = len(call.args[0].ty.shape.values)
+    return relax.op.squeeze(call.args[0], axis=[int(axis) % rank for axis in axes])
+
+
+#: Rewrites before ConvertLayout, by operator: ``clip`` so ReLU6 does not hold the layout back,
+#: ``squeeze`` so the conversion does not crash.
+_REWRITES = {"relax.clip": _min_max, "relax.squeeze": _positive_axes}
+
+
 def _number(bound: Any) -> float:
     """A clip bound (a ``PrimValue``) as a Python number."""
     value = bound.value
     return value if isinstance(value, (int, float)) else value.value
 
 
-def _ordinary(call: Any, block: int) -> Any:
-    """A groups=1 convolution with its ``OIHW1i{b}o`` weights repacked to ``OIHW{b}i{b}o``."""
+def _ordinary(call: Any) -> Any:
+    """A groups=1 convolution with its ``OIHW1i16o`` weights repacked to ``OIHW16i16o``."""
     from tvm import relax
 
     kernel = relax.op.layout_transform(
-        call.args[1], index_map=lambda o, i, h, w, _one, ob: (o, i // block, h, w, i % block, ob))
-    return relax.op.nn.conv2d(call.args[0], kernel, **_conv_attrs(call, kernel_layout=f"OIHW{block}i{block}o"))
+        call.args[1], index_map=lambda o, i, h, w, _one, ob: (o, i // BLOCK, h, w, i % BLOCK, ob))
+    return relax.op.nn.conv2d(call.args[0], kernel, **_conv_attrs(call, kernel_layout=_KERNEL))
 
 
-def _is_depthwise(call: Any, block: int) -> bool:
+def _is_depthwise(call: Any) -> bool:
     """One input channel per group and as many output channels as groups (the multiplier is 1)."""
-    kernel_shape = [int(d) for d in call.args[1].ty.shape.values]  # O/block, I, H, W, 1, block
-    return kernel_shape[1] == 1 and kernel_shape[0] * block == int(call.attrs.groups)
+    kernel_shape = [int(d) for d in call.args[1].ty.shape.values]  # O/16, I, H, W, 1, 16
+    return kernel_shape[1] == 1 and kernel_shape[0] * BLOCK == int(call.attrs.groups)
 
 
 def _conv_attrs(call: Any, *, kernel_layout: str) -> dict[str, Any]:
@@ -208,13 +201,12 @@ def legalize_conv2d(bb: Any, call: Any) -> Any:
     from tvm import topi
 
     attrs = call.attrs
-    if _block_of(attrs.data_layout) is None:
+    if attrs.data_layout != DATA_LAYOUT:
         return tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
     out_dtype = attrs.out_dtype or call.ty.dtype
     if attrs.groups == 1:
         return bb.call_te(topi.nn.conv2d_NCHWc, call.args[0], call.args[1], attrs.strides, attrs.padding,
-                          attrs.dilation, attrs.data_layout, attrs.data_layout, out_dtype,
-                          primfunc_name_hint="conv2d_NCHWc")
+                          attrs.dilation, DATA_LAYOUT, DATA_LAYOUT, out_dtype, primfunc_name_hint="conv2d_NCHWc")
     return bb.call_te(depthwise_conv2d_nchwc, call.args[0], call.args[1], attrs.strides, attrs.padding,
                       attrs.dilation, out_dtype, primfunc_name_hint="depthwise_conv2d_NCHWc")
 
@@ -224,7 +216,7 @@ LEGALIZE_BLOCKED = {"relax.nn.conv2d": legalize_conv2d}
 
 
 def depthwise_conv2d_nchwc(data: Any, kernel: Any, strides: Any, padding: Any, dilation: Any, out_dtype: str) -> Any:
-    """Depthwise convolution of ``NCHW{b}c`` data with ``OIHW1i{b}o`` weights, as a TE compute."""
+    """Depthwise convolution of ``NCHW16c`` data with ``OIHW1i16o`` weights, as a TE compute."""
     from tvm import te, topi
 
     batch, chunks, height, width, block = (int(d) for d in data.shape)
