@@ -12,7 +12,8 @@ additions in between, so only the model's edges change layout; a ``clip`` become
 :data:`LEGALIZE_BLOCKED` tells ``LegalizeOps`` how to compute a blocked convolution (TOPI's
 ``conv2d_NCHWc`` for ordinary ones, :func:`depthwise_conv2d_nchwc` for depthwise ones). A network
 the conversion would leave changing layout inside (channel counts that do not divide, grouped
-convolutions other than depthwise ones) stays as it is: see :data:`MAX_LAYOUT_CHANGES`.
+convolutions other than depthwise ones) stays as it is: see :data:`MAX_LAYOUT_CHANGES`; so does one
+whose conversion TVM cannot make (its layout rule for ``split`` fails a check).
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def block_convolutions() -> tvm.transform.Pass:
     def run(module: tvm.IRModule, _context: Any) -> tvm.IRModule:
         if not _has_conv2d(module):  # nothing to gain
             return module
-        converted = merge_copies(convert(rewrite_relax_functions(ForConversion(module), module)))
+        try:
+            converted = merge_copies(convert(rewrite_relax_functions(ForConversion(module), module)))
+        except tvm.error.InternalError:  # ConvertLayout's rules fail on some operators (split): stay plain
+            return module
         repack = Repack(converted)
         blocked = rewrite_relax_functions(repack, converted)
         if repack.blocked_grouped or layout_changes(blocked) > MAX_LAYOUT_CHANGES:
