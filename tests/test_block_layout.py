@@ -132,6 +132,21 @@ def test_a_negative_squeeze_axis_does_not_stop_the_blocked_layout() -> None:
     assert sum("conv2d_NCHWc" in name for name in names) == 1, names  # the body; the 3-channel stem stays plain
 
 
+def test_a_value_nobody_reads_does_not_stop_the_blocked_layout() -> None:
+    """PyTorch's max pooling comes with a zeros_like of its result (for the indices it does not
+    return); converted back to NCHW although nobody reads it, it made SqueezeNet's pools in the
+    blocked part change layout twice more, so SqueezeNet stayed plain."""
+    from pytest_tvmdeploy.build.block_layout import block_convolutions, layout_changes
+
+    pooled = TwoConvs(lambda y: nn.functional.max_pool2d(y, 2))
+    module = open_source(seeded(pooled)).to_relax(ShapeSignature.of({"x": np.zeros(SHAPE, "float32")}))
+    assert "zeros_like" in module["main"].script()
+    with parse_target("llvm").to_tvm():
+        blocked = block_convolutions()(module)
+    assert "NCHW16c" in blocked["main"].script()
+    assert layout_changes(blocked) == 2  # in after the stem, out at the output
+
+
 def test_blocked_convolutions_compute_what_pytorch_does(network, tmp_path: Path) -> None:
     from pytest_tvmdeploy.tuning.apply import build_with_records
     from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pytest_tvmdeploy.build.rewrite import rewrite_relax_functions
+from pytest_tvmdeploy.build.rewrite import op_name, rewrite_relax_functions, visit_relax_functions
 
 if TYPE_CHECKING:
     import tvm
@@ -46,6 +46,11 @@ def block_convolutions() -> tvm.transform.Pass:
 
     convert = relax.transform.ConvertLayout({"relax.nn.conv2d": [DATA_LAYOUT, _CONVERTED_KERNEL]})
     merge_copies = relax.transform.EliminateCommonSubexpr()  # ConvertLayout changes a value once per use
+    # A value nobody reads would still be converted back to NCHW, two layout changes more: PyTorch's
+    # max pooling leaves one (a zeros_like of its result, for the indices it does not return, in a
+    # tuple of which only the result is read).
+    drop_unused = tvm.transform.Sequential([relax.transform.CanonicalizeBindings(),
+                                            relax.transform.DeadCodeElimination()])
 
     @relax.expr_functor.mutator
     class Repack(relax.PyExprMutator):
@@ -53,7 +58,7 @@ def block_convolutions() -> tvm.transform.Pass:
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
-            if getattr(call.op, "name", None) != "relax.nn.conv2d" or call.attrs.data_layout != DATA_LAYOUT:
+            if op_name(call) != "relax.nn.conv2d" or call.attrs.data_layout != DATA_LAYOUT:
                 return call
             if call.attrs.groups == 1:
                 return _ordinary(call)
@@ -66,7 +71,7 @@ def block_convolutions() -> tvm.transform.Pass:
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
-            rewrite = _REWRITES.get(getattr(call.op, "name", None))
+            rewrite = _REWRITES.get(op_name(call))
             return rewrite(call) if rewrite else call
 
     @tvm.transform.module_pass(opt_level=0, name="BlockConvolutions")
@@ -74,7 +79,8 @@ def block_convolutions() -> tvm.transform.Pass:
         if not _has_conv2d(module):  # nothing to gain
             return module
         try:
-            converted = merge_copies(convert(rewrite_relax_functions(ForConversion(module), module)))
+            used = drop_unused(module)
+            converted = merge_copies(convert(rewrite_relax_functions(ForConversion(used), used)))
         except tvm.error.InternalError:  # ConvertLayout's rules fail on some operators (split): stay plain
             return module
         repack = Repack(converted)
@@ -97,11 +103,9 @@ def _has_conv2d(module: tvm.IRModule) -> bool:
         def visit_call_(self, call: Any) -> None:
             nonlocal found
             super().visit_call_(call)
-            found |= getattr(call.op, "name", None) == "relax.nn.conv2d"
+            found |= op_name(call) == "relax.nn.conv2d"
 
-    for function in module.functions.values():
-        if isinstance(function, relax.Function):
-            Finder().visit_expr(function)
+    visit_relax_functions(Finder(), module)
     return found
 
 
@@ -127,17 +131,15 @@ def layout_changes(module: tvm.IRModule) -> int:
         def visit_call_(self, call: Any) -> None:
             nonlocal count
             super().visit_call_(call)
-            if getattr(call.op, "name", None) == "relax.layout_transform" and not self._constant(call.args[0]):
+            if op_name(call) == "relax.layout_transform" and not self._constant(call.args[0]):
                 count += 1
 
         def _constant(self, expr: Any) -> bool:
             return isinstance(expr, (tvm.ir.expr.Constant, relax.ShapeExpr)) or expr in self.folded
 
-    for function in module.functions.values():
-        if isinstance(function, relax.Function):
-            changes = Changes()
-            changes.folded = set()
-            changes.visit_expr(function)
+    changes = Changes()
+    changes.folded = set()  # a variable is bound once in a module: one set serves all functions
+    visit_relax_functions(changes, module)
     return count
 
 

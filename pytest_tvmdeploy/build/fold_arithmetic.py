@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_tvmdeploy.build.rewrite import rewrite_relax_functions
+from pytest_tvmdeploy.build.rewrite import op_name, rewrite_relax_functions
 
 if TYPE_CHECKING:
     import tvm
@@ -69,7 +69,7 @@ def evaluate(call: Any, args: list[Any]) -> np.ndarray | None:
     are all constants (``None`` otherwise); the result has exactly the call's shape and dtype."""
     import tvm
 
-    name = getattr(call.op, "name", None)
+    name = op_name(call)
     if name not in _ARITHMETIC and name not in _MOVEMENT and name != _DEQUANTIZE:
         return None
     if not args or not isinstance(args[0], tvm.ir.expr.Constant):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_tvmdeploy.build.fold_arithmetic import constant_array, evaluate
+from pytest_tvmdeploy.build.rewrite import op_name
 
 if TYPE_CHECKING:
     import tvm
@@ -39,7 +40,7 @@ def fold_batch_norm() -> tvm.transform.Pass:
 
         def _fold(self, item: Any) -> Any | None:
             norm = self.lookup_binding(item.tuple_value)
-            if not _is_call(norm, "relax.nn.batch_norm") or bool(norm.attrs.training) \
+            if op_name(norm) != "relax.nn.batch_norm" or bool(norm.attrs.training) \
                     or self.uses.get(norm.args[0], 0) != 1:
                 return None
             conv, bias = self._conv_and_bias(norm.args[0])
@@ -63,12 +64,12 @@ def fold_batch_norm() -> tvm.transform.Pass:
             another user."""
             value = self._bound(data)
             bias = None
-            if _is_call(value, "relax.add"):
+            if op_name(value) == "relax.add":
                 bias = self._constant(value.args[1])
                 if bias is None or self.uses.get(value.args[0], 0) != 1:
                     return None, None
                 value = self._bound(value.args[0])
-            if not _is_call(value, "relax.nn.conv2d") or constant_array(value.args[1]) is None:
+            if op_name(value) != "relax.nn.conv2d" or constant_array(value.args[1]) is None:
                 return None, None
             return value, bias
 
@@ -124,12 +125,6 @@ def fold_arrays(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: n
     along = [1] * weight.ndim
     along[kernel_layout.index("O")] = channels
     return (weight * factor.reshape(along)).astype(weight.dtype), shift.reshape(bias_shape).astype(weight.dtype)
-
-
-def _is_call(value: Any, name: str) -> bool:
-    from tvm import relax
-
-    return isinstance(value, relax.Call) and getattr(value.op, "name", None) == name
 
 
 def _var_uses(function: Any) -> dict[Any, int]:

@@ -43,7 +43,7 @@ from pytest_tvmdeploy.tuning import DatabaseFiles, applied_fingerprint, needs_tu
 from pytest_tvmdeploy.tuning.sampled import recipe as sampled_recipe
 
 #: Bumped whenever the way artifacts are built changes, so old cache entries are not reused.
-BUILD_RECIPE = 6
+BUILD_RECIPE = 7
 
 Phase = Callable[[str], None]
 #: The cache's folder of sampled schedules, one file per function (see ``tuning.sampled``).
