@@ -24,6 +24,13 @@ class InputSpecError(TvmDeployError):
     stage = "inputs"
 
 
+class ReferenceRunError(TvmDeployError):
+    """No reference could compute the model's outputs (its framework failed on a model it was
+    given, and so did any stand-in): the reference is missing, which says nothing of TVM."""
+
+    stage = "reference"
+
+
 class UnsupportedOperatorError(TvmDeployError):
     """The TVM frontend cannot import one or more operators of the model."""
 

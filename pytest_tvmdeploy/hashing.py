@@ -22,7 +22,7 @@ def arrays_fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
     """sha256 over names, dtypes, shapes and bytes: changes whenever any value changes."""
     digest = hashlib.sha256()
     for name, array in arrays.items():
-        contiguous = np.ascontiguousarray(array)
+        contiguous = np.asarray(array, order="C")
         digest.update(f"{name}:{contiguous.dtype.str}:{contiguous.shape}".encode())
         digest.update(contiguous.tobytes())
     return digest.hexdigest()

@@ -70,7 +70,7 @@ def make_inputs(
         raise InputSpecError(
             f"inputs: expected a dict name -> value or a list, got {type(inputs).__name__}"
         )
-    if not items:
+    if not items and not (names is not None and not names):  # a model of constants alone takes none
         raise InputSpecError("inputs: no inputs given")
     rng = np.random.default_rng(seed)
     return {str(name): _materialize(str(name), value, rng) for name, value in items}

@@ -1,7 +1,8 @@
 """The result every runner returns: named outputs plus how long loading and calls took.
 
 Runner names are spelled once, here: the Python VM is ``tvm``, the C++ program ``tvm-cpp``,
-a remote device ``rpc:<device>``; the reference runners are ``pytorch`` and ``onnxruntime``.
+a remote device ``rpc:<device>``; the reference runners are ``pytorch`` and ``onnxruntime``, and
+ONNX's own reference evaluator ``onnx-reference`` where ONNX Runtime cannot run a model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import numpy as np
 TVM_PYTHON = "tvm"
 #: The C++ program linked to libtvm_runtime (cpp_check/).
 TVM_CPP = "tvm-cpp"
+#: ONNX Runtime, the reference of ONNX files.
+ONNXRUNTIME = "onnxruntime"
+#: ONNX's reference evaluator (``onnx.reference``): NumPy code written from the operator specifications.
+ONNX_REFERENCE = "onnx-reference"
 
 
 @dataclass(frozen=True)
@@ -25,13 +30,15 @@ class RunResult:
 
     ``outputs`` maps output name to array, in the model's output order (nested
     outputs flattened). ``load_seconds`` covers loading the artifact and creating
-    the VM; ``call_seconds`` holds one entry per timed call of ``main``.
+    the VM; ``call_seconds`` holds one entry per timed call of ``main``. ``note`` says why this
+    runner stood in for another (a reference ONNX Runtime could not give), else it is empty.
     """
 
     runner: str
     outputs: dict[str, np.ndarray]
     load_seconds: float = 0.0
     call_seconds: tuple[float, ...] = field(default_factory=tuple)
+    note: str = ""
 
     @property
     def median_call_seconds(self) -> float:

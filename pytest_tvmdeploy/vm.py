@@ -24,7 +24,7 @@ def tvm_tensors(arrays: Iterable[np.ndarray], device: Any = None) -> list[Any]:
     """The arrays as TVM tensors on ``device`` (default: this machine's CPU), for a VM call."""
     import tvm
 
-    return [tvm.runtime.tensor(np.ascontiguousarray(a), device if device is not None else tvm.cpu()) for a in arrays]
+    return [tvm.runtime.tensor(np.asarray(a, order="C"), device if device is not None else tvm.cpu()) for a in arrays]
 
 
 def flatten_outputs(value: Any) -> list[np.ndarray]:

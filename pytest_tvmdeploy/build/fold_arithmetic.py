@@ -92,7 +92,7 @@ def evaluate(call: Any, args: list[Any]) -> np.ndarray | None:
         result = _move(name, arrays[0], call.attrs, shape)
     if result is None or result.shape != shape or str(result.dtype) != dtype:
         return None
-    return np.ascontiguousarray(result)
+    return np.asarray(result, order="C")
 
 
 def _dequantize(data: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray | None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from pytest_tvmdeploy.checks.tolerances import ToleranceRules
 from pytest_tvmdeploy.errors import TvmDeployError
+from pytest_tvmdeploy.outputs import ONNX_REFERENCE, ONNXRUNTIME
 
 FORMAT_VERSION = 1
 #: The metadata key of the error levels (one row per target and output, see :mod:`..ratchet`).
@@ -131,7 +132,7 @@ def snapshot_of(deployment: Any, rules: ToleranceRules) -> TensorSnapshot:
             return None
 
     model = deployment.model if deployment.source_kind == "torch" else Path(deployment.model).name
-    framework = "onnxruntime" if deployment.reference_name == "onnxruntime" else "torch"
+    framework = {ONNXRUNTIME: "onnxruntime", ONNX_REFERENCE: "onnx"}.get(deployment.reference_name, "torch")
     metadata = {
         "model": model,
         "source_kind": deployment.source_kind,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_tvmdeploy.checks.arbiter import arbitrate
 from pytest_tvmdeploy.checks.drift import SnapshotStore
 from pytest_tvmdeploy.checks.elementwise import first_bitwise_difference
 from pytest_tvmdeploy.checks.histogram import error_histogram
@@ -46,6 +47,7 @@ class CheckResult:
     compiler_stage: dict[str, Any] | None = None  # the stage bisection's verdict, or {"error": ...}
     actual: dict[str, NamedArrays] = field(default_factory=dict)  # runner → its outputs
     operator_case: Any = None  # the operator wrong on its own, cut out (an OperatorCase), if localised
+    arbitration: dict[str, str] | None = None  # which side a third reference takes (see checks.arbiter)
 
     def __bool__(self) -> bool:
         return not self.failures
@@ -90,9 +92,13 @@ def check(
     judge = output_judge(tolerances, budget)
     verdict = judge(deployment.reference, deployment.outputs, deployment.reference_name, TVM_PYTHON)
     failures: list[str] = []
-    divergence = stage = case = None
+    divergence = stage = case = arbitration = None
     if not verdict:
         failures.append(verdict.describe())
+        if budget is None:
+            arbitration = arbitrate(deployment, judge)
+            if arbitration is not None:
+                failures.append(arbitration.describe())
         if localize and budget is None:
             paragraph, divergence, case = _localize(deployment, tolerances, localizer or _localize_here)
             failures.append(paragraph)
@@ -113,7 +119,8 @@ def check(
     if deployment.cpp_outputs is not None:
         actual[TVM_CPP] = deployment.cpp_outputs
     return CheckResult(tuple(failures), verdict, cpp, snapshot_status,
-                       error_histogram(deployment.reference, deployment.outputs), divergence, stage, actual, case)
+                       error_histogram(deployment.reference, deployment.outputs), divergence, stage, actual, case,
+                       arbitration.to_json() if arbitration is not None else None)
 
 
 def _cpp_check(deployment: Any, judge: Any, *, failed_already: bool) -> tuple[list[str], str | None]:

@@ -91,7 +91,7 @@ def calibration_samples(calibration: Calibration | None) -> list[dict[str, np.nd
         if not isinstance(sample, Mapping):
             raise ConfigError(f"calibration sample {index}: expected a dict input name -> array, "
                               f"got {type(sample).__name__}")
-        samples.append({str(k): np.ascontiguousarray(np.asarray(v.detach().numpy() if hasattr(v, "detach") else v))
+        samples.append({str(k): np.asarray(v.detach().numpy() if hasattr(v, "detach") else v, order="C")
                         for k, v in sample.items()})
     return samples
 

@@ -267,7 +267,7 @@ def assemble(framework: FrameworkSide, config: DeployConfig, outcome: TvmOutcome
     return Deployment(
         model=source.description,
         source_kind=source.kind,
-        reference_name=source.reference_name,
+        reference_name=reference.runner,  # a stand-in's name when the framework could not run it
         target=config.spec,
         artifact=artifact,
         cache_hit=not outcome.built,

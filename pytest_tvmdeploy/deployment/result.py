@@ -73,5 +73,11 @@ class Deployment:
         return bool(self.sizes)
 
     @property
+    def reference_note(self) -> str:
+        """Why the reference is a stand-in for the model's framework (empty when it is not)."""
+        reference = self.runs.get(self.reference_name)
+        return reference.note if reference is not None else ""
+
+    @property
     def output_names(self) -> list[str]:
         return list(self.reference)

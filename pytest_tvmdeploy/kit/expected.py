@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 EXPECTED_FAILURES = Path(__file__).with_name("expected_failures.json")
+#: The shipped file of each suite (``--tvm-kit-suite``): the catalogue's models, ONNX's node tests.
+SUITE_FILES = {"models": EXPECTED_FAILURES, "onnx-node": Path(__file__).with_name("expected_onnx_node.json")}
 
 FAILURES, CRASHES = "failures", "crashes"
 #: The sets of a target, in the order they are written.
@@ -23,6 +25,11 @@ KINDS = (FAILURES, CRASHES)
 Listing = dict[str, dict[str, str]]
 #: The whole file: target label (or target kind) -> its sets.
 Expected = dict[str, Listing]
+
+
+def expected_failures_file(suite: str) -> Path:
+    """The expected-failures file shipped for ``suite``."""
+    return SUITE_FILES[suite]
 
 
 def read_expected(path: Path) -> Expected:

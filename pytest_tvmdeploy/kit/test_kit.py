@@ -1,4 +1,5 @@
-"""The kit's tests: every selected catalogue model through every source form, via the plugin.
+"""The kit's tests: every selected catalogue model through every source form, or every case of an
+operator suite (``--tvm-kit-suite=onnx-node``), via the plugin.
 
 A model listed in ``expected_failures.json`` for the target is an expected failure, strictly:
 when it starts passing, the kit fails it with XPASS so the list gets updated. One listed as a crash
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,14 +18,16 @@ from pytest_tvmdeploy.errors import SandboxError
 from pytest_tvmdeploy.kit.catalogue import QDQ, QDQ_BUDGET, CatalogueEntry, select
 from pytest_tvmdeploy.kit.expected import (
     CRASHES,
-    EXPECTED_FAILURES,
     Expected,
     Listing,
+    expected_failures_file,
     listed_as,
     read_expected,
     shape_case,
 )
 from pytest_tvmdeploy.kit.model_files import model_file, seeded_module
+from pytest_tvmdeploy.kit.onnx_node import SUITE as ONNX_NODE
+from pytest_tvmdeploy.kit.onnx_node import NodeCase, NodeCaseSource, node_cases
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, option_value
 from pytest_tvmdeploy.targets import TargetSpec
 
@@ -35,13 +39,40 @@ def _model(entry: CatalogueEntry, source: str, folder: Path):
     return seeded_module(entry) if source == "torch" else model_file(entry, source, folder)
 
 
+def _node_source(case: NodeCase, folder: Path) -> NodeCaseSource:
+    return NodeCaseSource(case, case.write(folder))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kit_case" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    entries = select(option_value(config, "tvm_kit_models"))  # the plugin has checked the names
+    suite = option_value(config, "tvm_kit_suite")
     folder = config.stash[SESSION_KEY].cache_dir / "kit-models"
-    expected = read_expected(Path(option_value(config, "tvm_kit_expected") or EXPECTED_FAILURES))
+    expected = read_expected(Path(option_value(config, "tvm_kit_expected") or expected_failures_file(suite)))
+    params = _node_params(config, folder / ONNX_NODE, expected) if suite == ONNX_NODE else \
+        _model_params(config, folder, expected)
+    metafunc.parametrize(("kit_case", "tvm_shape"), params, indirect=["tvm_shape"])
+
+
+def _node_params(config: pytest.Config, folder: Path, expected: Expected) -> list[Any]:
+    """One test per ONNX backend node case: ``test_abs-onnx-node``, its tolerances ONNX's own."""
+    params = []
+    for case in node_cases():
+        factory = partial(_node_source, case, folder)
+        factory.__qualname__ = f"ONNX node case {case.name}"
+        marks = [pytest.mark.tvm_model(model=factory, inputs=case.inputs, rtol=case.rtol, atol=case.atol,
+                                       snapshot=False, name=case.name)]
+        xfail = _expected_failure(expected, config, f"{case.name}/{ONNX_NODE}")
+        if xfail is not None:
+            marks.append(xfail)
+        params.append(pytest.param((case.name, ONNX_NODE), None, marks=marks, id=f"{case.name}-{ONNX_NODE}"))
+    return params
+
+
+def _model_params(config: pytest.Config, folder: Path, expected: Expected) -> list[Any]:
+    """Every catalogue model selected by ``--tvm-kit-models``, through every source form."""
+    entries = select(option_value(config, "tvm_kit_models"))  # the plugin has checked the names
     params = []
     for position, entry in enumerate(entries):
         for source in entry.cases:
@@ -62,8 +93,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 params.append((order, pytest.param((entry.name, source), shape, marks=marks, id=case_id)))
     # Tests that build first, those that reuse their builds after: pytest-xdist workers then
     # rarely wait for each other's build of the same library.
-    metafunc.parametrize(("kit_case", "tvm_shape"), [param for _, param in sorted(params, key=lambda p: p[0])],
-                         indirect=["tvm_shape"])
+    return [param for _, param in sorted(params, key=lambda p: p[0])]
 
 
 def _expected_failure(expected: Expected, config: pytest.Config, case: str) -> pytest.MarkDecorator | None:
@@ -90,4 +120,4 @@ def test_model(kit_case: tuple[str, str], tvm_deployment) -> None:
     """The standard checks (Python VM and C++ vs the framework) decide; the body checks the form."""
     _, source = kit_case
     assert tvm_deployment.source_kind == {"torch": "torch", "torchscript": "torchscript", "onnx": "onnx",
-                                          "pt2": "exported_program", QDQ: "onnx"}[source]
+                                          "pt2": "exported_program", QDQ: "onnx", ONNX_NODE: "onnx"}[source]

@@ -24,6 +24,7 @@ from pytest_tvmdeploy.kit.expected import (
     CRASHES,
     EXPECTED_FAILURES,
     FAILURES,
+    SUITE_FILES,
     Expected,
     Listing,
     count,
@@ -35,12 +36,13 @@ from pytest_tvmdeploy.kit.expected import (
     shape_case,
     whole_case,
 )
+from pytest_tvmdeploy.kit.onnx_node import SUITE as ONNX_NODE
 from pytest_tvmdeploy.report.record import TestRecord
 
 #: The file the kit's tests live in (a record from another file is not a kit case).
 KIT_FILE = "test_kit.py"
-#: Every source form a kit case can have.
-KIT_SOURCES = frozenset((*SOURCES, QDQ))
+#: Every source form a kit case can have (an ONNX node case's is its suite's name).
+KIT_SOURCES = frozenset((*SOURCES, QDQ, ONNX_NODE))
 
 
 def updated(expected: Mapping[str, Any], records: Sequence[TestRecord]) -> Expected:
@@ -119,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_tvmdeploy.kit.update_expected", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report", type=Path, help="report.json written by --tvm-report")
-    parser.add_argument("--file", type=Path, default=EXPECTED_FAILURES, help="the expected-failures file to rewrite")
+    parser.add_argument("--file", type=Path, help="the expected-failures file to rewrite (default: the kit's "
+                        "file of the suite the report ran)")
     args = parser.parse_args(argv)
     records = read_records(args.report)
+    if args.file is None:
+        node_suite = any((kit_case(r) or "").endswith(f"/{ONNX_NODE}") for r in records)
+        args.file = SUITE_FILES[ONNX_NODE] if node_suite else EXPECTED_FAILURES
     expected = read_expected(args.file) if args.file.exists() else {}
     new = updated(expected, records)
     write_atomic(args.file, dump_expected(new))

@@ -11,4 +11,5 @@ pytest_plugins = (
     "pytest_tvmdeploy.plugin.deployment",  # the tvm_deployment fixture
     "pytest_tvmdeploy.plugin.checking",    # the standard checks, snapshots, reproducers
     "pytest_tvmdeploy.kit.options",        # the conformance kit's own options
+    "pytest_tvmdeploy.kit.summary",        # the conformance kit's scoreboard
 )

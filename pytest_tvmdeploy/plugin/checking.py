@@ -72,6 +72,7 @@ def _fill(record: TestRecord, result: CheckResult, deployment: Deployment) -> No
     record.error_histogram = result.error_histogram
     record.divergence = result.divergence
     record.compiler_stage = result.compiler_stage
+    record.arbitration = result.arbitration
     record.snapshot = result.snapshot
     if result.cpp is not None:
         record.cpp = result.cpp

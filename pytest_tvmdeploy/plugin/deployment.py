@@ -161,6 +161,7 @@ def deploy_config(session: SessionSettings, settings: ModelTestSettings, target:
 def _fill(record: TestRecord, deployment: Deployment) -> None:
     """The record's fields from a finished deployment (its source kind was noted when the model opened)."""
     record.reference_name = deployment.reference_name
+    record.reference_note = deployment.reference_note or None
     record.cache_hit = deployment.cache_hit
     record.timings = deployment.timings.as_dict()
     record.artifact = str(deployment.artifact_path)

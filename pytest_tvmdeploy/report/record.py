@@ -34,7 +34,8 @@ class TestRecord:
     stage: str | None = None               # where a test that did not pass stopped (import, build, compare, ...)
     reason: str | None = None              # the first line of why
     source: str | None = None              # source kind: torch, torchscript, onnx, exported_program
-    reference_name: str | None = None      # pytorch or onnxruntime
+    reference_name: str | None = None      # pytorch, onnxruntime, or onnx-reference standing in for it
+    reference_note: str | None = None      # why a stand-in computed the reference
     cache_hit: bool | None = None          # None: no artifact was reached
     tuned: bool = False
     sampled: int = 0                       # functions built with a sampled schedule (no tuning record)
@@ -50,6 +51,7 @@ class TestRecord:
     error_histogram: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None              # the first diverging operator, or {"error": ...}
     compiler_stage: dict[str, Any] | None = None          # the stage bisection's verdict, or {"error": ...}
+    arbitration: dict[str, str] | None = None             # which side a third reference took in a mismatch
     crash: str | None = None               # the TVM worker died (signal name), hung (timeout) or exited
     operators: dict[str, int] | None = None  # the frontend's operators and their counts (with --tvm-coverage)
     unsupported: list[str] | None = None   # operators the frontend said it cannot import

@@ -62,18 +62,34 @@ def _quant_cell(quant: Mapping[str, float | None] | None) -> str:
     return f"{quant['cosine']:.4f}/{quant['sqnr_db']:.1f}dB"
 
 
+#: Above this many tests the table lists only those that did not pass (the report has them all).
+MAX_TABLE_ROWS = 100
+
+
 def format_table(records: Sequence[TestRecord]) -> list[str]:
-    """Lines of an aligned text table, a totals line and why the C++ check was skipped."""
-    rows = [COLUMNS] + [summary_row(r) for r in records]
+    """Lines of an aligned text table (of the tests that did not pass, when there are more than
+    :data:`MAX_TABLE_ROWS`), a totals line and why the C++ check was skipped."""
+    shown = records if len(records) <= MAX_TABLE_ROWS else [r for r in records if r.outcome != "passed"]
+    rows = [COLUMNS] + [summary_row(r) for r in shown]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     built = sum(1 for r in records if r.cache_hit is False)
     cached = sum(1 for r in records if r.cache_hit is True)
+    if len(shown) < len(records):
+        lines.append(f"{len(records) - len(shown)} passing test(s) not listed ({len(records)} in all)")
     lines.append(f"artifacts: {built} built, {cached} from cache")
-    return lines + skip_lines(records)
+    return lines + skip_lines(records) + stand_in_lines(records)
 
 
 def skip_lines(records: Sequence[TestRecord]) -> list[str]:
     """One line per distinct reason the C++ check was skipped, sorted (not one per test)."""
     notes = sorted({r.cpp_note or "" for r in records if r.cpp == "skipped"})
     return [f"C++ check skipped: {note}" if note else "C++ check skipped" for note in notes]
+
+
+def stand_in_lines(records: Sequence[TestRecord], limit: int = 10) -> list[str]:
+    """One line per test whose reference came from a stand-in (ONNX Runtime could not run the
+    model), the first ``limit`` of them, and how many more."""
+    notes = [f"{r.test}: {r.reference_note}" for r in records if r.reference_note]
+    more = [f"... and {len(notes) - limit} more stand-in reference(s)"] if len(notes) > limit else []
+    return [f"reference stand-in: {note}" for note in notes[:limit]] + more

@@ -31,6 +31,8 @@ class ModelSource(abc.ABC):
     kind: str = ""
     #: Which framework computes the reference outputs.
     reference_name: str = ""
+    #: The third reference that settles a disagreement (see :meth:`arbiter`), if the form has one.
+    arbiter_name: str = ""
 
     def __init__(self, description: str, path: Path | None = None) -> None:
         self.description = description
@@ -47,6 +49,12 @@ class ModelSource(abc.ABC):
     @abc.abstractmethod
     def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
         """Run the model in its own framework (``repeat`` timed calls); outputs are flattened and named."""
+
+    def arbiter(self, inputs: Mapping[str, np.ndarray]) -> RunResult | None:
+        """A third reference's outputs, to settle a disagreement between TVM and this source's
+        reference (``None``: none here; ONNX files have ONNX's reference evaluator, for small
+        graphs). Raises :class:`~pytest_tvmdeploy.errors.ReferenceRunError` when it cannot run."""
+        return None
 
     def shape_signature(self, declared: ShapeSignature, static: bool = False) -> ShapeSignature:
         """What to build for: the dimensions the test names (``declared``), and those the model

@@ -1,20 +1,23 @@
-"""An ONNX file: imported with TVM's ONNX frontend, referenced by ONNX Runtime."""
+"""An ONNX file: imported with TVM's ONNX frontend, referenced by ONNX Runtime (by ONNX's reference
+evaluator where ONNX Runtime cannot run it, which also settles a disagreement between the two)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError
+from pytest_tvmdeploy.errors import InputSpecError, ModelSourceError, ReferenceRunError, brief
 from pytest_tvmdeploy.hashing import file_sha256
 from pytest_tvmdeploy.inputs import signature
-from pytest_tvmdeploy.outputs import RunResult, timed_calls
+from pytest_tvmdeploy.outputs import ONNX_REFERENCE, ONNXRUNTIME, RunResult, timed_calls
 from pytest_tvmdeploy.shapes import InputShape, ShapeSignature
 from pytest_tvmdeploy.sources.base import ModelFile, ModelSource, raise_if_unsupported
+from pytest_tvmdeploy.sources.onnx_reference import MAX_ARBITER_NODES, EvaluatorFailed, evaluate
 
 if TYPE_CHECKING:
     import tvm
@@ -24,7 +27,8 @@ class OnnxSource(ModelSource):
     """An ``.onnx`` file (weights inline or as external data next to it)."""
 
     kind = "onnx"
-    reference_name = "onnxruntime"
+    reference_name = ONNXRUNTIME
+    arbiter_name = ONNX_REFERENCE
 
     def __init__(self, path: Path) -> None:
         import onnx
@@ -76,25 +80,58 @@ class OnnxSource(ModelSource):
             )
 
     def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
-        import onnxruntime
-
+        """ONNX Runtime's outputs; where it cannot load or run the model (an operator or a type it
+        does not implement), those of ONNX's reference evaluator, with a note saying why."""
         self._check_names(inputs)
         try:
-            if self._session is None:
-                options = onnxruntime.SessionOptions()
-                options.log_severity_level = 3
-                self._session = onnxruntime.InferenceSession(
-                    str(self.path), options, providers=["CPUExecutionProvider"]
-                )
-            names = [o.name for o in self._session.get_outputs()]
-            session, feed = self._session, dict(inputs)
+            session = self._onnxruntime()
+        except Exception as exc:  # noqa: BLE001
+            return self._stand_in(inputs, repeat, f"ONNX Runtime cannot load the model: {_ort_reason(exc)}")
+        names = [o.name for o in session.get_outputs()]
+        feed = dict(inputs)
+        try:
             values, seconds = timed_calls(lambda: session.run(None, feed), repeat)
         except Exception as exc:  # noqa: BLE001
-            raise InputSpecError(
-                f"{self.description}: the inputs {signature(inputs)} do not fit the model; "
-                f"ONNX Runtime raised {type(exc).__name__}: {str(exc).strip()[:500]}"
+            if type(exc).__name__ == "InvalidArgument":  # how ONNX Runtime refuses a feed: type, rank, size
+                raise InputSpecError(
+                    f"{self.description}: the inputs {signature(inputs)} do not fit the model; "
+                    f"ONNX Runtime raised {type(exc).__name__}: {str(exc).strip()[:500]}"
+                ) from exc
+            return self._stand_in(inputs, repeat, f"ONNX Runtime cannot run the model: {_ort_reason(exc)}")
+        return RunResult(ONNXRUNTIME, dict(zip(names, values)), call_seconds=seconds)
+
+    def _onnxruntime(self) -> object:
+        import onnxruntime
+
+        if self._session is None:
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            self._session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def _stand_in(self, inputs: Mapping[str, np.ndarray], repeat: int, why: str) -> RunResult:
+        """The third reference in ONNX Runtime's place (``why`` says what ONNX Runtime did)."""
+        try:
+            return self._third_reference(inputs, repeat, note=f"{why}; the reference is {self.arbiter_name}")
+        except EvaluatorFailed as exc:
+            raise ReferenceRunError(
+                f"{self.description}: no reference for the inputs {signature(inputs)}: {why}, and ONNX's "
+                f"reference evaluator failed too ({exc})"
             ) from exc
-        return RunResult(self.reference_name, dict(zip(names, values)), call_seconds=seconds)
+
+    def arbiter(self, inputs: Mapping[str, np.ndarray]) -> RunResult | None:
+        """The third reference on a small graph (at most :data:`MAX_ARBITER_NODES` nodes); ``None``
+        for a larger one."""
+        if node_count(self.model) > MAX_ARBITER_NODES:
+            return None
+        try:
+            return self._third_reference(inputs, 1)
+        except EvaluatorFailed as exc:
+            raise ReferenceRunError(f"{self.description}: ONNX's reference evaluator failed: {exc}") from exc
+
+    def _third_reference(self, inputs: Mapping[str, np.ndarray], repeat: int, note: str = "") -> RunResult:
+        """ONNX's reference evaluator's outputs (raises :class:`EvaluatorFailed`)."""
+        return evaluate(self.model, inputs, repeat=repeat, note=note)
 
     def fingerprint(self, shapes: ShapeSignature) -> str:
         external = sorted(p for p in self.path.parent.glob(self.path.name + ".data"))
@@ -104,14 +141,10 @@ class OnnxSource(ModelSource):
 
     def operators(self, shapes: ShapeSignature) -> dict[str, int]:
         counts: Counter[str] = Counter()
-        graphs = [self.model.graph]
-        while graphs:  # subgraphs of If/Loop/Scan too: the frontend imports them as well
-            graph = graphs.pop()
+        for graph in graphs(self.model):  # subgraphs of If/Loop/Scan too: the frontend imports them as well
             for node in graph.node:
                 domain = "" if node.domain in ("", "ai.onnx") else f"{node.domain}."
                 counts[domain + node.op_type] += 1
-                graphs += [a.g for a in node.attribute if a.HasField("g")]
-                graphs += [g for a in node.attribute for g in a.graphs]
         return dict(sorted(counts.items()))
 
     def to_relax(self, shapes: ShapeSignature) -> tvm.IRModule:
@@ -148,3 +181,26 @@ def with_shape_bounds(module: tvm.IRModule, shapes: ShapeSignature) -> tvm.IRMod
         main = main.with_attr("tir_var_upper_bound", upper)
     module["main"] = main
     return module
+
+
+def graphs(model: object) -> Iterator[object]:
+    """``model``'s graph and every subgraph in it (the bodies of If, Loop and Scan nodes)."""
+    pending = [model.graph]
+    while pending:
+        graph = pending.pop()
+        yield graph
+        for node in graph.node:
+            pending += [a.g for a in node.attribute if a.HasField("g")]
+            pending += [g for a in node.attribute for g in a.graphs]
+
+
+def node_count(model: object) -> int:
+    """How many nodes ``model`` holds, those of its subgraphs included."""
+    return sum(len(graph.node) for graph in graphs(model))
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's error in one line, without the status prefix it repeats
+    (``[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : ``)."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", brief(exc))
+    return f"{type(exc).__name__}: {text[:300]}"

@@ -55,7 +55,7 @@ class ExportedProgramSource(ModelSource):
                 f"inputs {list(names)}"
             )
         ordered = [inputs[n] for n in names if n in inputs] if names is not None else list(inputs.values())
-        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in ordered)
+        return tuple(torch.from_numpy(np.asarray(a, order="C")) for a in ordered)
 
     def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
         import torch

@@ -87,10 +87,13 @@ def unscheduled_tasks(prepared: tvm.IRModule, target: tvm.target.Target) -> list
 
 
 def choose_schedule(task: Task, target: tvm.target.Target) -> Any | None:
-    """The cost model's pick among the task's sampled schedules (``None``: no valid one)."""
+    """The cost model's pick among the task's sampled schedules (``None``: no valid one, or a
+    function written as plain loops without blocks, as TOPI's scatter and some slices are)."""
     from tvm.s_tir import meta_schedule as ms
 
     function = task.extracted.dispatched[0]
+    if not _has_blocks(function):
+        return None
     context = light_context(function, target, seed=int(task.shash) % (2**31 - 1) or 1)
     domains, reduces = _blocks_of(function)
     candidates = []
@@ -182,6 +185,17 @@ def covers_every_iteration(schedule: Any, domains: dict[str, int]) -> bool:
             runs *= int(schedule.get(loop).extent)
         if runs < domains[name]:
             return False
+    return True
+
+
+def _has_blocks(function: tvm.IRModule) -> bool:
+    """Whether ``function``'s ``main`` is made of blocks under a root block (what schedules act on)."""
+    import tvm
+
+    try:
+        tvm.s_tir.Schedule(function).get_sblock("root")
+    except tvm.s_tir.schedule.ScheduleError:
+        return False
     return True
 
 

@@ -124,7 +124,7 @@ class ExportedProgramGraph(InstrumentedGraph):
 
         program = self.program
         mutates = any(spec.kind.name != "USER_OUTPUT" for spec in program.graph_signature.output_specs)
-        user = iter(torch.from_numpy(np.ascontiguousarray(a)) for a in self.user_inputs)
+        user = iter(torch.from_numpy(np.asarray(a, order="C")) for a in self.user_inputs)
         arguments = []
         for spec in program.graph_signature.input_specs:
             if spec.kind == InputKind.USER_INPUT:

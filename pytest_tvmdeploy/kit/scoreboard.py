@@ -1,0 +1,136 @@
+"""The kit's scoreboard: how many cases pass, per suite, per operator (per opset for ONNX's node
+tests) and per failure category, and what changed against an earlier run's ``report.json``.
+
+A case's category is where it stopped: ``import`` (the frontend), ``build``, ``run``, ``crash``
+(the TVM worker died, hung or ran out of memory), ``differs`` (outputs out of tolerance),
+``reference`` (no reference could run it), or ``passed``. An expected failure counts where it
+failed: the scoreboard says what works, the expected-failures file what is known.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_tvmdeploy.report.record import TestRecord
+
+CATEGORIES = ("passed", "import", "build", "run", "crash", "differs", "reference", "other")
+#: Where a record's stage puts it.
+_STAGE_CATEGORY = {"import": "import", "inputs": "import", "quantize": "build", "tune": "build", "build": "build",
+                   "run": "run", "cpp": "run", "compare": "differs", "reference": "reference"}
+
+
+def category(record: TestRecord) -> str:
+    """The scoreboard category of one finished case."""
+    if record.outcome in ("passed", "xpassed"):
+        return "passed"
+    if record.crash:
+        return "crash"
+    return _STAGE_CATEGORY.get(record.stage or "", "other")
+
+
+@dataclass
+class Tally:
+    """Cases and how they ended, by category."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, what: str) -> None:
+        self.counts[what] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def passed(self) -> int:
+        return self.counts["passed"]
+
+    def rate(self) -> str:
+        return f"{self.passed}/{self.total} ({100 * self.passed / self.total:.1f}%)" if self.total else "0/0"
+
+    def failures(self) -> str:
+        """``import 3, differs 1``: the categories other than passed, in :data:`CATEGORIES` order."""
+        return ", ".join(f"{c} {self.counts[c]}" for c in CATEGORIES[1:] if self.counts[c])
+
+
+@dataclass
+class Scoreboard:
+    """One suite's tallies: in all, per operator, per (operator, opset)."""
+
+    suite: str
+    unit: str = "operator"        # what the per-unit tallies count: operators, or models
+    overall: Tally = field(default_factory=Tally)
+    operators: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    opsets: dict[tuple[str, int], Tally] = field(default_factory=lambda: defaultdict(Tally))
+    outcomes: dict[str, str] = field(default_factory=dict)  # case -> category
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite, "unit": self.unit, "total": self.overall.total, "passed": self.overall.passed,
+            "categories": {c: self.overall.counts[c] for c in CATEGORIES},
+            "operators": {op: dict(t.counts) for op, t in sorted(self.operators.items())},
+            "opsets": {f"{op}@{opset}": dict(t.counts) for (op, opset), t in sorted(self.opsets.items())},
+            "cases": dict(sorted(self.outcomes.items())),
+        }
+
+
+#: ``describe(case)`` -> ``(operator, opset)`` of a kit case, or ``None`` for a case of no operator.
+Describe = Callable[[str], "tuple[str, int] | None"]
+
+
+def scoreboard(suite: str, records: Iterable[TestRecord], describe: Describe, unit: str = "operator") -> Scoreboard:
+    """The tallies of the finished ``records`` whose case ``describe`` knows."""
+    board = Scoreboard(suite, unit)
+    for record in records:
+        known = describe(record.model or "")
+        if known is None or record.outcome is None or record.outcome == "skipped":
+            continue
+        operator, opset = known
+        what = category(record)
+        board.overall.add(what)
+        board.operators[operator].add(what)
+        board.opsets[operator, opset].add(what)
+        board.outcomes[record.model or ""] = what
+    return board
+
+
+def scoreboard_lines(board: Scoreboard, limit: int = 40) -> list[str]:
+    """The terminal's summary: the suite's pass rate and categories, the operators that do not
+    pass every case (worst first, ``limit`` of them; per opset where their opsets differ)."""
+    overall = board.overall
+    lines = [f"{board.suite}: {overall.rate()} cases passed; {overall.failures() or 'no failures'}"]
+    clean = sum(1 for t in board.operators.values() if t.passed == t.total)
+    lines.append(f"{board.unit}s: {len(board.operators)}, {clean} pass every case, "
+                 f"{sum(1 for t in board.operators.values() if not t.passed)} pass none")
+    failing = sorted((t.passed / t.total, op) for op, t in board.operators.items() if t.passed < t.total)
+    for _, op in failing[:limit]:
+        tally = board.operators[op]
+        per_opset = {opset: t for (name, opset), t in board.opsets.items() if name == op}
+        opsets = "" if len(per_opset) < 2 else " [" + ", ".join(
+            f"opset {opset}: {t.passed}/{t.total}" for opset, t in sorted(per_opset.items())) + "]"
+        lines.append(f"  {op}: {tally.passed}/{tally.total} ({tally.failures()}){opsets}")
+    if len(failing) > limit:
+        lines.append(f"  ... and {len(failing) - limit} more {board.unit}(s) with failures (see the report)")
+    return lines
+
+
+def changes(before: Mapping[str, Any], after: Scoreboard) -> list[str]:
+    """What changed against an earlier scoreboard (``to_json`` of a previous run): cases and
+    operators newly passing or newly failing. Cases only one run has are not compared."""
+    old_cases: Mapping[str, str] = before.get("cases", {})
+    compared = {c: (old_cases[c] == "passed", what == "passed") for c, what in after.outcomes.items() if c in old_cases}
+    fixed = sorted(c for c, (was, now) in compared.items() if now and not was)
+    broken = sorted(c for c, (was, now) in compared.items() if was and not now)
+    old_ops = {op: counts.get("passed", 0) == sum(counts.values())
+               for op, counts in before.get("operators", {}).items()}
+    new_ops = {op: t.passed == t.total for op, t in after.operators.items()}
+    lines = [f"against the previous run: {len(fixed)} case(s) newly passing, {len(broken)} newly failing"]
+    lines += [f"  newly passing {after.unit}: {op}" for op in sorted(op for op, ok in new_ops.items()
+                                                                     if ok and old_ops.get(op) is False)]
+    lines += [f"  newly failing {after.unit}: {op}" for op in sorted(op for op, ok in new_ops.items()
+                                                                     if not ok and old_ops.get(op) is True)]
+    lines += [f"  newly failing: {case} ({after.outcomes[case]})" for case in broken[:20]]
+    return lines
