@@ -34,6 +34,8 @@ MAX_INT16 = write("max_int16", [helper.make_node("Max", ["a", "b"], ["y"])],
                   [("a", I16, [2, 3]), ("b", I16, [2, 3])], [("y", I16, [2, 3])], opset=13)
 SLICE = write("slice", [helper.make_node("Slice", ["x", "starts", "ends"], ["y"])],
               [("x", F, [6, 8]), ("starts", I64, [2]), ("ends", I64, [2])], [("y", F, ["a", "b"])])
+NONZERO = write("nonzero", [helper.make_node("NonZero", ["x"], ["y"])], [("x", F, [2, 3])], [("y", I64, [2, "n"])],
+                opset=13)
 RELU = write("relu", [helper.make_node("Relu", ["x"], ["y"])], [("x", F, [4, 8])], [("y", F, [4, 8])])
 """
 
@@ -143,3 +145,23 @@ def test_a_disagreement_names_the_side_the_onnx_reference_takes(operators: pytes
 
     records = json.loads((operators.path / "report" / "report.json").read_text())["tests"]
     assert records[0]["arbitration"] == {"arbiter": "onnx-reference", "sides_with": sides_with}
+
+
+def test_a_module_that_needs_tvms_python_package_says_so_when_cpp_cannot_load_it(operators: pytest.Pytester) -> None:
+    """NonZero runs through relax.run.nonzero, NumPy code TVM's Python package registers: the Python
+    VM has it, a C++ program linked to libtvm_runtime does not."""
+    operators.makepyfile(
+        """
+        import numpy as np, pytest
+        from operator_models import NONZERO
+
+        @pytest.mark.tvm_model(model=NONZERO, inputs={"x": np.array([[0, 1, 2], [3, 0, 0]], "float32")}, cpp="on")
+        def test_nonzero(tvm_deployment):
+            pass
+        """
+    )
+    result = operators.runpytest("-p", "no:randomly", "--tvm-localize=off", "--tvm-bisect=off")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*C++ runner failed with exit code 4 (module load error) running *model.so: the "
+                                 "module calls relax.run.nonzero, which TVM's Python package registers (NumPy "
+                                 "code), not libtvm_runtime: it runs only where Python and TVM are*"])

@@ -50,7 +50,10 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     if result.verdict is None:  # the test's own settings do not fit the model
         pytest.fail(f"{item.nodeid}: {result.describe()}", pytrace=False)
     if not result:
-        record.stopped("compare", result.failures[0])
+        # the Python VM within tolerance: what failed is the C++ program (it could not load or run
+        # the module, or its outputs differ from the Python VM's)
+        record.stopped("cpp" if result.verdict and result.cpp in ("failed", "differs") else "compare",
+                       result.failures[0])
         folder = reproducer_folder(item)
         write_reproducer(folder, test_id=item.nodeid, deployment=deployment, rules=settings.tolerances,
                          actual=result.actual, budget=settings.budget, operator_case=result.operator_case)

@@ -8,6 +8,7 @@ of killing pytest. Inputs and outputs travel as ``.npy`` files; timings come bac
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -103,9 +104,23 @@ def run_cpp(
         meaning = EXIT_CODES.get(proc.returncode, "unexpected exit code")
         raise RunnerError(
             f"C++ runner failed with exit code {proc.returncode} ({meaning}) running "
-            f"{module_path}; stderr tail:\n{_tail(stderr)}"
+            f"{module_path}{_python_only(stderr)}; stderr tail:\n{_tail(stderr)}"
         )
     return _read_results(out_dir, module_path)
+
+
+#: TVM functions some Relax operators call at run time that TVM's Python package registers, not
+#: ``libtvm_runtime`` (tvm/relax/op: NumPy code behind ``unique``, ``nonzero``, ``print``, ...).
+_MISSING_FUNCTION = re.compile(r"Cannot find ffi::Function (relax\.run\.\w+)")
+
+
+def _python_only(stderr: str) -> str:
+    """What a load failure means when the module calls a function only TVM's Python package has."""
+    match = _MISSING_FUNCTION.search(stderr)
+    if match is None:
+        return ""
+    return (f": the module calls {match.group(1)}, which TVM's Python package registers (NumPy code), "
+            "not libtvm_runtime: it runs only where Python and TVM are")
 
 
 def _input_arguments(inputs: Mapping[str, np.ndarray], work_dir: Path, by_name: bool) -> list[str]:
