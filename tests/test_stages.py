@@ -22,9 +22,9 @@ def test_conv_relu(tvm_deployment):
 """
 
 
-def _stage(project: pytest.Pytester) -> dict:
+def _stage(project: pytest.Pytester, stopped_at: str = "compare") -> dict:
     (record,) = json.loads((project.path / "out" / "report.json").read_text())["tests"]
-    assert record["stage"] == "compare"
+    assert record["stage"] == stopped_at
     return record["compiler_stage"]
 
 
@@ -119,8 +119,8 @@ sys.exit(done.returncode)
     project.makepyfile(test_model=CONV_RELU.replace(', cpp="off"', ""))
     result = project.runpytest_subprocess("--tvm-cache-dir=cache", "--tvm-report=out", f"--tvm-cpp-runner={wrapper}")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*C++ outputs differ from the Python VM's*"])
-    stage = _stage(project)
+    result.stdout.fnmatch_lines(["*C++ outputs differ from the Python VM's*", "*test_conv_relu*failed (cpp)"])
+    stage = _stage(project, stopped_at="cpp")  # the Python VM passed: the test stopped at the C++ check
     assert stage["stage"] == "C++ runtime"
     assert stage["summary"] == ("C++ runtime: the Python VM's outputs are within tolerance, the C++ runner's "
                                 "differ from them")
