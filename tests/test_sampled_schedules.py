@@ -131,3 +131,91 @@ def test_a_schedule_that_leaves_a_padding_border_unwritten_is_not_chosen() -> No
     loops = fused.get_loops(fused.get_sblock("conv2d_nchw"))
     fused.reverse_compute_at(fused.get_sblock("PadInput"), loops[3])  # into the conv's 6x6 loops
     assert not covers_every_iteration(fused, domains)
+
+
+def _unroll_steps(module) -> list[int]:
+    import re
+
+    return [int(step) for step in re.findall(r'"pragma_auto_unroll_max_step": (\d+)', module.script())]
+
+
+def test_a_drawn_schedule_unrolls_at_most_the_cap_and_keeps_its_tiling() -> None:
+    # LLVM took 31 s to compile one MobileNetV2 conv unrolled 512 iterations deep, 0.2 s at 64.
+    import tvm
+    from tvm import te, topi
+
+    from pytest_tvmdeploy.tuning.sampled import MAX_UNROLL, capped_unroll, light_context
+    from pytest_tvmdeploy.tuning.targets import tuning_target
+
+    data = te.placeholder((1, 32, 14, 14), name="data")
+    weight = te.placeholder((32, 32, 1, 1), name="weight")
+    module = tvm.IRModule({"main": te.create_prim_func([data, weight, topi.nn.conv2d_nchw(data, weight, 1, 0, 1)])})
+    context = light_context(module, tuning_target(parse_target("llvm")), seed=1)
+    postprocs = context.space_generator.postprocs
+    deepest = None
+    for _ in range(40):  # MetaSchedule draws 0, 16, 64 or 512 with equal odds
+        for schedule in context.generate_design_space():
+            schedule.enter_postproc()
+            if all(p.apply(schedule) for p in postprocs) and max(_unroll_steps(schedule.mod), default=0) > MAX_UNROLL:
+                deepest = schedule
+                break
+        if deepest is not None:
+            break
+    assert deepest is not None, "no draw unrolled deeper than the cap"
+    capped = capped_unroll(deepest, module, postprocs)
+    assert _unroll_steps(capped.mod) == [MAX_UNROLL]
+    # the same tiling, only the unrolling differs
+    assert capped.mod.script().replace(f": {MAX_UNROLL},", ": 512,") == deepest.mod.script()
+    shallow = capped_unroll(capped, module, postprocs)
+    assert shallow is capped  # nothing to cap: the schedule itself
+
+
+def test_every_sampled_schedule_unrolls_at_most_the_cap(prepared) -> None:
+    from pytest_tvmdeploy.tuning.sampled import MAX_UNROLL, schedule_unscheduled
+
+    module, target = prepared
+    scheduled, _ = schedule_unscheduled(module, target)
+    steps = _unroll_steps(scheduled)
+    assert steps and max(steps) <= MAX_UNROLL
+
+
+RELAX_CONV = """
+@I.ir_module
+class Module:
+    @R.function
+    def main(DATA: R.Tensor((1, 16, 14, 14), "float32"), WEIGHT: R.Tensor((16, 16, 3, 3), "float32")):
+        with R.dataflow():
+            conv = R.nn.conv2d(DATA, WEIGHT, padding=1)
+            out = R.nn.relu(conv)
+            R.output(out)
+        return out
+"""
+
+
+def test_a_function_named_otherwise_replays_the_schedule_kept_for_its_computation() -> None:
+    # A model's ONNX export and its PyTorch import name one layer's buffers differently
+    # (DenseNet-121: 3 of 135 functions alike by text, 133 by structure and block names).
+    import tvm
+
+    from pytest_tvmdeploy.tuning.sampled import schedule_unscheduled, unscheduled_tasks
+    from pytest_tvmdeploy.tuning.targets import tuning_target
+    from pytest_tvmdeploy.tuning.tasks import prepare_module
+
+    target = tuning_target(parse_target("llvm"))
+    forms = [prepare_module(tvm.script.from_source(RELAX_CONV.replace("DATA", data).replace("WEIGHT", weight)), target)
+             for data, weight in (("x", "w"), ("image", "kernel"))]
+    texts = [{task.extracted.dispatched[0].script() for task in unscheduled_tasks(form, target)} for form in forms]
+    assert len(texts[0]) == len(texts[1]) >= 1 and not texts[0] & texts[1]  # no function alike by text
+    kept: dict[str, object] = {}
+    sampled: list[str] = []
+
+    def remember(key: str, compute):
+        if key not in kept:
+            sampled.append(key)
+            kept[key] = compute()
+        return kept[key]
+
+    first, count = schedule_unscheduled(forms[0], target, remember=remember)
+    second, again = schedule_unscheduled(forms[1], target, remember=remember)
+    assert count == again == len(sampled) == len(texts[0])  # the second form sampled nothing
+    assert second.script().count("T.parallel(") == first.script().count("T.parallel(") >= 1

@@ -5,10 +5,11 @@ An unscheduled function runs as plain loops on one core (resnet18: ~1.9 s a call
 takes ~21 ms). Each fused function without a tuning record instead gets one of
 :data:`CANDIDATES` schedules drawn from MetaSchedule's design space for LLVM targets (multi-level
 tiling, parallel outer loops, vectorised inner loops, unrolling): the one the shipped cost model
-(:mod:`pytest_tvmdeploy.tuning.cost_model`) ranks first, or the first valid one without it. The
+(:mod:`pytest_tvmdeploy.tuning.cost_model`) ranks first, or the first valid one without it,
+unrolling at most :data:`MAX_UNROLL` iterations (deeper unrolling costs LLVM minutes). The
 draws are seeded from the function's structural hash, so a build is reproducible. Functions over
 symbolic dimensions have no design space and stay unscheduled. Given a ``remember`` store (the
-artifact cache's), the chosen schedule's trace is kept per function text, target and recipe, and
+artifact cache's), the chosen schedule's trace is kept per function structure, target and recipe, and
 any later build meeting the same function (another form of the model, another model with the same
 layer, a rebuild after another layer changed) replays it instead of sampling again.
 """
@@ -16,6 +17,7 @@ layer, a rebuild after another layer changed) replays it instead of sampling aga
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,10 @@ INJECTIVE_CANDIDATES = 2
 #: MetaSchedule's generic LLVM rules: the x86 set adds VNNI tiling, whose intrinsic registration
 #: alone imports all of TVM's tensor intrinsics (~20 s a process).
 RULES = "llvm"
+#: The most loop iterations a sampled schedule unrolls (MetaSchedule draws 0, 16, 64 or 512). At
+#: 512, LLVM took 31 s to compile one of MobileNetV2's 1x1 convs (a 14-wide vector tile, 224 of
+#: them unrolled; its ONNX Runtime QDQ form drew it), 0.2 s at 64; 38 s of the model's 39.
+MAX_UNROLL = 64
 
 #: A store of JSON values: ``remember(key, compute)`` returns the value kept under ``key``, or
 #: keeps and returns ``compute()`` (see ``ArtifactCache.remembered``).
@@ -46,7 +52,7 @@ Remember = Callable[[str, Callable[[], Any]], Any]
 
 def recipe() -> str:
     """What the sampled schedules depend on besides the module (for artifact keys)."""
-    return f"sampled-{CANDIDATES}-{INJECTIVE_CANDIDATES}-{RULES}-{shipped_digest() or 'first'}"
+    return f"sampled-{CANDIDATES}-{INJECTIVE_CANDIDATES}-{RULES}-unroll{MAX_UNROLL}-{shipped_digest() or 'first'}"
 
 
 def schedule_unscheduled(prepared: tvm.IRModule, target: tvm.target.Target,
@@ -99,25 +105,57 @@ def choose_schedule(task: Task, target: tvm.target.Target) -> Any | None:
     candidates = []
     for _ in range(CANDIDATES if reduces else INJECTIVE_CANDIDATES):
         for schedule in context.generate_design_space():
+            schedule.enter_postproc()  # as MetaSchedule marks them: a replay can leave them out
             if all(postproc.apply(schedule) for postproc in context.space_generator.postprocs) \
                     and covers_every_iteration(schedule, domains):
                 candidates.append(schedule)
     model = shipped_cost_model()
-    if not candidates or model is None:
-        return candidates[0] if candidates else None
-    args = ms.arg_info.ArgInfo.from_prim_func(function["main"])
-    scores = model.predict(context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
-    return candidates[max(range(len(candidates)), key=lambda i: scores[i])]
+    if not candidates:
+        return None
+    best = candidates[0]
+    if model is not None:
+        args = ms.arg_info.ArgInfo.from_prim_func(function["main"])
+        scores = model.predict(context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
+        best = candidates[max(range(len(candidates)), key=lambda i: scores[i])]
+    return capped_unroll(best, function, context.space_generator.postprocs)
+
+
+def capped_unroll(schedule: Any, function: tvm.IRModule, postprocs: Any) -> Any:
+    """``schedule``, or when it unrolls more than :data:`MAX_UNROLL` iterations, the same
+    replayed on ``function`` unrolling that many (and postprocessed again)."""
+    import tvm
+
+    def deeper(instruction: Any, decision: Any) -> list[int] | None:
+        """The draw's choices if it is an unroll limit over the cap, else ``None``."""
+        if instruction.kind.name != "SampleCategorical" or decision is None:
+            return None
+        values = [int(v) for v in instruction.attrs[0]]
+        return values if values[int(decision)] > MAX_UNROLL else None
+
+    def capped(instruction: Any, _inputs: Any, _attrs: Any, decision: Any) -> Any:
+        values = deeper(instruction, decision)
+        return decision if values is None else max((v, i) for i, v in enumerate(values) if v <= MAX_UNROLL)[1]
+
+    trace = schedule.trace
+    if not any(deeper(inst, trace.get_decision(inst)) for inst in trace.insts):
+        return schedule
+    replayed = tvm.s_tir.Schedule(function)
+    trace.apply_to_schedule(replayed, remove_postproc=True, decision_provider=capped)
+    replayed.enter_postproc()
+    return replayed if all(postproc.apply(replayed) for postproc in postprocs) else schedule
 
 
 def remembered_schedule(task: Task, target: tvm.target.Target, remember: Remember) -> Any | None:
     """:func:`choose_schedule`'s schedule, its trace kept in ``remember`` under the function's
-    text (block names included: a trace replays only on the names it was made on), the target and
-    :func:`recipe`. Both a first and a later build replay the kept trace, so they build alike."""
+    structure (its structural hash, which leaves names out, as a model's ONNX export and its
+    PyTorch import name one layer's buffers differently), its block names (a trace replays only on
+    the names it was made on), the target and :func:`recipe`. Both a first and a later build
+    replay the kept trace, so they build alike."""
     import tvm
 
     function = task.extracted.dispatched[0]
-    key = hashlib.sha256("\n".join([function.script(), str(target), recipe()]).encode()).hexdigest()
+    identity = [task.shash, _block_names(function), str(target), recipe()]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
 
     def choose() -> Any:
         schedule = choose_schedule(task, target)
@@ -190,13 +228,18 @@ def covers_every_iteration(schedule: Any, domains: dict[str, int]) -> bool:
 
 def _has_blocks(function: tvm.IRModule) -> bool:
     """Whether ``function``'s ``main`` is made of blocks under a root block (what schedules act on)."""
+    return _block_names(function) is not None
+
+
+def _block_names(function: tvm.IRModule) -> list[str] | None:
+    """The names of the blocks under ``function``'s root block (``None``: it has none)."""
     import tvm
 
+    schedule = tvm.s_tir.Schedule(function)
     try:
-        tvm.s_tir.Schedule(function).get_sblock("root")
+        return [schedule.get(block).name_hint for block in _blocks(schedule)]
     except tvm.s_tir.schedule.ScheduleError:
-        return False
-    return True
+        return None
 
 
 def _blocks(schedule: Any) -> list[Any]:
