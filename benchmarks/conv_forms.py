@@ -72,6 +72,8 @@ def measure(form: str, channels: int, size: int, trials: int, target_text: str) 
         database = ms.tune_tir(module, target, work_dir, max_trials_global=trials, num_trials_per_iter=64)
         schedule = database.query_schedule(module, target, workload_name="main")
     tune_s = time.perf_counter() - start
+    if schedule is None:
+        raise SystemExit(f"{form}: none of the {trials} trials gave a valid schedule (see MetaSchedule's log above)")
     library = tvm.tirx.build(schedule.mod, target=target)
     device = tvm.cpu()
     rng = np.random.default_rng(0)

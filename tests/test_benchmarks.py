@@ -33,16 +33,3 @@ def test_dynamic_shapes_worker_times_one_backend_at_one_shape() -> None:
     assert row["backend"] == "tvm-dynamic-untuned" and row["shape"] == {"seq": 8} and row["dynamic"] is True
     assert row["n"] == 2 and 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
 
-
-def test_conv_forms_child_tunes_and_times_one_form() -> None:
-    # the benchmark's per-form process, at its smallest: a blocked 16-channel conv, two trials
-    import json
-
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "conv_forms.py"), "--child", "blocked", "--channels", "16",
-                           "--size", "8", "--trials", "2", "--target", "llvm"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    assert row["form"] == "blocked" and row["channels"] == 16 and row["trials"] == 2
-    assert row["median_ms"] > 0
-    assert row["direct_gflops"] == pytest.approx(2 * 16 * 16 * 9 * 8 * 8 / row["median_ms"] / 1e6, rel=0.01, abs=0.1)
