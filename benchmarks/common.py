@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +43,13 @@ def write_results(name: str, data: Any) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))
     return out
+
+
+def run_child(script: str | Path, args: list[str], label: str) -> Any | None:
+    """Run ``python script *args`` in a process of its own and return the JSON its last output
+    line holds; ``None`` (with the tail of its errors printed under ``label``) if it failed."""
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"{label}: failed\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])

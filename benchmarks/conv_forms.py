@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import run_child, write_results  # noqa: E402
 
 FORMS = ("plain", "blocked", "winograd")
 
@@ -99,12 +98,11 @@ def main() -> None:
         return
     rows = []
     for form in args.forms.split(","):
-        command = [sys.executable, __file__, "--child", form, "--channels", str(args.channels),
-                   "--size", str(args.size), "--trials", str(args.trials), "--target", args.target]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{form} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        measured = run_child(__file__, ["--child", form, "--channels", str(args.channels), "--size", str(args.size),
+                                        "--trials", str(args.trials), "--target", args.target], form)
+        if measured is None:
+            raise SystemExit(f"{form}: its child process failed (above)")
+        rows.append(measured)
         print(rows[-1], flush=True)
     from pytest_tvmdeploy.targets import parse_target
 

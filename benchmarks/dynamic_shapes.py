@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed, write_results  # noqa: E402
+from common import run_child, timed, write_results  # noqa: E402
 from pytest_tvmdeploy.outputs import TVM_PYTHON  # noqa: E402
 from pytest_tvmdeploy.targets import parse_target  # noqa: E402
 
@@ -104,14 +103,9 @@ def row(backend: str, shape: dict[str, int], seconds: Any, **extra: Any) -> dict
 
 
 def run_backend(backend: str, shape: dict[str, int], args: argparse.Namespace) -> dict | None:
-    command = [sys.executable, __file__, "--worker", backend, json.dumps(shape), "--model", args.model,
-               "--repeat", str(args.repeat), "--target", args.target, "--tuning-dir", args.tuning_dir,
-               "--tune", str(args.tune)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"{backend} {shape}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, ["--worker", backend, json.dumps(shape), "--model", args.model, "--repeat",
+                                str(args.repeat), "--target", args.target, "--tuning-dir", args.tuning_dir,
+                                "--tune", str(args.tune)], f"{backend} {shape}")
 
 
 def add_ratios(rows: list[dict]) -> None:

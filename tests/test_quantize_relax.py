@@ -142,7 +142,7 @@ def test_calibration_modes_need_data_and_say_so() -> None:
         quantize(module, "max", calibration=[{"image": np.zeros((1, 3, 16, 16), "float32")}])
 
 
-@pytest.mark.parametrize("mode", ["kl_divergence", "max", "percentile"])
+@pytest.mark.parametrize("mode", ["kl_divergence", "max", "percentile", "mse"])
 def test_calibrated_scales_beat_a_bad_global_scale(mode: str) -> None:
     model = seeded(TinyConvNet())
     module = relax_of(model, (1, 3, 16, 16))

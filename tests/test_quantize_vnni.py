@@ -116,12 +116,16 @@ def test_the_vnni_form_computes_the_same_integers() -> None:
 
 
 @needs_vnni_cpu
-def test_an_int8_deployment_for_a_vnni_cpu_uses_the_vnni_form(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
+def test_an_int8_deployment_for_a_vnni_cpu_uses_the_vnni_form(tmp_path: Path, unsigned: bool) -> None:
+    # unsigned: the relu'd activations carry a zero point, and the convs read them padded with it
     rng = np.random.default_rng(3)
     calibration = [{"x": rng.standard_normal((1, 3, 16, 16)).astype("float32")} for _ in range(4)]
     deployment = deploy(BlockNet().eval(), {"x": ((1, 3, 16, 16), "float32")}, target=VNNI_TARGET,
-                        quantize={"calibrate_mode": "max", "weight_scale": "max"}, calibration=calibration,
-                        cache_dir=tmp_path / "cache")
+                        quantize={"calibrate_mode": "max", "weight_scale": "max", "unsigned_activations": unsigned},
+                        calibration=calibration, cache_dir=tmp_path / "cache")
+    zero_points = [site["input_zero_point"] for site in deployment.quantization["sites"] if site["quantized"]]
+    assert zero_points == ([-128, -128] if unsigned else [0, 0])
     assert deployment.quantization["quantized_sites"] == 2  # down and wide: the stem and the head are skipped
     assert deployment.quantization["vnni_convs"] == 2
     verdict = compare_quantized(deployment.reference, deployment.outputs, QuantBudget(min_cosine=0.99, min_sqnr_db=15))

@@ -116,13 +116,13 @@ def test_a_schedule_that_leaves_a_padding_border_unwritten_is_not_chosen() -> No
     import tvm
     from tvm import te, topi
 
-    from pytest_tvmdeploy.tuning.sampled import block_domains, covers_every_iteration
+    from pytest_tvmdeploy.tuning.sampled import blocks_of, covers_every_iteration
 
     data = te.placeholder((1, 8, 6, 6), name="data")
     weight = te.placeholder((8, 8, 1, 1), name="weight")
     padded = topi.nn.pad(topi.nn.relu(topi.nn.conv2d_nchw(data, weight, 1, 0, 1)), [0, 0, 0, 0], [0, 0, 1, 1])
     module = tvm.IRModule({"main": te.create_prim_func([data, weight, padded])})
-    domains = block_domains(module)
+    domains = blocks_of(module).domains
     assert domains["PadInput"] == 8 * 7 * 7
     whole = tvm.s_tir.Schedule(module)
     assert covers_every_iteration(whole, domains)

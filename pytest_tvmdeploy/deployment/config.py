@@ -105,7 +105,7 @@ def needed_samples(config: DeployConfig, calibration: Calibration | None,
     samples = calibration_samples(calibration)
     if not samples:
         raise ConfigError(
-            f"{model}: quantize calibrate_mode={quant.calibrate_mode!r} needs calibration data "
+            f"{model}: quantize {quant.calibration_purpose} needs calibration data "
             f"(calibration= in the marker, or the tvm_calibration_data fixture); none was given"
         )
     return samples

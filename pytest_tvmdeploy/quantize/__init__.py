@@ -90,6 +90,8 @@ def _describe(site: Any, scales: Any, config: QuantConfig) -> dict[str, Any]:
         "quantized": site_enabled(site, config),
         "input_scale": scales.input,
         "output_scale": scales.output,
+        "input_zero_point": scales.input_zero_point,
+        "output_zero_point": scales.output_zero_point,
     }
 
 

@@ -10,9 +10,10 @@ import tvm
 
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
-from pytest_tvmdeploy.quantize.graph import Site, emit_float
-from pytest_tvmdeploy.quantize.realize import SiteScales
-from pytest_tvmdeploy.quantize.scales import activation_scale
+from pytest_tvmdeploy.quantize.graph import CONV, Site, emit_float
+from pytest_tvmdeploy.quantize.realize import UNSIGNED_ZERO_POINT, SiteScales
+from pytest_tvmdeploy.quantize.rounding import InputHessian
+from pytest_tvmdeploy.quantize.scales import QMAX, UMAX, activation_scale
 from pytest_tvmdeploy.quantize.thresholds import ActivationObserver, threshold
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
@@ -25,19 +26,22 @@ def site_scales(
 ) -> tuple[dict[int, SiteScales], int]:
     """Scales for every site, and how many calibration samples were used.
 
-    ``global_scale`` needs no data; the other modes run the float module (with every site's
-    input and output as extra results) on each sample and observe them.
+    ``global_scale`` needs no data (unless bias correction asks for the input means); the other
+    modes run the float module (with every site's input and output as extra results) on each
+    sample and observe them.
     """
     if not config.needs_calibration:
         scale = activation_scale(config.global_scale, power2=config.power2)
         return {site.index: SiteScales(scale, scale) for site in sites}, 0
     if calibration is None:
         raise ConfigError(
-            f"calibrate_mode={config.calibrate_mode!r} needs calibration data: pass calibration= "
-            f"(an iterable of input dicts, or a callable returning one) or use calibrate_mode='global_scale'"
+            f"{config.calibration_purpose} needs calibration data: pass calibration= (an iterable of input "
+            f"dicts, or a callable returning one) or use calibrate_mode='global_scale'"
         )
     observers = [(ActivationObserver(f"site{s.index}.input"), ActivationObserver(f"site{s.index}.output"))
                  for s in sites]
+    means = [ChannelMeans(site.kind) for site in sites] if config.bias_correction else None
+    hessians = [InputHessian(site) for site in sites] if config.weight_rounding == "gptq" else None
     observed = emit_float(prepared, sites, observe=True)
     vm = relax_vm(tvm.compile(observed, target=tvm.target.Target("llvm")))
     names = [param.name for param in prepared["main"].params]
@@ -45,21 +49,55 @@ def site_scales(
     for sample in calibration:
         args = _positional(sample, names, count)
         watched = flatten_outputs(vm["main"](*tvm_tensors(args))[1])
-        for (seen_in, seen_out), values_in, values_out in zip(observers, watched[0::2], watched[1::2]):
+        for index, ((seen_in, seen_out), values_in, values_out) in enumerate(
+                zip(observers, watched[0::2], watched[1::2])):
             seen_in.update(values_in)
             seen_out.update(values_out)
+            if means is not None:
+                means[index].update(values_in)
+            if hessians is not None:
+                hessians[index].update(values_in)
         count += 1
     if count == 0:
         raise ConfigError("calibration data is empty: it yielded no samples")
-    power2 = config.power2
-    scales = {
-        site.index: SiteScales(
-            activation_scale(threshold(seen_in, config), power2=power2),
-            activation_scale(threshold(seen_out, config), power2=power2),
-        )
-        for site, (seen_in, seen_out) in zip(sites, observers)
-    }
+    scales = {}
+    for i, (site, (seen_in, seen_out)) in enumerate(zip(sites, observers)):
+        (input_scale, input_zero), (output_scale, output_zero) = _scale(seen_in, config), _scale(seen_out, config)
+        scales[site.index] = SiteScales(input_scale, output_scale, means[i].value if means is not None else None,
+                                        input_zero, output_zero,
+                                        hessians[i].total if hessians is not None else None)
     return scales, count
+
+
+def _scale(observer: ActivationObserver, config: QuantConfig) -> tuple[float, int]:
+    """An activation's step size and zero point: unsigned (255 steps over [0, T], zero point
+    -128) if the config asks for it and calibration never saw the activation negative."""
+    unsigned = config.unsigned_activations and observer.count > 0 and observer.minimum >= 0
+    levels = UMAX if unsigned else QMAX
+    global_scale = config.calibrate_mode == "global_scale"
+    limit = config.global_scale if global_scale else threshold(observer, config, levels=levels)
+    return (activation_scale(limit, power2=config.power2, unsigned=unsigned),
+            UNSIGNED_ZERO_POINT if unsigned else 0)
+
+
+class ChannelMeans:
+    """The running mean of each input channel of a site (axis 1 of a conv's NCHW data, the last
+    axis of a matmul's)."""
+
+    def __init__(self, kind: str) -> None:
+        self.axis = 1 if kind == CONV else -1
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, values: np.ndarray) -> None:
+        values = np.moveaxis(np.asarray(values, dtype=np.float64), self.axis, -1)
+        flat = values.reshape(-1, values.shape[-1])
+        self.total = flat.sum(axis=0) + (0 if self.total is None else self.total)
+        self.count += flat.shape[0]
+
+    @property
+    def value(self) -> np.ndarray | None:
+        return None if self.total is None else self.total / self.count
 
 
 def _positional(sample: Any, names: list[str], index: int) -> list[np.ndarray]:

@@ -9,9 +9,11 @@ from typing import Any
 
 from pytest_tvmdeploy.errors import ConfigError
 
-CALIBRATE_MODES = ("global_scale", "kl_divergence", "max", "percentile")
+CALIBRATE_MODES = ("global_scale", "kl_divergence", "max", "percentile", "mse")
 WEIGHT_SCALES = ("power2", "max")
 ROUNDINGS = ("UPWARD", "TONEAREST")
+#: How weights are rounded to their int8 steps: each to the nearest, or by GPTQ against the inputs.
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 #: Op kinds ``debug_enabled_ops`` may name (the ops the quantizer rewrites).
 QUANTIZABLE_OPS = ("nn.conv2d", "matmul")
 
@@ -43,10 +45,17 @@ class QuantConfig:
     """The old ``relay.quantize`` qconfig fields that still make sense, with their old defaults.
 
     Differences from the old qconfig: ``do_simulation`` is gone (the quantized graph always
-    realizes integer arithmetic, never a simulated float one); ``percentile`` and ``per_channel``
-    are new; ``weight_scale="power2"`` makes every scale (weights and activations) a power of two
-    so each requantization is a shift. ``skip_conv_layers`` is stored sorted and without
-    duplicates; lists given for tuple fields are turned into tuples.
+    realizes integer arithmetic, never a simulated float one); ``percentile``, ``per_channel``,
+    ``calibrate_mode="mse"`` (the threshold of least expected squared error) and
+    ``bias_correction`` (each site's bias corrected by the mean error its int8 weights make on
+    the calibration data's mean input) and ``unsigned_activations`` (an activation calibration
+    never saw negative, such as a ReLU's, gets 255 steps over [0, T] instead of 127) and
+    ``weight_rounding="gptq"`` (each weight's rounding error compensated by the weights rounded
+    after it, through the statistics of the site's calibration inputs) are new;
+    ``weight_scale="power2"`` makes every scale
+    (weights and activations) a power of two so each requantization is a shift.
+    ``skip_conv_layers`` is stored sorted and without duplicates; lists given for tuple fields
+    are turned into tuples.
     """
 
     nbit_input: int = 8
@@ -65,6 +74,9 @@ class QuantConfig:
     round_for_shift: bool = True
     rounding: str = "UPWARD"
     debug_enabled_ops: tuple[str, ...] | None = None
+    bias_correction: bool = False
+    unsigned_activations: bool = False
+    weight_rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         for name, supported in _SUPPORTED_WIDTHS.items():
@@ -74,6 +86,7 @@ class QuantConfig:
         self._check_choice("calibrate_mode", CALIBRATE_MODES)
         self._check_choice("weight_scale", WEIGHT_SCALES)
         self._check_choice("rounding", ROUNDINGS)
+        self._check_choice("weight_rounding", WEIGHT_ROUNDINGS)
         for name in ("global_scale", "percentile"):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value):
@@ -83,7 +96,7 @@ class QuantConfig:
             raise ConfigError(f"quantize: global_scale={self.global_scale!r} must be > 0")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"quantize: percentile={self.percentile!r} must be in (0, 100]")
-        for name in ("per_channel", "skip_dense_layer", "round_for_shift"):
+        for name in ("per_channel", "skip_dense_layer", "round_for_shift", "bias_correction", "unsigned_activations"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError(f"quantize: {name}={value!r} must be True or False")
@@ -129,8 +142,18 @@ class QuantConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        """Whether activation thresholds come from running calibration data."""
-        return self.calibrate_mode != "global_scale"
+        """Whether calibration data must be run: for activation thresholds, the input means bias
+        correction needs, or the signs ``unsigned_activations`` needs."""
+        return (self.calibrate_mode != "global_scale" or self.bias_correction or self.unsigned_activations
+                or self.weight_rounding == "gptq")
+
+    @property
+    def calibration_purpose(self) -> str:
+        """What needs calibration data, for messages: ``calibrate_mode='max'``, or
+        ``calibrate_mode='global_scale' with bias_correction``."""
+        extras = [name for name in ("bias_correction", "unsigned_activations") if getattr(self, name)]
+        extras += ["weight_rounding='gptq'"] * (self.weight_rounding == "gptq")
+        return f"calibrate_mode={self.calibrate_mode!r}" + (f" with {', '.join(extras)}" if extras else "")
 
     @property
     def power2(self) -> bool:
@@ -197,4 +220,5 @@ class QuantConfig:
     def label(self) -> str:
         """A short id such as ``int8-global_scale-power2`` or ``int8-kl_divergence-max-perchannel``."""
         label = f"{self.dtype_input}-{self.calibrate_mode}-{self.weight_scale}"
-        return label + "-perchannel" if self.per_channel else label
+        return (label + "-perchannel" * self.per_channel + "-biascorrected" * self.bias_correction
+                + "-unsigned" * self.unsigned_activations + "-gptq" * (self.weight_rounding == "gptq"))

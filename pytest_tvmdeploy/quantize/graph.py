@@ -249,12 +249,13 @@ def substitute(expr: relax.Expr, lookup: Callable[[relax.Var], relax.Expr]) -> r
     return expr
 
 
-def site_call(site: Site, data: relax.Expr, weight: np.ndarray, out_dtype: str) -> relax.Call:
-    """The site's op on new data/weight, with its original attributes and ``out_dtype``."""
+def site_call(site: Site, data: relax.Expr, weight: np.ndarray, out_dtype: str, *, padded: bool = False) -> relax.Call:
+    """The site's op on new data/weight, with its original attributes and ``out_dtype``
+    (``padded``: ``data`` is already padded, so the conv pads nothing)."""
     if site.kind == CONV:
         attrs = site.call.attrs
         return relax.op.nn.conv2d(
-            data, relax.const(weight), strides=attrs.strides, padding=attrs.padding,
+            data, relax.const(weight), strides=attrs.strides, padding=0 if padded else attrs.padding,
             dilation=attrs.dilation, groups=attrs.groups, out_dtype=out_dtype,
         )
     return relax.op.matmul(data, relax.const(weight), out_dtype=out_dtype)

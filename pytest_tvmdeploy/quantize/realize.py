@@ -11,8 +11,8 @@ op gets float inputs through an explicit dequantize (int8 -> float32, times the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import tvm
@@ -30,6 +30,7 @@ from pytest_tvmdeploy.quantize.graph import (
     substitute,
     vars_in,
 )
+from pytest_tvmdeploy.quantize.rounding import gptq_weights
 from pytest_tvmdeploy.quantize.scales import (
     QMAX,
     fixed_point_multiplier,
@@ -43,12 +44,31 @@ from pytest_tvmdeploy.quantize.scales import (
 INT8_TRANSPARENT = {"nn.relu", "nn.max_pool2d", "reshape", "permute_dims", "squeeze", "expand_dims", "flatten"}
 
 
+#: Where an unsigned activation's zero sits in int8: ``u8 - 128`` stores 0..255 as -128..127.
+UNSIGNED_ZERO_POINT = -128
+
+
 @dataclass(frozen=True)
 class SiteScales:
-    """Step sizes of a site's int8 input (used when it arrives as float) and int8 output."""
+    """Step sizes of a site's int8 input (used when it arrives as float) and int8 output, their
+    zero points (``UNSIGNED_ZERO_POINT`` for an unsigned activation, else 0), and the mean of
+    each input channel over the calibration data (for bias correction; None without), and the
+    input Hessian of GPTQ rounding (:class:`~pytest_tvmdeploy.quantize.rounding.InputHessian`)."""
 
     input: float
     output: float
+    input_means: np.ndarray | None = field(default=None, compare=False)
+    input_zero_point: int = 0
+    output_zero_point: int = 0
+    input_hessian: np.ndarray | None = field(default=None, compare=False)  # for weight_rounding="gptq"
+
+
+class Int8(NamedTuple):
+    """An int8 value of the realized graph: real value = ``scale * (data - zero_point)``."""
+
+    data: relax.Expr
+    scale: float
+    zero_point: int = 0
 
 
 def site_enabled(site: Site, config: QuantConfig) -> bool:
@@ -76,7 +96,7 @@ class _Realizer:
         self.int8_readers = _int8_readers(self.bindings, self.func.body.body, self.sites, config)
         self.bb = relax.BlockBuilder()
         self.floats: dict[Any, relax.Expr] = {}
-        self.int8: dict[Any, tuple[relax.Expr, float]] = {}
+        self.int8: dict[Any, Int8] = {}
 
     def run(self) -> tvm.IRModule:
         bb = self.bb
@@ -118,31 +138,50 @@ class _Realizer:
         if var in self.floats:
             return self.floats[var]
         if var in self.int8:
-            data, scale = self.int8[var]
-            self.floats[var] = self.bb.emit(R.multiply(R.astype(data, "float32"), relax.const(scale, "float32")))
+            data, scale, zero_point = self.int8[var]
+            values = R.astype(data, "float32")
+            if zero_point:
+                values = R.subtract(values, relax.const(float(zero_point), "float32"))
+            self.floats[var] = self.bb.emit(R.multiply(values, relax.const(scale, "float32")))
             return self.floats[var]
         return var
 
-    def _int8_input(self, site: Site) -> tuple[relax.Expr, float]:
+    def _int8_input(self, site: Site) -> Int8:
         data = site.input
         if isinstance(data, relax.Var) and data in self.int8:
             return self.int8[data]
-        scale = self.scales[site.index].input
-        quantized = R.astype(R.clip(R.round(R.divide(self._float(data), relax.const(scale, "float32"))), -QMAX, QMAX),
-                             "int8")
-        return self.bb.emit(quantized), scale
+        scales = self.scales[site.index]
+        scale, zero_point = scales.input, scales.input_zero_point
+        steps = R.round(R.divide(self._float(data), relax.const(scale, "float32")))
+        if zero_point:
+            steps = R.add(steps, relax.const(float(zero_point), "float32"))
+        low, high = int8_bounds(-np.inf, np.inf, scale, zero_point)
+        return Int8(self.bb.emit(R.astype(R.clip(steps, low, high), "int8")), scale, zero_point)
 
     # -- sites --------------------------------------------------------------------------------
 
     def _quantized_site(self, site: Site, ndim: int) -> tuple[relax.Expr, float] | None:
         config = self.config
-        data, input_scale = self._int8_input(site)
+        data, input_scale, input_zero_point = self._int8_input(site)
+        if input_zero_point and site.kind == "nn.conv2d":
+            data = self._pad_with(data, input_zero_point, site)
         axis = site.channel_axis
         w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
-        weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
+        hessian = self.scales[site.index].input_hessian
+        if config.weight_rounding == "gptq" and hessian is not None:
+            weights = gptq_weights(site, w_scales, hessian)
+        else:
+            weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
         accumulator_scales = input_scale * np.asarray(w_scales, dtype=np.float64)
-        acc = self.bb.emit(site_call(site, data, weights, "int32"))
-        bias = quantize_bias(site.bias, np.broadcast_to(accumulator_scales, site.bias.shape))
+        acc = self.bb.emit(site_call(site, data, weights, "int32", padded=bool(input_zero_point)))
+        means = self.scales[site.index].input_means
+        float_bias = site.bias
+        if config.bias_correction and means is not None:
+            dequantized = weights.astype(np.float64) * _along(np.asarray(w_scales, np.float64), site)
+            float_bias = site.bias - weight_error_on_mean(site, dequantized - site.weight, means)
+        bias = quantize_bias(float_bias, np.broadcast_to(accumulator_scales, site.bias.shape))
+        if input_zero_point:  # sum(w * (q - z)) = sum(w * q) - z * sum(w): the second term joins the bias
+            bias = bias - input_zero_point * _weight_sums(weights, site)
         acc = self.bb.emit(R.add(acc, relax.const(bias.reshape(bias_shape(site, ndim)).astype("int32"))))
         if site.output not in self.int8_readers:
             # Only float ops read this result: dequantize the int32 accumulator itself, which
@@ -153,18 +192,28 @@ class _Realizer:
                                  site.activation.attrs, site.activation.ty_args)
             self.floats[site.output] = self.bb.emit(out)
             return None
-        output_scale = self.scales[site.index].output
-        ratio = accumulator_scales / output_scale
+        scales = self.scales[site.index]
+        ratio = accumulator_scales / scales.output
         low, high = activation_bounds(site.activation) if site.activation is not None else (-np.inf, np.inf)
-        return self._requantize(acc, ratio, site, ndim, int8_bounds(low, high, output_scale)), output_scale
+        bounds = int8_bounds(low, high, scales.output, scales.output_zero_point)
+        requantized = self._requantize(acc, ratio, site, ndim, bounds, scales.output_zero_point)
+        return Int8(requantized, scales.output, scales.output_zero_point)
+
+    def _pad_with(self, data: relax.Expr, zero_point: int, site: Site) -> relax.Expr:
+        """``data`` padded as the site's conv pads it, with the value that means 0 (its zero point)."""
+        top, left, bottom, right = (int(p) for p in site.call.attrs.padding)
+        if not (top or left or bottom or right):
+            return data
+        return self.bb.emit(R.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zero_point)))
 
     def _float_site(self, site: Site, ndim: int) -> relax.Expr:
         return self.bb.emit(float_site(self.bb, site, self._float(site.input)))
 
     def _requantize(self, acc: relax.Expr, ratio: np.ndarray, site: Site, ndim: int,
-                    bounds: tuple[int, int] = (-QMAX, QMAX)) -> relax.Expr:
-        """int32 accumulator at scale ``ratio * output`` -> int8 at the output scale, integers only;
-        ``bounds`` clamp the result (an absorbed activation's interval in int8 steps)."""
+                    bounds: tuple[int, int] = (-QMAX, QMAX), zero_point: int = 0) -> relax.Expr:
+        """int32 accumulator at scale ``ratio * output`` -> int8 at the output scale (plus its
+        ``zero_point``), integers only; ``bounds`` clamp the stored result (an absorbed
+        activation's interval in int8 steps)."""
         shape = bias_shape(site, ndim) if np.ndim(ratio) else ()
         # A channel whose ratio is below 2**-31 cannot reach half a step from any int32
         # accumulator: its output is 0. (Per-channel scales of near-empty channels get there.)
@@ -183,6 +232,8 @@ class _Realizer:
             rounded = self._rounding_shift(product, np.asarray(shift, dtype=np.int64), shape, enabled=True)
         if dead.any():
             rounded = self.bb.emit(R.multiply(rounded, _const((~dead).astype(np.int64), shape)))
+        if zero_point:
+            rounded = self.bb.emit(R.add(rounded, relax.const(zero_point, "int64")))
         return self.bb.emit(R.astype(R.clip(rounded, *bounds), "int8"))
 
     def _rounding_shift(self, value: relax.Expr, shift: np.ndarray, shape: tuple[int, ...], *,
@@ -202,7 +253,7 @@ class _Realizer:
 
     # -- int8 pass-through ----------------------------------------------------------------------
 
-    def _int8_pass_through(self, value: relax.Expr) -> tuple[relax.Expr, float] | None:
+    def _int8_pass_through(self, value: relax.Expr) -> Int8 | None:
         """Apply an order-preserving op to int8 data directly (None if it does not apply)."""
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or not value.args:
             return None
@@ -210,13 +261,15 @@ class _Realizer:
         if not (isinstance(data, relax.Var) and data in self.int8):
             return None
         name = value.op.name.removeprefix("relax.")
-        quantized, scale = self.int8[data]
+        quantized, scale, zero_point = self.int8[data]
+        if name == "nn.relu" and zero_point:  # the stored value of 0 is the zero point
+            return Int8(self.bb.emit(R.maximum(quantized, relax.const(zero_point, "int8"))), scale, zero_point)
         if name in INT8_TRANSPARENT:
             call = relax.Call(value.op, [quantized, *value.args[1:]], value.attrs, value.ty_args)
-            return self.bb.emit(call), scale
+            return Int8(self.bb.emit(call), scale, zero_point)
         if name == "clip":
-            bounds = int8_bounds(*activation_bounds(value), scale)
-            return self.bb.emit(R.clip(quantized, *bounds)), scale
+            bounds = int8_bounds(*activation_bounds(value), scale, zero_point)
+            return Int8(self.bb.emit(R.clip(quantized, *bounds)), scale, zero_point)
         return None
 
 
@@ -250,11 +303,41 @@ def _int8_readers(bindings: list[relax.Binding], result: relax.Expr, sites: dict
 
 
 
-def int8_bounds(low: float, high: float, scale: float) -> tuple[int, int]:
-    """The int8 steps inside ``[low, high]`` at ``scale``, within [-127, 127]."""
-    low_q = -QMAX if low == -np.inf else int(np.clip(np.ceil(low / scale), -QMAX, QMAX))
-    high_q = QMAX if high == np.inf else int(np.clip(np.floor(high / scale), -QMAX, QMAX))
-    return low_q, high_q
+def weight_error_on_mean(site: Site, error: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Per output channel, what the weight ``error`` (quantized minus float weights) adds to the
+    site's output for an input at its calibration ``means`` (one per input channel): the bias
+    shift that bias correction takes away."""
+    if site.kind == "matmul":
+        return means @ error  # weight (in, out)
+    groups = int(site.call.attrs.groups)
+    out_channels, per_group = error.shape[:2]
+    grouped_means = means.reshape(groups, per_group)  # input channel g * per_group + i
+    summed = error.sum(axis=(2, 3)).reshape(groups, out_channels // groups, per_group)
+    return np.einsum("goi,gi->go", summed, grouped_means).reshape(out_channels)
+
+
+def _along(scales: np.ndarray, site: Site) -> np.ndarray:
+    """Weight scales shaped to multiply the site's weights (per tensor or per output channel)."""
+    if scales.ndim == 0:
+        return scales
+    shape = [1] * site.weight.ndim
+    shape[site.channel_axis] = scales.shape[0]
+    return scales.reshape(shape)
+
+
+def int8_bounds(low: float, high: float, scale: float, zero_point: int = 0) -> tuple[int, int]:
+    """The stored int8 values inside ``[low, high]`` at ``scale``: within [-127, 127] for a
+    signed value (zero point 0), within [0, 255] steps stored as -128..127 for an unsigned one."""
+    least, most = (-QMAX, QMAX) if not zero_point else (0, 255)
+    low_q = least if low == -np.inf else int(np.clip(np.ceil(low / scale), least, most))
+    high_q = most if high == np.inf else int(np.clip(np.floor(high / scale), least, most))
+    return low_q + zero_point, high_q + zero_point
+
+
+def _weight_sums(weights: np.ndarray, site: Site) -> np.ndarray:
+    """Each output channel's sum of int8 weights (int64): what an input zero point multiplies."""
+    wide = weights.astype(np.int64)
+    return wide.sum(axis=tuple(range(1, wide.ndim))) if site.kind == "nn.conv2d" else wide.sum(axis=0)
 
 
 def _const(values: np.ndarray, shape: tuple[int, ...], dtype: str = "int64") -> relax.Expr:

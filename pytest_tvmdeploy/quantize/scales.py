@@ -10,6 +10,8 @@ import math
 import numpy as np
 
 QMAX = 127
+#: The steps of an unsigned activation (stored as int8 with zero point -128).
+UMAX = 255
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
 #: Largest right shift of :func:`requantize`: |int32 accumulator * mantissa| < 2**62 stays in int64.
@@ -28,20 +30,21 @@ def power2_round_up(value: float) -> float:
     return value if mantissa == 0.5 else math.ldexp(1.0, exponent)
 
 
-def _scale_of(threshold: float, power2: bool) -> float:
+def _scale_of(threshold: float, power2: bool, levels: int = QMAX) -> float:
     if not threshold > 0:  # also catches NaN
         threshold = _TINY_THRESHOLD
-    return power2_round_up(threshold) / (QMAX + 1) if power2 else threshold / QMAX
+    return power2_round_up(threshold) / (levels + 1) if power2 else threshold / levels
 
 
-def activation_scale(threshold: float, *, power2: bool) -> float:
+def activation_scale(threshold: float, *, power2: bool, unsigned: bool = False) -> float:
     """The step size for clipping threshold ``threshold``.
 
     ``power2``: ``power2_round_up(T) / 128``, a power of two; ``T`` maps into (64, 128], so values
     above 127 steps (less than one step below the power of two) are clipped to 127. Otherwise
-    ``T / 127``. A threshold <= 0 is replaced by a tiny one (1e-8), so the scale is never 0.
+    ``T / 127``. ``unsigned`` (values in [0, T]): 255 steps instead of 127 (256 for ``power2``).
+    A threshold <= 0 is replaced by a tiny one (1e-8), so the scale is never 0.
     """
-    return _scale_of(float(threshold), power2)
+    return _scale_of(float(threshold), power2, UMAX if unsigned else QMAX)
 
 
 def weight_scales(weights: np.ndarray, *, power2: bool, per_channel: bool, axis: int = 0) -> np.ndarray:
@@ -80,7 +83,7 @@ def _broadcast_along(scales: np.ndarray, ndim: int, axis: int | None) -> np.ndar
     return scales.reshape(shape)
 
 
-def _round_half_away(values: np.ndarray) -> np.ndarray:
+def round_half_away(values: np.ndarray) -> np.ndarray:
     """Round to the nearest integer, halves away from zero (exact: no ``x + 0.5`` rounding error)."""
     truncated = np.trunc(values)
     fraction = values - truncated  # exact in binary floating point
@@ -96,7 +99,7 @@ def quantize_to_int8(values: np.ndarray, scales: np.ndarray, *, axis: int | None
     if not np.all(np.isfinite(values)):
         raise ValueError("quantize_to_int8: the values contain NaN or infinity")
     scaled = values / _broadcast_along(scales, values.ndim, axis)
-    return np.clip(_round_half_away(scaled), -QMAX, QMAX).astype(np.int8)
+    return np.clip(round_half_away(scaled), -QMAX, QMAX).astype(np.int8)
 
 
 def quantize_bias(bias: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -110,7 +113,7 @@ def quantize_bias(bias: np.ndarray, scales: np.ndarray) -> np.ndarray:
         raise ValueError("quantize_bias: the scales must be > 0")
     if not np.all(np.isfinite(bias)):
         raise ValueError("quantize_bias: the bias contains NaN or infinity")
-    return np.clip(_round_half_away(bias / scales), _INT32_MIN, _INT32_MAX).astype(np.int32)
+    return np.clip(round_half_away(bias / scales), _INT32_MIN, _INT32_MAX).astype(np.int32)
 
 
 def fixed_point_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

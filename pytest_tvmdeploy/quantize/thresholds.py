@@ -16,6 +16,9 @@ _SMOOTHING = 1e-4
 _CHUNK = 2048
 
 
+#: :func:`mse_threshold` tries every this many bin edges, then each edge near the best of them.
+_REFINE = 8
+
 #: Fewer non-zero values than this and ``kl_divergence`` falls back to the max.
 MIN_KL_SAMPLES = 4096
 
@@ -35,6 +38,7 @@ class ActivationObserver:
         self.name = name
         self.bins = bins
         self.max_abs: float = 0.0
+        self.minimum: float = math.inf  # the least value seen: >= 0 for an activation never negative
         self.count: int = 0
         self.zeros: int = 0  # exact zeros (e.g. after a ReLU): every quantizer keeps them exact
         self._range: float = 0.0  # 0 while every value seen is 0
@@ -42,7 +46,8 @@ class ActivationObserver:
 
     def update(self, values: np.ndarray) -> None:
         """Add one batch of values of the tensor."""
-        magnitudes = np.abs(np.asarray(values, dtype=np.float64)).reshape(-1)
+        raw = np.asarray(values, dtype=np.float64).reshape(-1)
+        magnitudes = np.abs(raw)
         if magnitudes.size == 0:
             return
         batch_max = float(magnitudes.max())
@@ -58,6 +63,7 @@ class ActivationObserver:
             index = np.zeros(magnitudes.size, dtype=np.int64)
         self._counts += np.bincount(index, minlength=self.bins)
         self.max_abs = max(self.max_abs, batch_max)
+        self.minimum = min(self.minimum, float(raw.min()))
         self.count += int(magnitudes.size)
         self.zeros += int(np.count_nonzero(magnitudes == 0))
 
@@ -91,12 +97,7 @@ def kl_divergence_threshold(counts: np.ndarray, edges: np.ndarray, *, levels: in
     support so it is never 0 where P is not. Returns ``edges[i]`` of the best ``i``.
     Computed from prefix sums in O(levels) per candidate.
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    edges = np.asarray(edges, dtype=np.float64)
-    if counts.ndim != 1 or edges.shape != (counts.size + 1,):
-        raise ValueError(f"kl_divergence_threshold: needs n counts and n + 1 edges, got {counts.shape}, {edges.shape}")
-    if np.any(counts < 0) or levels < 1:
-        raise ValueError("kl_divergence_threshold: counts must be >= 0 and levels >= 1")
+    counts, edges = _checked_histogram("kl_divergence_threshold", counts, edges, levels)
     nonzero = np.flatnonzero(counts)
     end = int(nonzero[-1]) + 1 if nonzero.size else 1  # bins up to the last non-empty one
     if end <= levels:
@@ -156,6 +157,70 @@ def _divergences(
     return p_log_p - cross.sum(axis=1)
 
 
+def _checked_histogram(caller: str, counts: np.ndarray, edges: np.ndarray,
+                       levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``counts`` and ``edges`` as float64 arrays, after checking they make a histogram."""
+    counts = np.asarray(counts, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    if counts.ndim != 1 or edges.shape != (counts.size + 1,):
+        raise ValueError(f"{caller}: needs n counts and n + 1 edges, got {counts.shape}, {edges.shape}")
+    if np.any(counts < 0) or levels < 1:
+        raise ValueError(f"{caller}: counts must be >= 0 and levels >= 1")
+    return counts, edges
+
+
+def mse_threshold(counts: np.ndarray, edges: np.ndarray, *, levels: int = 127, power2: bool = False) -> float:
+    """The clipping threshold (a bin edge) with the least expected squared quantization error.
+
+    For a threshold ``T`` the step is ``T / levels``: values below ``T`` lose their rounding
+    error, values above it the distance to ``T``. Each bin's values are taken as spread evenly
+    over the bin, so the rounding error of a bin narrower than a step is exact rather than the
+    ``step**2 / 12`` of a wide one. Counts should leave out exact zeros (no error at any ``T``).
+    ``power2``: only powers of two are candidates (the edges of an :class:`ActivationObserver`
+    histogram include every power of two up to its range), so the scale needs no rounding up.
+    """
+    counts, edges = _checked_histogram("mse_threshold", counts, edges, levels)
+    nonzero = np.flatnonzero(counts)
+    if not nonzero.size:
+        return float(edges[1])
+    end = int(nonzero[-1]) + 1
+    if power2:  # the least power-of-two edge index at or above the last non-empty bin
+        end = min(counts.size, 1 << (end - 1).bit_length())
+    low, high = edges[:end], edges[1:end + 1]
+    weights = counts[:end] / (high - low)  # per unit of |x|: the integrals below are over each bin
+    # the clipped tail: sum over bins >= i of integral (x - T)^2, from prefix sums of moments
+    first, second = (high**2 - low**2) / 2, (high**3 - low**3) / 3
+    tail = lambda moment: np.concatenate((np.cumsum((weights * moment)[::-1])[::-1], [0.0]))  # noqa: E731
+    tail_count, tail_first, tail_second = tail(high - low), tail(first), tail(second)
+
+    def errors(kept: np.ndarray) -> np.ndarray:
+        threshold = edges[kept]
+        clipped = tail_second[kept] - 2 * threshold * tail_first[kept] + threshold**2 * tail_count[kept]
+        step = (threshold / levels)[:, None]
+        rounding = (_rounding_integral(high[None, :], step) - _rounding_integral(low[None, :], step)) * weights
+        return clipped + np.where(np.arange(end)[None, :] < kept[:, None], rounding, 0.0).sum(axis=1)
+
+    if power2:
+        candidates = np.array([i for i in (1 << k for k in range(end.bit_length())) if i <= end
+                               and math.frexp(edges[i])[0] == 0.5])
+        if candidates.size:
+            return float(edges[int(candidates[int(np.argmin(errors(candidates)))])])
+    # every 8th edge, then the edges around the best of them (the error varies slowly with T)
+    coarse = np.unique(np.append(np.arange(1, end + 1, _REFINE), end))
+    centre = int(coarse[int(np.argmin(errors(coarse)))])
+    fine = np.arange(max(1, centre - _REFINE), min(end, centre + _REFINE) + 1)
+    best = int(fine[int(np.argmin(errors(fine)))])
+    return float(edges[best])
+
+
+def _rounding_integral(x: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``integral from 0 to x`` of ``(t - step * round(t / step))**2 dt`` (elementwise, x >= 0)."""
+    shifted = x + step / 2
+    periods = np.floor(shifted / step)
+    rest = shifted - periods * step - step / 2  # in [-step/2, step/2)
+    return periods * step**3 / 12 + (rest**3 + (step / 2) ** 3) / 3 - (step / 2) ** 3 / 3
+
+
 def percentile_threshold(observer: ActivationObserver, percentile: float) -> float:
     """The |x| below which ``percentile`` % of the observed values lie (linear within a bin).
 
@@ -178,12 +243,13 @@ def percentile_threshold(observer: ActivationObserver, percentile: float) -> flo
     return float(min(value, observer.max_abs))
 
 
-def threshold(observer: ActivationObserver | None, config: QuantConfig) -> float:
+def threshold(observer: ActivationObserver | None, config: QuantConfig, *, levels: int = 127) -> float:
     """The clipping threshold of one activation under ``config.calibrate_mode``.
 
     ``global_scale``: ``config.global_scale`` (``observer`` may be None); ``max``: ``max_abs``;
-    ``percentile``: :func:`percentile_threshold`; ``kl_divergence``: :func:`kl_divergence_threshold`
-    of the histogram, at most ``max_abs``.
+    ``percentile``: :func:`percentile_threshold`; ``kl_divergence`` / ``mse``:
+    :func:`kl_divergence_threshold` / :func:`mse_threshold` of the histogram, at most ``max_abs``;
+    ``levels``: the steps above zero (255 for an unsigned activation).
     """
     mode = config.calibrate_mode
     if mode == "global_scale":
@@ -195,6 +261,11 @@ def threshold(observer: ActivationObserver | None, config: QuantConfig) -> float
         return float(observer.max_abs)
     if mode == "percentile":
         return percentile_threshold(observer, config.percentile)
+    if mode == "mse":
+        counts, edges = observer.histogram
+        counts[0] -= observer.zeros
+        chosen = mse_threshold(counts, edges, levels=levels, power2=config.power2)
+        return chosen if config.power2 else float(min(chosen, observer.max_abs))
     if mode == "kl_divergence":
         # Exact zeros stay exact at any threshold; left in, a ReLU's spike at 0 makes the
         # divergence favour the narrowest range, clipping most of the real values.
@@ -204,5 +275,5 @@ def threshold(observer: ActivationObserver | None, config: QuantConfig) -> float
             # A few hundred values leave the 2048-bin histogram mostly empty and the divergence
             # meaningless (it then picks the narrowest range): use the max instead.
             return float(observer.max_abs)
-        return float(min(kl_divergence_threshold(counts, edges), observer.max_abs))
+        return float(min(kl_divergence_threshold(counts, edges, levels=levels + 1), observer.max_abs))
     raise ValueError(f"unknown calibrate_mode {mode!r}")

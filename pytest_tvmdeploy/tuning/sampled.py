@@ -20,6 +20,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import BuildError, brief
@@ -92,18 +93,20 @@ def unscheduled_tasks(prepared: tvm.IRModule, target: tvm.target.Target) -> list
     return [task for task in extract_tasks(prepared, target) if not _is_scheduled(task.extracted.dispatched[0])]
 
 
-def choose_schedule(task: Task, target: tvm.target.Target) -> Any | None:
+def choose_schedule(task: Task, target: tvm.target.Target, blocks: Blocks | None = None) -> Any | None:
     """The cost model's pick among the task's sampled schedules (``None``: no valid one, or a
-    function written as plain loops without blocks, as TOPI's scatter and some slices are)."""
+    function written as plain loops without blocks, as TOPI's scatter and some slices are).
+    ``blocks``: the function's :func:`blocks_of`, if the caller has them."""
     from tvm.s_tir import meta_schedule as ms
 
     function = task.extracted.dispatched[0]
-    if not _has_blocks(function):
+    blocks = blocks or blocks_of(function)
+    if blocks is None:
         return None
     context = light_context(function, target, seed=int(task.shash) % (2**31 - 1) or 1)
-    domains, reduces = _blocks_of(function)
+    domains = blocks.domains
     candidates = []
-    for _ in range(CANDIDATES if reduces else INJECTIVE_CANDIDATES):
+    for _ in range(CANDIDATES if blocks.reduces else INJECTIVE_CANDIDATES):
         for schedule in context.generate_design_space():
             schedule.enter_postproc()  # as MetaSchedule marks them: a replay can leave them out
             if all(postproc.apply(schedule) for postproc in context.space_generator.postprocs) \
@@ -154,11 +157,12 @@ def remembered_schedule(task: Task, target: tvm.target.Target, remember: Remembe
     import tvm
 
     function = task.extracted.dispatched[0]
-    identity = [task.shash, _block_names(function), str(target), recipe()]
+    blocks = blocks_of(function)
+    identity = [task.shash, list(blocks.domains) if blocks else None, str(target), recipe()]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
 
     def choose() -> Any:
-        schedule = choose_schedule(task, target)
+        schedule = choose_schedule(task, target, blocks)
         return None if schedule is None else _plain(schedule.trace.as_json())
 
     trace = remember(key, choose)
@@ -170,7 +174,7 @@ def remembered_schedule(task: Task, target: tvm.target.Target, remember: Remembe
     except Exception as exc:  # noqa: BLE001 - a damaged kept trace costs a new draw, not the build
         warnings.warn(f"kept sampled schedule {key[:16]} of {task.name} does not replay ({brief(exc)}); "
                       "sampling it again", stacklevel=2)
-        return choose_schedule(task, target)
+        return choose_schedule(task, target, blocks)
     return schedule
 
 
@@ -187,25 +191,33 @@ def _plain(value: Any) -> Any:
     return [_plain(item) for item in value]
 
 
-def block_domains(function: tvm.IRModule) -> dict[str, int]:
-    """How many iterations each block of the unscheduled ``function`` runs."""
-    return _blocks_of(function)[0]
+@dataclass(frozen=True)
+class Blocks:
+    """The blocks of an unscheduled function: each one's name and iteration count (in order),
+    and whether any of them reduces."""
+
+    domains: dict[str, int]
+    reduces: bool
 
 
-def _blocks_of(function: tvm.IRModule) -> tuple[dict[str, int], bool]:
-    """Each block's iteration count, and whether any block reduces (one pass over the blocks)."""
+def blocks_of(function: tvm.IRModule) -> Blocks | None:
+    """The blocks under ``function``'s root block, from one pass (``None``: it has none)."""
     import tvm
 
     schedule = tvm.s_tir.Schedule(function)
+    try:
+        blocks = _blocks(schedule)
+    except tvm.s_tir.schedule.ScheduleError:
+        return None
     domains: dict[str, int] = {}
     reduces = False
-    for block in _blocks(schedule):
+    for block in blocks:
         size = 1
         for variable in schedule.get(block).iter_vars:
             size *= int(variable.dom.extent)
             reduces = reduces or variable.iter_type == tvm.tirx.IterVar.CommReduce
         domains[schedule.get(block).name_hint] = size
-    return domains, reduces
+    return Blocks(domains, reduces)
 
 
 def covers_every_iteration(schedule: Any, domains: dict[str, int]) -> bool:
@@ -224,22 +236,6 @@ def covers_every_iteration(schedule: Any, domains: dict[str, int]) -> bool:
         if runs < domains[name]:
             return False
     return True
-
-
-def _has_blocks(function: tvm.IRModule) -> bool:
-    """Whether ``function``'s ``main`` is made of blocks under a root block (what schedules act on)."""
-    return _block_names(function) is not None
-
-
-def _block_names(function: tvm.IRModule) -> list[str] | None:
-    """The names of the blocks under ``function``'s root block (``None``: it has none)."""
-    import tvm
-
-    schedule = tvm.s_tir.Schedule(function)
-    try:
-        return [schedule.get(block).name_hint for block in _blocks(schedule)]
-    except tvm.s_tir.schedule.ScheduleError:
-        return None
 
 
 def _blocks(schedule: Any) -> list[Any]:
