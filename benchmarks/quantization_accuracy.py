@@ -229,6 +229,7 @@ def main() -> None:
     parser.add_argument("--calibration-per-photo", type=int, default=4)
     parser.add_argument("--evaluation-per-photo", type=int, default=4)
     parser.add_argument("--skip-ends", action="store_true", help="leave the first conv and the classifier in float")
+    parser.add_argument("--output", default="quantization_accuracy.json", help="file name under benchmarks/results/")
     parser.add_argument("--random-nets", action="store_true",
                         help="instead: torchvision resnet18 and mobilenet_v2 with seeded random weights (SQNR, cosine)")
     parser.add_argument("--worker", nargs=2, metavar=("QUANTIZER", "MODEL"), help=argparse.SUPPRESS)
@@ -256,7 +257,7 @@ def main() -> None:
                 print_row(row)
                 rows.append(row)
     calibration, evaluation = images(next(iter(args.models.split(","))), args)
-    write_results("quantization_accuracy.json", {
+    write_results(args.output, {
         "calibration_images": len(calibration), "evaluation_images": len(evaluation),
         "calibration_photos": list(CALIBRATION_PHOTOS + MORE_CALIBRATION_PHOTOS),
         "evaluation_photos": list(EVALUATION_PHOTOS + MORE_EVALUATION_PHOTOS),
