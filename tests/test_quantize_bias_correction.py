@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-import tvm
-from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
+from int8_runs import int8_run, sqnr
 from models import separable_block, separable_inputs
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
@@ -39,10 +38,7 @@ def test_the_weight_error_on_the_mean_input_is_what_the_layer_adds_to_a_constant
 
 def test_bias_correction_removes_most_of_the_mean_error_of_int8_weights() -> None:
     model = separable_block()
-    module = from_exported_program(torch.export.export(model, (torch.zeros(1, 8, 12, 12),)))
     calibration, held_out = separable_inputs(8, seed=1), separable_inputs(8, seed=2)
-    with torch.no_grad():
-        expected = np.concatenate([model(torch.from_numpy(x)).numpy() for x in held_out])
 
     def errors(bias_correction: bool) -> tuple[float, float]:
         """The mean over channels of |mean error| of each logit, and the SQNR in dB."""
@@ -50,12 +46,9 @@ def test_bias_correction_removes_most_of_the_mean_error_of_int8_weights() -> Non
         # adds up into a shift of each output channel (11x the corrected one on this block)
         config = QuantConfig(calibrate_mode="max", weight_scale="max", skip_conv_layers=[], skip_dense_layer=False,
                              bias_correction=bias_correction)
-        result = quantize(module, config, calibration=[{"x": x} for x in calibration])
+        outputs, expected, result = int8_run(model, config, calibration, held_out)
         assert result.quantized_sites == 4
-        vm = relax.VirtualMachine(tvm.compile(result.module, target=tvm.target.Target("llvm")), tvm.cpu())
-        outputs = np.concatenate([vm["main"](tvm.runtime.tensor(x))[0].numpy() for x in held_out])
-        sqnr = 10 * np.log10((expected ** 2).sum() / ((outputs - expected) ** 2).sum())
-        return float(np.abs((outputs - expected).mean(axis=0)).mean()), float(sqnr)
+        return float(np.abs((outputs - expected).mean(axis=0)).mean()), sqnr(outputs, expected)
 
     (plain_shift, plain_sqnr), (corrected_shift, corrected_sqnr) = errors(False), errors(True)
     assert corrected_shift < 0.25 * plain_shift, (plain_shift, corrected_shift)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import tvm
-from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
+from int8_runs import int8_run, sqnr
 from models import separable_block, separable_inputs
-from pytest_tvmdeploy.quantize import QuantConfig, quantize
+from pytest_tvmdeploy.quantize import QuantConfig
 from pytest_tvmdeploy.quantize.graph import find_sites, prepare
 from pytest_tvmdeploy.quantize.rounding import InputHessian, gptq_weights
 from pytest_tvmdeploy.quantize.scales import quantize_to_int8, weight_scales
@@ -61,19 +60,13 @@ def test_gptq_rounding_moves_the_outputs_less_than_rounding_to_nearest() -> None
 
 def test_gptq_rounding_raises_the_sqnr_of_a_separable_block_with_per_tensor_weights() -> None:
     model = separable_block()
-    module = from_exported_program(torch.export.export(model, (torch.zeros(1, 8, 12, 12),)))
     calibration, held_out = separable_inputs(8, seed=1), separable_inputs(8, seed=2)
-    with torch.no_grad():
-        expected = np.concatenate([model(torch.from_numpy(x)).numpy() for x in held_out])
 
-    def sqnr(rounding: str) -> float:
+    def rounded_sqnr(rounding: str) -> float:
         # per-tensor scales: the narrow channels' weights take few steps, and their rounding matters
         config = QuantConfig(calibrate_mode="mse", weight_scale="max", skip_conv_layers=[], skip_dense_layer=False,
                              unsigned_activations=True, weight_rounding=rounding)
-        result = quantize(module, config, calibration=[{"x": x} for x in calibration])
-        vm = relax.VirtualMachine(tvm.compile(result.module, target=tvm.target.Target("llvm")), tvm.cpu())
-        outputs = np.concatenate([vm["main"](tvm.runtime.tensor(x))[0].numpy() for x in held_out])
-        return float(10 * np.log10((expected ** 2).sum() / ((outputs - expected) ** 2).sum()))
+        return sqnr(*int8_run(model, config, calibration, held_out)[:2])
 
-    nearest, gptq = sqnr("nearest"), sqnr("gptq")
+    nearest, gptq = rounded_sqnr("nearest"), rounded_sqnr("gptq")
     assert gptq > nearest + 5, (nearest, gptq)  # 20.6 -> 27.4 dB

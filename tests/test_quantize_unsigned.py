@@ -7,12 +7,10 @@ import copy
 
 import numpy as np
 import torch
-import tvm
-from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program
 
+from int8_runs import int8_run, sqnr
 from models import ConvReluPoolConv, seeded
-from pytest_tvmdeploy.quantize import QuantConfig, quantize
+from pytest_tvmdeploy.quantize import QuantConfig
 from pytest_tvmdeploy.quantize.scales import quantize_to_int8, weight_scales
 
 ALL_LAYERS = {"skip_conv_layers": [], "skip_dense_layer": False, "per_channel": True, "weight_scale": "max"}
@@ -35,21 +33,6 @@ def images(count: int, seed: int, low: float = 0.0) -> list[np.ndarray]:
     return [rng.uniform(low, 2.0, (1, 3, 16, 16)).astype("float32") for _ in range(count)]
 
 
-def run_quantized(model: torch.nn.Module, config: QuantConfig, calibration: list[np.ndarray],
-                  held_out: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple[dict, ...]]:
-    module = from_exported_program(torch.export.export(model, (torch.from_numpy(held_out[0]),)))
-    result = quantize(module, config, calibration=[{"x": x} for x in calibration])
-    vm = relax.VirtualMachine(tvm.compile(result.module, target=tvm.target.Target("llvm")), tvm.cpu())
-    outputs = np.concatenate([vm["main"](tvm.runtime.tensor(x))[0].numpy() for x in held_out])
-    with torch.no_grad():
-        expected = np.concatenate([model(torch.from_numpy(x)).numpy() for x in held_out])
-    return outputs, expected, result.sites
-
-
-def sqnr(outputs: np.ndarray, expected: np.ndarray) -> float:
-    return float(10 * np.log10((expected ** 2).sum() / ((expected - outputs) ** 2).sum()))
-
-
 def with_int8_weights(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with each conv's weights rounded as the quantizer rounds them (per channel, max):
     against it, what is left of the error is the activations'."""
@@ -67,10 +50,11 @@ def test_unsigned_activations_halve_the_step_and_pad_with_their_zero_point() -> 
     calibration, held_out = images(8, seed=1), images(8, seed=2)
     with torch.no_grad():
         expected = np.concatenate([with_int8_weights(model)(torch.from_numpy(x)).numpy() for x in held_out])
-    signed_out, _, signed_sites = run_quantized(model, QuantConfig(calibrate_mode="max", **ALL_LAYERS),
+    signed_out, _, signed_result = int8_run(model, QuantConfig(calibrate_mode="max", **ALL_LAYERS),
                                                 calibration, held_out)
-    unsigned_out, _, sites = run_quantized(
+    unsigned_out, _, unsigned_result = int8_run(
         model, QuantConfig(calibrate_mode="max", unsigned_activations=True, **ALL_LAYERS), calibration, held_out)
+    sites, signed_sites = unsigned_result.sites, signed_result.sites
     # the photo-like input, the relu'd conv and the pooled values it feeds are all unsigned
     assert [(s["input_zero_point"], s["output_zero_point"]) for s in sites] == [(-128, -128), (-128, -128)]
     assert [(s["input_zero_point"], s["output_zero_point"]) for s in signed_sites] == [(0, 0), (0, 0)]
@@ -86,16 +70,16 @@ def test_unsigned_activations_halve_the_step_and_pad_with_their_zero_point() -> 
 def test_a_relu_on_unsigned_int8_keeps_the_values_at_the_zero_point() -> None:
     model = seeded(ReluAfterPool(), seed=4)
     calibration, held_out = images(8, seed=1), images(8, seed=2)
-    outputs, expected, sites = run_quantized(
+    outputs, expected, result = int8_run(
         model, QuantConfig(calibrate_mode="max", unsigned_activations=True, **ALL_LAYERS), calibration, held_out)
-    assert sites[1]["input_zero_point"] == -128
+    assert result.sites[1]["input_zero_point"] == -128
     assert sqnr(outputs, expected) > 30  # a plain relu on the stored values would zero half the steps
 
 
 def test_an_activation_seen_negative_stays_signed() -> None:
     model = seeded(ConvReluPoolConv())
     calibration, held_out = images(8, seed=1, low=-1.0), images(4, seed=2, low=-1.0)
-    outputs, expected, sites = run_quantized(
+    outputs, expected, result = int8_run(
         model, QuantConfig(calibrate_mode="max", unsigned_activations=True, **ALL_LAYERS), calibration, held_out)
-    assert sites[0]["input_zero_point"] == 0 and sites[1]["input_zero_point"] == -128
+    assert result.sites[0]["input_zero_point"] == 0 and result.sites[1]["input_zero_point"] == -128
     assert sqnr(outputs, expected) > 30

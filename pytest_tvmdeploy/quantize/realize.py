@@ -21,6 +21,8 @@ from tvm.relax import op as R
 
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import (
+    CONV,
+    MATMUL,
     Site,
     activation_bounds,
     bias_shape,
@@ -33,6 +35,8 @@ from pytest_tvmdeploy.quantize.graph import (
 from pytest_tvmdeploy.quantize.rounding import gptq_weights
 from pytest_tvmdeploy.quantize.scales import (
     QMAX,
+    UMAX,
+    broadcast_along,
     fixed_point_multiplier,
     power2_exponent,
     quantize_bias,
@@ -160,25 +164,24 @@ class _Realizer:
 
     # -- sites --------------------------------------------------------------------------------
 
-    def _quantized_site(self, site: Site, ndim: int) -> tuple[relax.Expr, float] | None:
+    def _quantized_site(self, site: Site, ndim: int) -> Int8 | None:
         config = self.config
+        calibrated = self.scales[site.index]
         data, input_scale, input_zero_point = self._int8_input(site)
-        if input_zero_point and site.kind == "nn.conv2d":
+        if input_zero_point and site.kind == CONV:
             data = self._pad_with(data, input_zero_point, site)
         axis = site.channel_axis
         w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
-        hessian = self.scales[site.index].input_hessian
-        if config.weight_rounding == "gptq" and hessian is not None:
-            weights = gptq_weights(site, w_scales, hessian)
+        if config.weight_rounding == "gptq" and calibrated.input_hessian is not None:
+            weights = gptq_weights(site, w_scales, calibrated.input_hessian)
         else:
             weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
         accumulator_scales = input_scale * np.asarray(w_scales, dtype=np.float64)
         acc = self.bb.emit(site_call(site, data, weights, "int32", padded=bool(input_zero_point)))
-        means = self.scales[site.index].input_means
         float_bias = site.bias
-        if config.bias_correction and means is not None:
-            dequantized = weights.astype(np.float64) * _along(np.asarray(w_scales, np.float64), site)
-            float_bias = site.bias - weight_error_on_mean(site, dequantized - site.weight, means)
+        if config.bias_correction and calibrated.input_means is not None:
+            dequantized = weights.astype(np.float64) * broadcast_along(w_scales, site.weight.ndim, site.channel_axis)
+            float_bias = site.bias - weight_error_on_mean(site, dequantized - site.weight, calibrated.input_means)
         bias = quantize_bias(float_bias, np.broadcast_to(accumulator_scales, site.bias.shape))
         if input_zero_point:  # sum(w * (q - z)) = sum(w * q) - z * sum(w): the second term joins the bias
             bias = bias - input_zero_point * _weight_sums(weights, site)
@@ -192,12 +195,11 @@ class _Realizer:
                                  site.activation.attrs, site.activation.ty_args)
             self.floats[site.output] = self.bb.emit(out)
             return None
-        scales = self.scales[site.index]
-        ratio = accumulator_scales / scales.output
+        ratio = accumulator_scales / calibrated.output
         low, high = activation_bounds(site.activation) if site.activation is not None else (-np.inf, np.inf)
-        bounds = int8_bounds(low, high, scales.output, scales.output_zero_point)
-        requantized = self._requantize(acc, ratio, site, ndim, bounds, scales.output_zero_point)
-        return Int8(requantized, scales.output, scales.output_zero_point)
+        bounds = int8_bounds(low, high, calibrated.output, calibrated.output_zero_point)
+        requantized = self._requantize(acc, ratio, site, ndim, bounds, calibrated.output_zero_point)
+        return Int8(requantized, calibrated.output, calibrated.output_zero_point)
 
     def _pad_with(self, data: relax.Expr, zero_point: int, site: Site) -> relax.Expr:
         """``data`` padded as the site's conv pads it, with the value that means 0 (its zero point)."""
@@ -307,7 +309,7 @@ def weight_error_on_mean(site: Site, error: np.ndarray, means: np.ndarray) -> np
     """Per output channel, what the weight ``error`` (quantized minus float weights) adds to the
     site's output for an input at its calibration ``means`` (one per input channel): the bias
     shift that bias correction takes away."""
-    if site.kind == "matmul":
+    if site.kind == MATMUL:
         return means @ error  # weight (in, out)
     groups = int(site.call.attrs.groups)
     out_channels, per_group = error.shape[:2]
@@ -316,19 +318,10 @@ def weight_error_on_mean(site: Site, error: np.ndarray, means: np.ndarray) -> np
     return np.einsum("goi,gi->go", summed, grouped_means).reshape(out_channels)
 
 
-def _along(scales: np.ndarray, site: Site) -> np.ndarray:
-    """Weight scales shaped to multiply the site's weights (per tensor or per output channel)."""
-    if scales.ndim == 0:
-        return scales
-    shape = [1] * site.weight.ndim
-    shape[site.channel_axis] = scales.shape[0]
-    return scales.reshape(shape)
-
-
 def int8_bounds(low: float, high: float, scale: float, zero_point: int = 0) -> tuple[int, int]:
     """The stored int8 values inside ``[low, high]`` at ``scale``: within [-127, 127] for a
     signed value (zero point 0), within [0, 255] steps stored as -128..127 for an unsigned one."""
-    least, most = (-QMAX, QMAX) if not zero_point else (0, 255)
+    least, most = (-QMAX, QMAX) if not zero_point else (0, UMAX)
     low_q = least if low == -np.inf else int(np.clip(np.ceil(low / scale), least, most))
     high_q = most if high == np.inf else int(np.clip(np.floor(high / scale), least, most))
     return low_q + zero_point, high_q + zero_point
@@ -337,7 +330,7 @@ def int8_bounds(low: float, high: float, scale: float, zero_point: int = 0) -> t
 def _weight_sums(weights: np.ndarray, site: Site) -> np.ndarray:
     """Each output channel's sum of int8 weights (int64): what an input zero point multiplies."""
     wide = weights.astype(np.int64)
-    return wide.sum(axis=tuple(range(1, wide.ndim))) if site.kind == "nn.conv2d" else wide.sum(axis=0)
+    return wide.sum(axis=tuple(range(1, wide.ndim))) if site.kind == CONV else wide.sum(axis=0)
 
 
 def _const(values: np.ndarray, shape: tuple[int, ...], dtype: str = "int64") -> relax.Expr:

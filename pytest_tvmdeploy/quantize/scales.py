@@ -72,7 +72,9 @@ def weight_scales(weights: np.ndarray, *, power2: bool, per_channel: bool, axis:
     return scales.reshape(maxima.shape).astype(np.float32)
 
 
-def _broadcast_along(scales: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+def broadcast_along(scales: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    """Per-channel ``scales`` shaped to multiply an array of ``ndim`` axes along ``axis`` (per-tensor
+    scales, or ``axis=None``, as they are), in float64."""
     scales = np.asarray(scales, dtype=np.float64)
     if axis is None or scales.ndim == 0:
         return scales
@@ -98,7 +100,7 @@ def quantize_to_int8(values: np.ndarray, scales: np.ndarray, *, axis: int | None
     values = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise ValueError("quantize_to_int8: the values contain NaN or infinity")
-    scaled = values / _broadcast_along(scales, values.ndim, axis)
+    scaled = values / broadcast_along(scales, values.ndim, axis)
     return np.clip(round_half_away(scaled), -QMAX, QMAX).astype(np.int8)
 
 
