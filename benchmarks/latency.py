@@ -9,7 +9,9 @@ schedules, ``schedule="sampled"``); TVM tuned, run by the Python VM and by the C
 eager; ONNX Runtime (CPU provider, default threads). With ``--int8`` also the int8 model (this
 project's quantizer, kl_divergence + max per channel) untuned and tuned; on a CPU with AVX-512
 VNNI (``-mcpu=sapphirerapids``, ``znver4``, ...) its convs take the VNNI form
-(``quantize/vnni.py``). Tuned builds apply the MetaSchedule database ``DIR/<target label>/``
+(``quantize/vnni.py``); and ONNX Runtime's own int8 model (``quantize_static``, QDQ, uint8
+activations, int8 weights per channel, the same calibration crops), whose median the int8 rows
+are also divided by (``vs_onnxruntime_int8``). Tuned builds apply the MetaSchedule database ``DIR/<target label>/``
 (``{model}`` in DIR is replaced by the model's name; default ``benchmarks/tuning/{model}``);
 ``--tune N`` first tunes each model until its database holds N trials for the target
 (``--tune 2000/15m``: or until 15 minutes of tuning; the notes' recipe row takes the trials only). Each backend runs in
@@ -40,7 +42,10 @@ INT8 = {"calibrate_mode": "kl_divergence", "weight_scale": "max", "per_channel":
 FP32_BACKENDS = ("tvm-untuned", "tvm-default", "tvm-tuned", "pytorch", "onnxruntime")
 #: Tuned with the recipe in the team's notes instead of this package's tuner (``--recipe``).
 RECIPE_BACKEND = "tvm-recipe"
-INT8_BACKENDS = ("tvm-int8-untuned", "tvm-int8-tuned")
+INT8_BACKENDS = ("tvm-int8-untuned", "tvm-int8-tuned", "onnxruntime-int8")
+FRAMEWORK_BACKENDS = ("pytorch", "onnxruntime", "onnxruntime-int8")
+#: Calibration crops per photo, for both quantizers.
+CALIBRATION_PER_PHOTO = 4
 
 
 def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:
@@ -54,8 +59,36 @@ def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:
 
     path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
     torch.onnx.export(net, (torch.from_numpy(x),), str(path), input_names=["x"], dynamo=False)
+    extra = {}
+    if backend == "onnxruntime-int8":
+        started = time.perf_counter()
+        path = onnxruntime_int8(path)
+        extra["prepare_s"] = round(time.perf_counter() - started, 1)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return [row(backend, name, timed(lambda: session.run(None, {"x": x}), repeat))]
+    return [row(backend, name, timed(lambda: session.run(None, {"x": x}), repeat), **extra)]
+
+
+def onnxruntime_int8(path: Path) -> Path:
+    """ONNX Runtime's static quantizer on the fp32 model at ``path``: QDQ, uint8 activations, int8
+    weights per channel (u8s8, its x86 setting), calibrated on the crops our quantizer uses."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from images import calibration_set
+
+    class Crops(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.samples = iter(calibration_set(CALIBRATION_PER_PHOTO, input_name="x"))
+
+        def get_next(self) -> dict | None:
+            return next(self.samples, None)
+
+    prepared, quantized = path.with_name("prepared.onnx"), path.with_name("int8.onnx")
+    quant_pre_process(str(path), str(prepared))
+    quantize_static(str(prepared), str(quantized), Crops(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return quantized
 
 
 def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: str) -> list[dict]:
@@ -81,7 +114,7 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
     deployment = deploy(
         model(name), {"x": photo()}, target=spec, cache_dir=CACHE, repeat=(repeat if tuned else min(repeat, 10)) + 1,
         quantize=INT8 if quantized else None,
-        calibration=calibration_set(4, input_name="x") if quantized else None,
+        calibration=calibration_set(CALIBRATION_PER_PHOTO, input_name="x") if quantized else None,
         tuning_dir=database, tune=trials if tuned else 0, tune_seconds=seconds, schedule=schedule,
         cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
     )
@@ -166,16 +199,21 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> list[dict]
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Each row's median over ONNX Runtime's (``vs_onnxruntime``; ``None`` without an ORT row)."""
+    """Each row's median over ONNX Runtime's (``vs_onnxruntime``; ``None`` without an ORT row), and
+    each int8 row's over ONNX Runtime's int8 model's (``vs_onnxruntime_int8``)."""
     ort = next((r["median_ms"] for r in rows if r["backend"] == "onnxruntime"), None)
+    ort_int8 = next((r["median_ms"] for r in rows if r["backend"] == "onnxruntime-int8"), None)
     for r in rows:
         r["vs_onnxruntime"] = r["median_ms"] / ort if ort else None
+        if "int8" in r["backend"]:
+            r["vs_onnxruntime_int8"] = r["median_ms"] / ort_int8 if ort_int8 else None
 
 
 def print_model(rows: list[dict], name: str) -> None:
     """One model's rows as a table, and its int8/fp32 ratios."""
     for r in rows:
         ratio = f"{r['vs_onnxruntime']:6.2f}x ORT" if r["vs_onnxruntime"] else ""
+        ratio += f" {r['vs_onnxruntime_int8']:6.2f}x ORT int8" if r.get("vs_onnxruntime_int8") else ""
         print(f"{name:14s} {r['backend']:22s} median {r['median_ms']:9.2f} ms  (min {r['min_ms']:.2f}, "
               f"max {r['max_ms']:.2f}, n={r['n']})  {ratio}", flush=True)
     by = {r["backend"]: r["median_ms"] for r in rows}
@@ -199,7 +237,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         backend, name = args.worker
-        rows = (framework_worker(backend, name, args.repeat) if backend in ("pytorch", "onnxruntime")
+        rows = (framework_worker(backend, name, args.repeat) if backend in FRAMEWORK_BACKENDS
                 else tvm_worker(backend, name, args.repeat, args.target, args.tuning_dir, args.tune))
         print(json.dumps(rows))
         return

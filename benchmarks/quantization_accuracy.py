@@ -72,7 +72,22 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                           "unsigned_activations": True, "weight_rounding": "gptq"},
     "mse+power2+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "power2", "unsigned_activations": True,
                                  "weight_rounding": "gptq"},
+    # shift-only requantization with free activation scales (weight scales on a ladder of powers of two)
+    "mse+shift+bias_correction+unsigned": {"calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True,
+                                           "unsigned_activations": True},
+    "mse+shift+bias_correction+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "shift",
+                                                "bias_correction": True, "unsigned_activations": True,
+                                                "weight_rounding": "gptq"},
+    # mixed precision: the sites that cost most alone stay float until the calibration crops' logits meet it
+    "mse+bias_correction+unsigned+gptq+budget_28dB": {
+        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "budget": "sqnr_db>=28"},
+    "mse+power2+bias_correction+unsigned+budget_25dB": {
+        "calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True, "unsigned_activations": True,
+        "budget": "sqnr_db>=25"},
 }
+#: Sites of the sensitivity table a row keeps (the most damaging first).
+SENSITIVE_SITES = 8
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 INPUT = "inputs"  # the name of EfficientNet's forward argument, so also of the Relax parameter
 
@@ -169,9 +184,20 @@ def ours_worker(key: str, names: list[str], args: argparse.Namespace) -> list[di
         quantized, outputs, seconds = ours(module, fields, calibration, evaluation)
         rows.append({"model": key, "quantizer": "ours", "config": name, "fields": fields,
                      "quantized_sites": quantized.quantized_sites, **scores(outputs, expected),
-                     "quantize_and_build_seconds": round(seconds, 1)})
+                     "quantize_and_build_seconds": round(seconds, 1), **mixed_precision(quantized)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def mixed_precision(quantized: Any) -> dict[str, Any]:
+    """A budget's choice and the most damaging sites alone, when the configuration measured them."""
+    if quantized.sensitivity is None:
+        return {}
+    costs = {cost.site: cost for cost in quantized.sensitivity.sites}
+    worst = [{"site": i, "op": costs[i].op, "weight_shape": list(costs[i].weight_shape),
+              "sqnr_db": round(costs[i].sqnr_db, 2)} for i in quantized.sensitivity.most_damaging()[:SENSITIVE_SITES]]
+    budget = quantized.budget.to_json() if quantized.budget is not None else None
+    return {"most_damaging_sites": worst, "budget": budget, "sensitivity_samples": quantized.sensitivity.samples}
 
 
 def onnxruntime_worker(key: str, method: str, args: argparse.Namespace) -> list[dict]:

@@ -66,10 +66,13 @@ def make_report() -> dict[str, Any]:
 
 
 class TableParser(HTMLParser):
-    """The text of each cell of each ``<tr>`` in the body, the body's attributes and the images' sources."""
+    """The text of each cell of each ``<tr>`` of the table ``table_id``, the body's attributes and
+    the images' sources."""
 
-    def __init__(self) -> None:
+    def __init__(self, table_id: str = "tests") -> None:
         super().__init__()
+        self.table_id = table_id
+        self.tables: list[str] = []  # ids of the open tables, innermost last
         self.rows: list[list[str]] = []
         self.row_classes: list[str] = []
         self.images: list[str] = []
@@ -80,6 +83,14 @@ class TableParser(HTMLParser):
         attributes = {k: v or "" for k, v in attrs}
         if tag == "div" and self.cell is not None:
             self.cell.append(" ")  # a line of its own in the cell
+        if tag == "table":
+            self.tables.append(attributes.get("id", ""))
+        if not self.tables or self.tables[-1] != self.table_id:
+            if tag == "img":
+                self.images.append(attributes["src"])
+            elif tag == "body":
+                self.body = attributes
+            return
         if tag == "tr":
             self.rows.append([])
             self.row_classes.append(attributes.get("class", ""))
@@ -91,6 +102,8 @@ class TableParser(HTMLParser):
             self.body = attributes
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "table" and self.tables:
+            self.tables.pop()
         if tag in ("td", "th") and self.cell is not None:
             self.rows[-1].append(" ".join("".join(self.cell).split()))
             self.cell = None
@@ -100,8 +113,8 @@ class TableParser(HTMLParser):
             self.cell.append(data)
 
 
-def parse(page: str) -> TableParser:
-    parser = TableParser()
+def parse(page: str, table_id: str = "tests") -> TableParser:
+    parser = TableParser(table_id)
     parser.feed(page)
     return parser
 

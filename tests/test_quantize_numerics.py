@@ -22,6 +22,7 @@ from pytest_tvmdeploy.quantize.scales import (
     quantize_to_int8,
     requantize,
     shift_requantize,
+    shift_weight_scales,
     weight_scales,
 )
 from pytest_tvmdeploy.quantize.thresholds import (
@@ -562,3 +563,23 @@ def test_threshold_modes() -> None:
         threshold(None, QuantConfig(calibrate_mode="max"))
     with pytest.raises(ValueError, match="'empty'"):
         threshold(ActivationObserver("empty"), QuantConfig(calibrate_mode="percentile"))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_shift_weight_scales_make_every_requantization_ratio_a_power_of_two(per_channel: bool) -> None:
+    rng = np.random.default_rng(4)
+    weights = rng.standard_normal((6, 3, 3, 3)) * rng.uniform(0.01, 3, (6, 1, 1, 1))
+    weights[2] = 0.0  # an all-zero channel
+    input_scale, output_scale = 0.0123, 0.0871
+    scales = shift_weight_scales(weights, output_scale / input_scale, per_channel=per_channel)
+    assert scales.shape == ((6,) if per_channel else ())
+    exponents = power2_exponent(input_scale * scales / output_scale, tolerance=1e-9)
+    np.testing.assert_allclose(input_scale * scales / output_scale, np.ldexp(1.0, exponents), rtol=1e-12)
+    magnitudes = np.abs(weights).reshape(6, -1).max(axis=1) if per_channel else np.abs(weights).max()
+    steps = magnitudes / scales
+    live = steps[steps > 0] if per_channel else np.atleast_1d(steps)
+    assert np.all(live <= 127 * (1 + 1e-12)) and np.all(live > 63.5)  # the finest rung that fits max |w|
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        shift_weight_scales(np.array([np.nan]), 1.0, per_channel=False)
+    with pytest.raises(ValueError, match="not an exact power of two"):
+        power2_exponent(np.array([1.0 + 1e-6]), tolerance=1e-9)

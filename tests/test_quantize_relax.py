@@ -12,7 +12,7 @@ from tvm.relax.frontend.torch import from_exported_program
 from models import ConvReluPoolConv, TinyConvNet, seeded
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
-from pytest_tvmdeploy.quantize.graph import emit_float, find_sites, main_block, prepare
+from pytest_tvmdeploy.quantize.graph import emit_float, find_sites, is_constant, main_block, prepare
 from pytest_tvmdeploy.quantize.scales import (
     fixed_point_multiplier,
     power2_exponent,
@@ -20,6 +20,7 @@ from pytest_tvmdeploy.quantize.scales import (
     quantize_to_int8,
     requantize,
     shift_requantize,
+    shift_weight_scales,
     weight_scales,
 )
 
@@ -82,17 +83,21 @@ def test_folding_batch_norm_into_the_weights_keeps_the_float_model() -> None:
     np.testing.assert_allclose(run(emit_float(prepared, sites), x), run(module, x), rtol=1e-5, atol=1e-6)
 
 
-def _integer_reference(model: ConvReluPoolConv, x: np.ndarray, config: QuantConfig) -> np.ndarray:
+def _integer_reference(model: ConvReluPoolConv, x: np.ndarray, config: QuantConfig,
+                       calibration: list[dict[str, np.ndarray]] | None) -> np.ndarray:
     """The whole int8 pipeline of the two convs in numpy integers, dequantized at the end."""
     module = relax_of(model, x.shape)
-    result = quantize(module, config)
+    result = quantize(module, config, calibration=calibration)
     sites = find_sites(prepare(module))
     scales = [(s["input_scale"], s["output_scale"]) for s in result.sites]
     data = quantize_to_int8(x.astype(np.float64), np.float64(scales[0][0]))
     input_scale = scales[0][0]
     for site, (_, output_scale) in zip(sites, scales):
         axis = 0
-        w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
+        if config.weight_scale == "shift":  # each weight scale 2**k * output / input scale
+            w_scales = shift_weight_scales(site.weight, output_scale / input_scale, per_channel=config.per_channel)
+        else:
+            w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
         weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
         groups = site.call.attrs.groups
         acc = torch.nn.functional.conv2d(torch.from_numpy(data.astype(np.float64)),
@@ -101,8 +106,8 @@ def _integer_reference(model: ConvReluPoolConv, x: np.ndarray, config: QuantConf
         acc_scales = input_scale * np.broadcast_to(w_scales.astype(np.float64), (weights.shape[0],))
         acc = acc + quantize_bias(site.bias, acc_scales).reshape(1, -1, 1, 1)
         ratio = (acc_scales / output_scale).reshape(1, -1, 1, 1)
-        if config.power2:
-            out = shift_requantize(acc, -power2_exponent(ratio), rounding=config.rounding,
+        if config.shift_only:
+            out = shift_requantize(acc, -power2_exponent(ratio, tolerance=1e-9), rounding=config.rounding,
                                    round_for_shift=config.round_for_shift)
         else:
             mantissa, shift = fixed_point_multiplier(ratio)
@@ -116,17 +121,23 @@ def _integer_reference(model: ConvReluPoolConv, x: np.ndarray, config: QuantConf
     raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize("weight_scale", ["power2", "max"])
+@pytest.mark.parametrize("weight_scale", ["power2", "max", "shift"])
 @pytest.mark.parametrize("rounding", ["UPWARD", "TONEAREST"])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_int8_pipeline_matches_the_integer_reference_bit_for_bit(weight_scale: str, rounding: str,
                                                                  per_channel: bool) -> None:
     model = seeded(ConvReluPoolConv(), 3)
     x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype("float32")
+    # "shift" with calibrated scales: the input and output scales differ and are no powers of two
+    calibration = [{"x": x}] if weight_scale == "shift" else None
     config = QuantConfig(weight_scale=weight_scale, rounding=rounding, per_channel=per_channel, global_scale=16.0,
-                         **ALL_LAYERS)
-    expected = _integer_reference(model, x, config)
-    actual = run(quantize(relax_of(model, x.shape), config).module, x)
+                         calibrate_mode="max" if calibration else "global_scale", **ALL_LAYERS)
+    expected = _integer_reference(model, x, config, calibration)
+    result = quantize(relax_of(model, x.shape), config, calibration=calibration)
+    actual = run(result.module, x)
+    fixed_point = [c for c in calls(result.module, "multiply")  # by a 31-bit mantissa
+                   if c.ty.dtype == "int64" and is_constant(c.args[1]) and c.args[1].value.numpy().max() >= 2 ** 30]
+    assert calls(result.module, "right_shift") and bool(fixed_point) == (weight_scale == "max")
     np.testing.assert_array_equal(actual, expected)
     reference = model(torch.from_numpy(x)).detach().numpy()
     assert np.linalg.norm(actual - reference) / np.linalg.norm(reference) < 0.2  # and near the float model

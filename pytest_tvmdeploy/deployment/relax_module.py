@@ -66,7 +66,12 @@ class RelaxModule:
             "quantized_sites": result.quantized_sites,
             "sites": list(result.sites),
             "vnni_convs": result.vnni_convs,
+            "keep_float": list(result.keep_float),
         }
+        if result.sensitivity is not None:
+            self.meta["quantization"]["sensitivity"] = result.sensitivity.to_json()
+        if result.budget is not None:
+            self.meta["quantization"]["budget"] = result.budget.to_json()
         return result.module
 
     def _import(self) -> tvm.IRModule:

@@ -17,6 +17,7 @@ from pytest_tvmdeploy.plugin.records import RECORD_KEY
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, add_options, reproducer_folder
 from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.report.reproducer import write_reproducer
+from pytest_tvmdeploy.report.sensitivity import site_costs
 from pytest_tvmdeploy.report.upstream import FOLDER as UPSTREAM_FOLDER
 from pytest_tvmdeploy.report.upstream import SCRIPT as UPSTREAM_SCRIPT
 from pytest_tvmdeploy.settings.marker import ModelTestSettings
@@ -72,6 +73,7 @@ def _fill(record: TestRecord, result: CheckResult, deployment: Deployment) -> No
     summary = result.summary()
     record.max_abs_error = summary.get("max_abs_error")
     record.quant = summary.get("quant")
+    record.sensitivity = site_costs(deployment.quantization)
     record.error_histogram = result.error_histogram
     record.divergence = result.divergence
     record.compiler_stage = result.compiler_stage

@@ -10,6 +10,8 @@ Usable without pytest::
 Pipeline: ``graph`` (fold batch norm and biases into each conv2d / matmul, find the sites) →
 ``calibrate`` (observe each site's input and output on calibration data, choose scales) →
 ``realize`` (rewrite the sites to int8 x int8 -> int32 with integer requantization).
+With ``sensitivity`` or a ``budget``, ``sensitivity`` measures what each site costs alone in a
+gated simulation, and a budget keeps the costliest sites in float until the outputs meet it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.targets import TargetSpec
 
 if TYPE_CHECKING:  # TVM is imported when a model is quantized, not when the plugin loads
     import tvm
+
+    from pytest_tvmdeploy.quantize.sensitivity import BudgetChoice, Sensitivity
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,14 @@ class QuantizedModule:
     sites: tuple[dict[str, Any], ...]
     calibration_samples: int
     vnni_convs: int = 0  # int8 convs rewritten into the VNNI form (uint8 NCHW16c, packed weights)
+    keep_float: tuple[int, ...] = ()  # sites left in float: the config's and a budget's choice
+    sensitivity: Sensitivity | None = None  # each site's cost alone (with sensitivity or a budget)
+    budget: BudgetChoice | None = None  # what the budget chose and the simulated outputs with it
+
+    @property
+    def kept_float_by_budget(self) -> tuple[int, ...]:
+        """The sites the budget (not the config's ``keep_float``) left in float."""
+        return tuple(i for i in self.keep_float if i not in self.config.keep_float)
 
     @property
     def quantized_sites(self) -> int:
@@ -47,18 +60,51 @@ def quantize(
     config: QuantConfig | str | Mapping[str, Any] = "int8",
     *,
     calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+    evaluation: Iterable[Mapping[str, np.ndarray]] | None = None,
 ) -> QuantizedModule:
-    """Quantize every enabled conv2d / matmul of ``module`` (a frontend's Relax output) to int8."""
-    from pytest_tvmdeploy.quantize.calibrate import site_scales
+    """Quantize every enabled conv2d / matmul of ``module`` (a frontend's Relax output) to int8.
+
+    Sensitivity and a budget are measured on ``evaluation`` (default: the calibration data).
+    """
+    from pytest_tvmdeploy.quantize.calibrate import positional, site_scales
     from pytest_tvmdeploy.quantize.graph import find_sites, prepare
     from pytest_tvmdeploy.quantize.realize import realize
+    from pytest_tvmdeploy.quantize.sensitivity import GatedModel, fit_budget, site_sensitivity
 
     config = QuantConfig.from_value(config)
     prepared = prepare(module)
     sites = find_sites(prepared)
+    _check_keep_float(config, len(sites))
+    if config.measures_sensitivity and evaluation is None and calibration is not None:
+        calibration = evaluation = list(calibration)  # read twice: calibration, then evaluation
     scales, samples = site_scales(prepared, sites, config, calibration)
-    report = tuple(_describe(site, scales[site.index], config) for site in sites)
-    return QuantizedModule(realize(prepared, sites, scales, config), config, report, samples)
+    sensitivity = choice = None
+    used = config
+    realized = None
+    if config.measures_sensitivity:
+        names = [param.name for param in prepared["main"].params]
+        inputs = [positional(sample, names, index) for index, sample in enumerate(evaluation or ())]
+        if not inputs:
+            raise ConfigError(f"quantize: {config.calibration_purpose} needs evaluation inputs: none were given")
+        model = GatedModel(prepared, sites, scales, config, inputs)
+        sensitivity = site_sensitivity(model)
+        if config.budget_target is not None:
+            def keeping(chosen: tuple[int, ...]) -> tvm.IRModule:
+                return realize(prepared, sites, scales, replace(config, keep_float=(*config.keep_float, *chosen)))
+
+            choice, realized = fit_budget(model, sensitivity, *config.budget_target, keeping)
+            used = replace(config, keep_float=(*config.keep_float, *choice.keep_float))
+    report = tuple(_describe(site, scales[site.index], used) for site in sites)
+    realized = realized if realized is not None else realize(prepared, sites, scales, used)
+    return QuantizedModule(realized, config, report, samples, keep_float=used.keep_float, sensitivity=sensitivity,
+                           budget=choice)
+
+
+def _check_keep_float(config: QuantConfig, count: int) -> None:
+    beyond = [index for index in config.keep_float if index >= count]
+    if beyond:
+        raise ConfigError(f"quantize: keep_float names site(s) {beyond}, but the model has {count} quantizable "
+                          f"site(s) (indices 0..{count - 1})")
 
 
 def quantize_for_target(
@@ -67,12 +113,13 @@ def quantize_for_target(
     target: TargetSpec,
     *,
     calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+    evaluation: Iterable[Mapping[str, np.ndarray]] | None = None,
 ) -> QuantizedModule:
     """:func:`quantize`, then, on a CPU with VNNI, every int8 conv that fits it rewritten into the
     VNNI form (uint8 NCHW16c activations, packed weights): the same numbers, ~3x faster tuned."""
     from pytest_tvmdeploy.quantize.vnni import target_has_vnni, use_vnni_convs
 
-    result = quantize(module, config, calibration=calibration)
+    result = quantize(module, config, calibration=calibration, evaluation=evaluation)
     if not target_has_vnni(target):
         return result
     rewritten, count = use_vnni_convs(result.module)
@@ -88,6 +135,7 @@ def _describe(site: Any, scales: Any, config: QuantConfig) -> dict[str, Any]:
         "ordinal": site.ordinal,
         "weight_shape": list(site.weight.shape),
         "quantized": site_enabled(site, config),
+        "kept_float": site.index in config.keep_float,
         "input_scale": scales.input,
         "output_scale": scales.output,
         "input_zero_point": scales.input_zero_point,

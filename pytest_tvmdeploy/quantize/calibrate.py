@@ -47,7 +47,7 @@ def site_scales(
     names = [param.name for param in prepared["main"].params]
     count = 0
     for sample in calibration:
-        args = _positional(sample, names, count)
+        args = positional(sample, names, count)
         watched = flatten_outputs(vm["main"](*tvm_tensors(args))[1])
         for index, ((seen_in, seen_out), values_in, values_out) in enumerate(
                 zip(observers, watched[0::2], watched[1::2])):
@@ -100,7 +100,8 @@ class ChannelMeans:
         return None if self.total is None else self.total / self.count
 
 
-def _positional(sample: Any, names: list[str], index: int) -> list[np.ndarray]:
+def positional(sample: Any, names: list[str], index: int) -> list[np.ndarray]:
+    """A sample (a dict by input name, a list in input order, or one array) as ``main``'s arguments."""
     if isinstance(sample, Mapping):
         missing = [n for n in names if n not in sample]
         if missing:

@@ -10,10 +10,15 @@ from typing import Any
 from pytest_tvmdeploy.errors import ConfigError
 
 CALIBRATE_MODES = ("global_scale", "kl_divergence", "max", "percentile", "mse")
-WEIGHT_SCALES = ("power2", "max")
+#: ``power2``: every scale a power of two; ``max``: weights by max |w|, fixed-point requantization;
+#: ``shift``: activation scales free, each weight scale a power of two times output / input scale.
+WEIGHT_SCALES = ("power2", "max", "shift")
 ROUNDINGS = ("UPWARD", "TONEAREST")
 #: How weights are rounded to their int8 steps: each to the nearest, or by GPTQ against the inputs.
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
+#: What a ``budget`` can ask of the quantized model's outputs against float: logits SQNR in dB,
+#: or top-1 agreement (the share of inputs whose arg-max class is unchanged).
+BUDGET_METRICS = ("sqnr_db", "agreement")
 #: Op kinds ``debug_enabled_ops`` may name (the ops the quantizer rewrites).
 QUANTIZABLE_OPS = ("nn.conv2d", "matmul")
 
@@ -51,9 +56,14 @@ class QuantConfig:
     the calibration data's mean input) and ``unsigned_activations`` (an activation calibration
     never saw negative, such as a ReLU's, gets 255 steps over [0, T] instead of 127) and
     ``weight_rounding="gptq"`` (each weight's rounding error compensated by the weights rounded
-    after it, through the statistics of the site's calibration inputs) are new;
+    after it, through the statistics of the site's calibration inputs) are new; so is mixed
+    precision: ``keep_float`` (site indices left in float), ``budget`` (``"sqnr_db>=25"``,
+    ``"agreement>=0.95"`` or a number of dB: the sites that cost most stay float until the
+    outputs meet it) and ``sensitivity`` (measure what each site costs alone, without a budget);
     ``weight_scale="power2"`` makes every scale
-    (weights and activations) a power of two so each requantization is a shift.
+    (weights and activations) a power of two so each requantization is a shift;
+    ``weight_scale="shift"`` (new) also requantizes by shifts only, but leaves the activation
+    scales free and puts each weight scale on the ladder ``2**k * output_scale / input_scale``.
     ``skip_conv_layers`` is stored sorted and without duplicates; lists given for tuple fields
     are turned into tuples.
     """
@@ -77,6 +87,9 @@ class QuantConfig:
     bias_correction: bool = False
     unsigned_activations: bool = False
     weight_rounding: str = "nearest"
+    keep_float: tuple[int, ...] = ()
+    budget: str | None = None
+    sensitivity: bool = False
 
     def __post_init__(self) -> None:
         for name, supported in _SUPPORTED_WIDTHS.items():
@@ -96,30 +109,21 @@ class QuantConfig:
             raise ConfigError(f"quantize: global_scale={self.global_scale!r} must be > 0")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"quantize: percentile={self.percentile!r} must be in (0, 100]")
-        for name in ("per_channel", "skip_dense_layer", "round_for_shift", "bias_correction", "unsigned_activations"):
+        for name in ("per_channel", "skip_dense_layer", "round_for_shift", "bias_correction", "unsigned_activations",
+                     "sensitivity"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError(f"quantize: {name}={value!r} must be True or False")
-        self._normalise_skip_conv_layers()
+        object.__setattr__(self, "skip_conv_layers", _indices("skip_conv_layers", self.skip_conv_layers,
+                                                              "conv layer indices"))
+        object.__setattr__(self, "keep_float", _indices("keep_float", self.keep_float, "site indices"))
         self._normalise_debug_enabled_ops()
+        self._normalise_budget()
 
     def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in allowed:
             raise ConfigError(f"quantize: {name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-
-    def _normalise_skip_conv_layers(self) -> None:
-        value = self.skip_conv_layers
-        if value is None:
-            value = ()
-        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
-            raise ConfigError(
-                f"quantize: skip_conv_layers={value!r} must be a list of conv layer indices (ints >= 0)"
-            )
-        bad = [item for item in value if not _is_int(item) or item < 0]
-        if bad:
-            raise ConfigError(f"quantize: skip_conv_layers has {bad!r}: the indices must be ints >= 0")
-        object.__setattr__(self, "skip_conv_layers", tuple(sorted(set(value))))
 
     def _normalise_debug_enabled_ops(self) -> None:
         value = self.debug_enabled_ops
@@ -140,12 +144,47 @@ class QuantConfig:
             )
         object.__setattr__(self, "debug_enabled_ops", tuple(dict.fromkeys(value)))
 
+    def _normalise_budget(self) -> None:
+        value = self.budget
+        if value is None:
+            return
+        usage = (f"quantize: budget={value!r} must be a number of dB (the outputs' least SQNR against float) "
+                 f"or '<metric> >= <value>' with metric in {', '.join(map(repr, BUDGET_METRICS))}, "
+                 "e.g. 'sqnr_db>=25' or 'agreement>=0.95'")
+        if _is_number(value):
+            metric, target = "sqnr_db", float(value)
+        elif isinstance(value, str) and ">=" in value:
+            metric, _, number = (part.strip() for part in value.partition(">="))
+            try:
+                target = float(number)
+            except ValueError:
+                raise ConfigError(usage) from None
+        else:
+            raise ConfigError(usage)
+        if metric not in BUDGET_METRICS or not math.isfinite(target) or (
+                metric == "agreement" and not 0 <= target <= 1):
+            raise ConfigError(usage + ("; agreement is a share in [0, 1]" if metric == "agreement" else ""))
+        object.__setattr__(self, "budget", f"{metric}>={target:g}")
+
+    @property
+    def budget_target(self) -> tuple[str, float] | None:
+        """``budget`` as ``(metric, least value)``, e.g. ``("sqnr_db", 25.0)``; None without one."""
+        if self.budget is None:
+            return None
+        metric, _, number = self.budget.partition(">=")
+        return metric, float(number)
+
+    @property
+    def measures_sensitivity(self) -> bool:
+        """Whether quantizing measures each site's cost alone (asked for, or needed by a budget)."""
+        return self.sensitivity or self.budget is not None
+
     @property
     def needs_calibration(self) -> bool:
         """Whether calibration data must be run: for activation thresholds, the input means bias
         correction needs, or the signs ``unsigned_activations`` needs."""
         return (self.calibrate_mode != "global_scale" or self.bias_correction or self.unsigned_activations
-                or self.weight_rounding == "gptq")
+                or self.weight_rounding == "gptq" or self.measures_sensitivity)
 
     @property
     def calibration_purpose(self) -> str:
@@ -153,12 +192,19 @@ class QuantConfig:
         ``calibrate_mode='global_scale' with bias_correction``."""
         extras = [name for name in ("bias_correction", "unsigned_activations") if getattr(self, name)]
         extras += ["weight_rounding='gptq'"] * (self.weight_rounding == "gptq")
+        extras += [f"budget={self.budget!r}"] * (self.budget is not None)
+        extras += ["sensitivity"] * (self.sensitivity and self.budget is None)
         return f"calibrate_mode={self.calibrate_mode!r}" + (f" with {', '.join(extras)}" if extras else "")
 
     @property
     def power2(self) -> bool:
         """Every scale (weights and activations) is a power of two: requantization is a shift."""
         return self.weight_scale == "power2"
+
+    @property
+    def shift_only(self) -> bool:
+        """Every requantization is a bit shift (``power2`` or ``shift`` weight scales)."""
+        return self.weight_scale in ("power2", "shift")
 
     @classmethod
     def from_value(cls, value: Any) -> QuantConfig:
@@ -221,4 +267,18 @@ class QuantConfig:
         """A short id such as ``int8-global_scale-power2`` or ``int8-kl_divergence-max-perchannel``."""
         label = f"{self.dtype_input}-{self.calibrate_mode}-{self.weight_scale}"
         return (label + "-perchannel" * self.per_channel + "-biascorrected" * self.bias_correction
-                + "-unsigned" * self.unsigned_activations + "-gptq" * (self.weight_rounding == "gptq"))
+                + "-unsigned" * self.unsigned_activations + "-gptq" * (self.weight_rounding == "gptq")
+                + "".join(f"-float{index}" for index in self.keep_float)
+                + (f"-budget[{self.budget}]" if self.budget is not None else ""))
+
+
+def _indices(name: str, value: Any, what: str) -> tuple[int, ...]:
+    """A list of indices (ints >= 0) as a sorted tuple without duplicates; None means none."""
+    if value is None:
+        value = ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
+        raise ConfigError(f"quantize: {name}={value!r} must be a list of {what} (ints >= 0)")
+    bad = [item for item in value if not _is_int(item) or item < 0]
+    if bad:
+        raise ConfigError(f"quantize: {name} has {bad!r}: the indices must be ints >= 0")
+    return tuple(sorted(set(value)))

@@ -249,16 +249,18 @@ def substitute(expr: relax.Expr, lookup: Callable[[relax.Var], relax.Expr]) -> r
     return expr
 
 
-def site_call(site: Site, data: relax.Expr, weight: np.ndarray, out_dtype: str, *, padded: bool = False) -> relax.Call:
-    """The site's op on new data/weight, with its original attributes and ``out_dtype``
-    (``padded``: ``data`` is already padded, so the conv pads nothing)."""
+def site_call(site: Site, data: relax.Expr, weight: np.ndarray | relax.Expr, out_dtype: str, *,
+              padded: bool = False) -> relax.Call:
+    """The site's op on new data/weight (a constant or an expression), with its original
+    attributes and ``out_dtype`` (``padded``: ``data`` is already padded, so the conv pads nothing)."""
+    weight = relax.const(weight) if isinstance(weight, np.ndarray) else weight
     if site.kind == CONV:
         attrs = site.call.attrs
         return relax.op.nn.conv2d(
-            data, relax.const(weight), strides=attrs.strides, padding=0 if padded else attrs.padding,
+            data, weight, strides=attrs.strides, padding=0 if padded else attrs.padding,
             dilation=attrs.dilation, groups=attrs.groups, out_dtype=out_dtype,
         )
-    return relax.op.matmul(data, relax.const(weight), out_dtype=out_dtype)
+    return relax.op.matmul(data, weight, out_dtype=out_dtype)
 
 
 def bias_shape(site: Site, ndim: int) -> tuple[int, ...]:
@@ -267,23 +269,30 @@ def bias_shape(site: Site, ndim: int) -> tuple[int, ...]:
     return (1, channels) + (1,) * (ndim - 2) if site.kind == CONV else (channels,)
 
 
-def emit_float(mod: tvm.IRModule, sites: list[Site], *, observe: bool = False) -> tvm.IRModule:
+SiteEmitter = Callable[[relax.BlockBuilder, Site, relax.Expr], relax.Expr]
+
+
+def emit_float(mod: tvm.IRModule, sites: list[Site], *, observe: bool = False,
+               emit_site: SiteEmitter | None = None, extra_params: tuple[relax.Var, ...] = ()) -> tvm.IRModule:
     """The module with every site's chain folded (float). With ``observe``, ``main`` returns
-    ``(original result, (site0 input, site0 output, site1 input, ...))`` for calibration."""
+    ``(original result, (site0 input, site0 output, site1 input, ...))`` for calibration.
+    ``emit_site`` (default :func:`float_site`) makes each site's value from its data; ``main``
+    takes ``extra_params`` after the model's own inputs."""
+    emit_site = emit_site or float_site
     func, bindings = main_block(mod)
     by_call = {site.call: site for site in sites}
     replaced = {var for site in sites for var in (*site.chain, site.output)}
     remap: dict[Any, relax.Expr] = {}
     lookup = lambda var: remap.get(var, var)  # noqa: E731
     bb = relax.BlockBuilder()
-    with bb.function("main", list(func.params)):
+    with bb.function("main", [*func.params, *extra_params]):
         with bb.dataflow():
             for binding in bindings:
                 site = by_call.get(binding.value)
                 if site is None and binding.var in replaced:
                     continue  # folded into its site
                 if site is not None:
-                    remap[site.output] = _emit(bb, site.output, float_site(bb, site, substitute(site.input, lookup)))
+                    remap[site.output] = _emit(bb, site.output, emit_site(bb, site, substitute(site.input, lookup)))
                     continue
                 remap[binding.var] = _emit(bb, binding.var, substitute(binding.value, lookup))
             result = substitute(func.body.body, lookup)
@@ -294,11 +303,15 @@ def emit_float(mod: tvm.IRModule, sites: list[Site], *, observe: bool = False) -
     return bb.get()
 
 
-def float_site(bb: relax.BlockBuilder, site: Site, data: relax.Expr) -> relax.Expr:
-    """The folded site in float: op with folded weights, bias, absorbed activation (not emitted)."""
-    out = bb.emit(site_call(site, data, site.weight.astype(np.float32), "float32"))
-    bias = relax.const(site.bias.reshape(bias_shape(site, site.output.ty.ndim)).astype(np.float32))
-    out = relax.op.add(out, bias)
+def float_site(bb: relax.BlockBuilder, site: Site, data: relax.Expr, weight: relax.Expr | None = None,
+               bias: relax.Expr | None = None) -> relax.Expr:
+    """The folded site in float: op with folded weights, bias, absorbed activation (not emitted).
+    ``weight`` / ``bias`` (bias shaped as :func:`bias_shape`) replace the folded constants."""
+    if weight is None:
+        weight = relax.const(site.weight.astype(np.float32))
+    if bias is None:
+        bias = relax.const(site.bias.reshape(bias_shape(site, site.output.ty.ndim)).astype(np.float32))
+    out = relax.op.add(bb.emit(site_call(site, data, weight, "float32")), bias)
     if site.activation is not None:
         out = relax.Call(site.activation.op, [bb.emit(out), *site.activation.args[1:]], site.activation.attrs,
                          site.activation.ty_args)

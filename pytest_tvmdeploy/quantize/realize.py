@@ -41,6 +41,7 @@ from pytest_tvmdeploy.quantize.scales import (
     power2_exponent,
     quantize_bias,
     quantize_to_int8,
+    shift_weight_scales,
     weight_scales,
 )
 
@@ -76,12 +77,54 @@ class Int8(NamedTuple):
 
 
 def site_enabled(site: Site, config: QuantConfig) -> bool:
-    """Whether the config quantizes this site (skip lists, dense switch, debug op filter)."""
+    """Whether the config quantizes this site (skip lists, dense switch, debug op filter, sites
+    kept in float)."""
+    if site.index in config.keep_float:
+        return False
     if config.debug_enabled_ops is not None and site.kind not in config.debug_enabled_ops:
         return False
     if site.kind == "matmul":
         return not config.skip_dense_layer
     return site.ordinal not in config.skip_conv_layers
+
+
+class SiteIntegers(NamedTuple):
+    """A quantized site's constants: int8 weights, their scales, the accumulator's scales (input
+    scale times weight scales) and the int32 bias in accumulator steps (before the term an input
+    zero point adds)."""
+
+    weights: np.ndarray
+    weight_scales: np.ndarray
+    accumulator_scales: np.ndarray
+    bias: np.ndarray
+
+    def dequantized(self, site: Site) -> tuple[np.ndarray, np.ndarray]:
+        """The float weights and bias these integers stand for."""
+        along = broadcast_along(self.weight_scales, site.weight.ndim, site.channel_axis)
+        return (self.weights.astype(np.float64) * along,
+                self.bias.astype(np.float64) * np.broadcast_to(self.accumulator_scales, self.bias.shape))
+
+
+def site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input_scale: float) -> SiteIntegers:
+    """The int8 weights (rounded to nearest or by GPTQ) and the int32 bias (bias-corrected if asked)
+    of a site whose int8 input has ``input_scale``."""
+    axis = site.channel_axis
+    if config.weight_scale == "shift":
+        w_scales = shift_weight_scales(site.weight, calibrated.output / input_scale, per_channel=config.per_channel,
+                                       axis=axis)
+    else:
+        w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
+    if config.weight_rounding == "gptq" and calibrated.input_hessian is not None:
+        weights = gptq_weights(site, w_scales, calibrated.input_hessian)
+    else:
+        weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
+    accumulator_scales = input_scale * np.asarray(w_scales, dtype=np.float64)
+    float_bias = site.bias
+    if config.bias_correction and calibrated.input_means is not None:
+        dequantized = weights.astype(np.float64) * broadcast_along(w_scales, site.weight.ndim, axis)
+        float_bias = site.bias - weight_error_on_mean(site, dequantized - site.weight, calibrated.input_means)
+    bias = quantize_bias(float_bias, np.broadcast_to(accumulator_scales, site.bias.shape))
+    return SiteIntegers(weights, w_scales, accumulator_scales, bias)
 
 
 def realize(mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig) -> tvm.IRModule:
@@ -170,19 +213,9 @@ class _Realizer:
         data, input_scale, input_zero_point = self._int8_input(site)
         if input_zero_point and site.kind == CONV:
             data = self._pad_with(data, input_zero_point, site)
-        axis = site.channel_axis
-        w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
-        if config.weight_rounding == "gptq" and calibrated.input_hessian is not None:
-            weights = gptq_weights(site, w_scales, calibrated.input_hessian)
-        else:
-            weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)
-        accumulator_scales = input_scale * np.asarray(w_scales, dtype=np.float64)
+        integers = site_integers(site, calibrated, config, input_scale)
+        weights, accumulator_scales, bias = integers.weights, integers.accumulator_scales, integers.bias
         acc = self.bb.emit(site_call(site, data, weights, "int32", padded=bool(input_zero_point)))
-        float_bias = site.bias
-        if config.bias_correction and calibrated.input_means is not None:
-            dequantized = weights.astype(np.float64) * broadcast_along(w_scales, site.weight.ndim, site.channel_axis)
-            float_bias = site.bias - weight_error_on_mean(site, dequantized - site.weight, calibrated.input_means)
-        bias = quantize_bias(float_bias, np.broadcast_to(accumulator_scales, site.bias.shape))
         if input_zero_point:  # sum(w * (q - z)) = sum(w * q) - z * sum(w): the second term joins the bias
             bias = bias - input_zero_point * _weight_sums(weights, site)
         acc = self.bb.emit(R.add(acc, relax.const(bias.reshape(bias_shape(site, ndim)).astype("int32"))))
@@ -222,8 +255,8 @@ class _Realizer:
         dead = np.asarray(ratio) < 2.0 ** -31
         ratio = np.where(dead, 1.0, ratio)
         wide = self.bb.emit(R.astype(acc, "int64"))
-        if self.config.power2:
-            exponent = np.asarray(power2_exponent(ratio), dtype=np.int64)
+        if self.config.shift_only:  # with "shift" weight scales, powers of two up to float rounding
+            exponent = np.asarray(power2_exponent(ratio, tolerance=1e-9), dtype=np.int64)
             left, right = np.maximum(exponent, 0), np.maximum(-exponent, 0)
             if left.any():
                 wide = self.bb.emit(R.left_shift(wide, _const(left, shape)))

@@ -72,6 +72,26 @@ def weight_scales(weights: np.ndarray, *, power2: bool, per_channel: bool, axis:
     return scales.reshape(maxima.shape).astype(np.float32)
 
 
+def shift_weight_scales(weights: np.ndarray, base: float, *, per_channel: bool, axis: int = 0) -> np.ndarray:
+    """float64 step sizes ``base * 2**k``, each the finest of that ladder that keeps ``max |w|``
+    within 127 steps (per tensor, shape ``()``, or per channel along ``axis``). With ``base =
+    output_scale / input_scale``, the requantization ratio ``input * weight / output`` is ``2**k``:
+    a shift, whatever the activation scales. An all-zero tensor or channel gets ``base``."""
+    if not base > 0 or not math.isfinite(base):
+        raise ValueError(f"shift_weight_scales: base must be a finite number > 0, got {base!r}")
+    magnitudes = np.abs(np.asarray(weights, dtype=np.float64))
+    if not np.all(np.isfinite(magnitudes)):
+        raise ValueError("shift_weight_scales: the weights contain NaN or infinity")
+    if per_channel:
+        moved = np.moveaxis(magnitudes, axis % magnitudes.ndim, 0)
+        maxima = moved.reshape(moved.shape[0], -1).max(axis=1, initial=0.0)
+    else:
+        maxima = np.asarray(magnitudes.max(initial=0.0))
+    ladder = QMAX * base
+    exponents = np.ceil(np.log2(np.where(maxima > 0, maxima, ladder) / ladder))
+    return np.ldexp(base, exponents.astype(np.int64))
+
+
 def broadcast_along(scales: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
     """Per-channel ``scales`` shaped to multiply an array of ``ndim`` axes along ``axis`` (per-tensor
     scales, or ``axis=None``, as they are), in float64."""
@@ -199,9 +219,13 @@ def shift_requantize(
     return _clip_int8(np.where(shift >= 0, shifted_right, shifted_left))
 
 
-def power2_exponent(ratio: float | np.ndarray) -> np.ndarray:
-    """int64 ``k`` with ``ratio == 2**k`` exactly; ValueError if a ratio is not a power of two."""
+def power2_exponent(ratio: float | np.ndarray, *, tolerance: float = 0.0) -> np.ndarray:
+    """int64 ``k`` with ``ratio == 2**k`` exactly (within a relative ``tolerance``, for ratios of
+    float scales that are powers of two up to rounding); ValueError if a ratio is not one."""
     ratio = np.asarray(ratio, dtype=np.float64)
+    if tolerance:
+        nearest = np.ldexp(1.0, np.round(np.log2(np.where(ratio > 0, ratio, 1.0))).astype(np.int64))
+        ratio = np.where(np.abs(ratio / nearest - 1) <= tolerance, nearest, ratio)
     fraction, exponent = np.frexp(ratio)
     bad = ~((fraction == 0.5) & np.isfinite(ratio))
     if np.any(bad):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
-from pytest_tvmdeploy.report import plots
+from pytest_tvmdeploy.report import plots, sensitivity
 from pytest_tvmdeploy.report.coverage import COLUMNS as COVERAGE_COLUMNS
 from pytest_tvmdeploy.report.coverage import operator_coverage
 from pytest_tvmdeploy.report.record import OUTCOMES, TestRecord
@@ -24,6 +24,7 @@ FIGURES: tuple[tuple[str, Callable[[Sequence[TestRecord]], bytes | None]], ...] 
     ("Error distribution |TVM − reference| per model", plots.error_histograms),
     ("Latency per model", plots.latencies),
     ("int8 quantization metrics", plots.quantization),
+    ("int8 sensitivity: each site quantized alone", sensitivity.plot),
 )
 
 STYLE = """
@@ -67,7 +68,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<title>pytest-tvmdeploy report</title>\n"
         f"<style>{STYLE}</style>\n<script>{SCRIPT}</script>\n</head>\n"
         f"<body data-images-total=\"{len(figures)}\">\n"
-        f"{header(report, records)}\n{table(records)}\n{figures_html(figures)}\n{coverage_html(records)}\n"
+        f"{header(report, records)}\n{table(records)}\n{figures_html(figures)}\n{sensitivity.section(records)}\n"
+        f"{coverage_html(records)}\n"
         "</body>\n</html>\n"
     )
 

@@ -49,7 +49,7 @@ def error_histograms(records: Sequence[TestRecord]) -> bytes | None:
         return None
     columns = min(3, len(groups))
     rows = math.ceil(len(groups) / columns)
-    figure = _figure(4.2 * columns, 3.2 * rows)
+    figure = new_figure(4.2 * columns, 3.2 * rows)
     for index, (model, group) in enumerate(groups.items()):
         axes = figure.add_subplot(rows, columns, index + 1)
         for record in group:
@@ -59,7 +59,7 @@ def error_histograms(records: Sequence[TestRecord]) -> bytes | None:
         axes.set_ylabel("fraction of elements", fontsize=8)
         axes.tick_params(labelsize=7)
         axes.legend(fontsize=6, loc="upper left")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _histogram(record: TestRecord) -> Mapping[str, Any] | None:
@@ -85,7 +85,7 @@ def latencies(records: Sequence[TestRecord]) -> bytes | None:
     rows = [(r, bars) for r, bars in rows if bars]
     if not rows:
         return None
-    figure = _figure(9, 1.2 + 0.55 * len(rows))
+    figure = new_figure(9, 1.2 + 0.55 * len(rows))
     axes = figure.add_subplot(1, 1, 1)
     seen: set[str] = set()
     for y, (_, bars) in enumerate(rows):
@@ -94,7 +94,7 @@ def latencies(records: Sequence[TestRecord]) -> bytes | None:
     _log_ms_axis(axes, [ms for _, bars in rows for *_, ms in bars])
     axes.set_title("Latency per run: TVM and the framework reference", fontsize=10)
     figure.legend(loc="outside upper center", ncols=4, fontsize=8)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _draw_latency_row(axes: Axes, y: int, bars: list[tuple[int, str, str, float]], seen: set[str]) -> None:
@@ -135,7 +135,7 @@ def quantization(records: Sequence[TestRecord]) -> bytes | None:
     rows = [r for group in by_model(records).values() for r in group if _quant(r) is not None]
     if not rows:
         return None
-    figure = _figure(9, 2.0 + 0.45 * len(rows))
+    figure = new_figure(9, 2.0 + 0.45 * len(rows))
     labels = [f"{r.model_name}\n{case_label(r)}" for r in rows]
     for column, (key, title, colour) in enumerate((("cosine", "cosine similarity", "#2ca02c"),
                                                    ("sqnr_db", "SQNR (dB)", "#9467bd"))):
@@ -152,7 +152,7 @@ def quantization(records: Sequence[TestRecord]) -> bytes | None:
         else:
             axes.margins(x=0.15)  # room for the value labels
     figure.suptitle("int8 against fp32")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _cosine_range(values: list[float]) -> tuple[float, float]:
@@ -183,7 +183,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A figure on its own Agg canvas (no pyplot, no global backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -193,7 +193,7 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()

@@ -48,6 +48,7 @@ class TestRecord:
     snapshot: str | None = None            # written, matched, failed, damaged
     max_abs_error: float | None = None
     quant: dict[str, float | None] | None = None          # int8 metrics: cosine, sqnr_db
+    sensitivity: dict[str, Any] | None = None             # each int8 site's cost alone, a budget's choice
     error_histogram: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None              # the first diverging operator, or {"error": ...}
     compiler_stage: dict[str, Any] | None = None          # the stage bisection's verdict, or {"error": ...}
