@@ -48,10 +48,10 @@ class BlockNet(torch.nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def int8_module(convs: list[dict]) -> tuple[tvm.IRModule, list[np.ndarray]]:
+def int8_module(convs: list[dict], channels: int = 32) -> tuple[tvm.IRModule, list[np.ndarray]]:
     """``main(x)`` applying int8 convs (``weight``, conv2d keyword arguments) to the same input."""
     rng = np.random.default_rng(0)
-    x = relax.Var("x", relax.TensorType((1, 32, 11, 11), "int8"))
+    x = relax.Var("x", relax.TensorType((1, channels, 11, 11), "int8"))
     weights = [rng.integers(-127, 128, spec.pop("weight_shape")).astype("int8") for spec in convs]
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
@@ -63,24 +63,29 @@ def int8_module(convs: list[dict]) -> tuple[tvm.IRModule, list[np.ndarray]]:
     return bb.get(), weights
 
 
-def test_packed_weights_follow_the_blocked_layout() -> None:
-    weights = np.random.default_rng(1).integers(-127, 128, (32, 48, 3, 2)).astype("int8")
+@pytest.mark.parametrize("shape", [(32, 48, 3, 2), (24, 40, 1, 1)])
+def test_packed_weights_follow_the_blocked_layout(shape: tuple[int, ...]) -> None:
+    weights = np.random.default_rng(1).integers(-127, 128, shape).astype("int8")
     packed = pack_weights(weights)
-    assert packed.shape == (2, 3, 3, 2, 4, 16, 4)
+    assert packed.shape == (-(-shape[0] // 16), -(-shape[1] // 16), *shape[2:], 4, 16, 4)
     for o, i, y, x, j, ob, k in np.ndindex(*packed.shape):
-        assert packed[o, i, y, x, j, ob, k] == weights[16 * o + ob, 16 * i + 4 * j + k, y, x]
+        out, into = 16 * o + ob, 16 * i + 4 * j + k
+        real = out < shape[0] and into < shape[1]  # the rest pads the channels to whole blocks
+        assert packed[o, i, y, x, j, ob, k] == (weights[out, into, y, x] if real else 0)
 
 
-def test_only_plain_int8_convs_in_16_channel_blocks_are_rewritten() -> None:
+def test_plain_int8_convs_are_rewritten_grouped_and_narrow_ones_kept() -> None:
     module, _ = int8_module([
         {"weight_shape": (16, 32, 3, 3), "padding": (1, 1, 1, 1)},  # eligible
         {"weight_shape": (32, 1, 3, 3), "groups": 32},  # depthwise
-        {"weight_shape": (8, 32, 1, 1)},  # 8 output channels: no whole block
+        {"weight_shape": (8, 32, 1, 1)},  # 8 output channels: padded to a block
     ])
     rewritten, count = use_vnni_convs(module)
-    assert count == 1
+    assert count == 2
     text = rewritten.script()
-    assert "conv2d_nchw16c_u8i8" in text and text.count("R.nn.conv2d(") == 2
+    assert "conv2d_nchw16c_u8i8" in text and text.count("R.nn.conv2d(") == 1
+    narrow, _ = int8_module([{"weight_shape": (16, 4, 1, 1)}], channels=4)
+    assert use_vnni_convs(narrow)[1] == 0  # 4 of 16 lanes would be padding
 
 
 def test_which_targets_have_vnni() -> None:
@@ -91,12 +96,13 @@ def test_which_targets_have_vnni() -> None:
 
 
 @needs_vnni_cpu
-def test_the_vnni_form_computes_the_same_integers() -> None:
+@pytest.mark.parametrize("channels, outputs", [(32, (48, 32)), (24, (24, 40))], ids=["blocks", "padded"])
+def test_the_vnni_form_computes_the_same_integers(channels: int, outputs: tuple[int, int]) -> None:
     module, weights = int8_module([
-        {"weight_shape": (48, 32, 3, 3), "strides": (2, 2), "padding": (1, 0, 2, 1)},
-        {"weight_shape": (32, 32, 3, 3), "padding": (2, 2, 2, 2), "dilation": (2, 2)},
-    ])
-    x = np.random.default_rng(2).integers(-128, 128, (1, 32, 11, 11)).astype("int8")
+        {"weight_shape": (outputs[0], channels, 3, 3), "strides": (2, 2), "padding": (1, 0, 2, 1)},
+        {"weight_shape": (outputs[1], channels, 3, 3), "padding": (2, 2, 2, 2), "dilation": (2, 2)},
+    ], channels)
+    x = np.random.default_rng(2).integers(-128, 128, (1, channels, 11, 11)).astype("int8")
     rewritten, count = use_vnni_convs(module)
     assert count == 2
     results = []

@@ -12,7 +12,10 @@ which is the same int32 result, exactly: ``sum((x + 128) * w) = sum(x * w) + 128
 Everything after the ``+ 128`` is one TIR function, layout changes included: MetaSchedule places
 them inside the conv's tiles, and the requantization that follows fuses into the function,
 instead of separate passes over memory (mobilenet_v2: 47 tuning tasks instead of 89).
-Depthwise/grouped convs and convs whose channels are not multiples of 16 keep their form.
+Channel counts that are not multiples of 16 are padded to the next block: zero weights for the
+missing input and output channels (so the padded data channels add nothing), and only the real
+output channels are read back. Depthwise/grouped convs, and convs reading fewer than
+:data:`MIN_IN_CHANNELS` channels (mostly padding), keep their form.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ if TYPE_CHECKING:
 BLOCK = 16  #: channels per block, data and output
 LANES = 4  #: uint8 x int8 products one ``vpdpbusd`` lane sums
 SHIFT = 128  #: int8 -> uint8 offset
+MIN_IN_CHANNELS = 8  #: fewer input channels would make the padded blocks mostly zeros
+
+
+def blocks(channels: int) -> int:
+    """16-channel blocks that hold ``channels`` (the last one padded)."""
+    return -(-channels // BLOCK)
 
 
 def target_has_vnni(target: TargetSpec) -> bool:
@@ -54,15 +63,18 @@ def use_vnni_convs(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
 
 def pack_weights(weights: np.ndarray) -> np.ndarray:
     """OIHW int8 weights as ``conv2d_NCHWc_int8`` reads them: ``[O/16, I/16, KH, KW, 4, 16, 4]``
-    with ``packed[o, i, y, x, j, ob, k] = weights[16 o + ob, 16 i + 4 j + k, y, x]``."""
+    with ``packed[o, i, y, x, j, ob, k] = weights[16 o + ob, 16 i + 4 j + k, y, x]`` (0 for the
+    channels that pad O and I to whole blocks)."""
     out_channels, in_channels, height, width = weights.shape
-    blocked = weights.reshape(out_channels // BLOCK, BLOCK, in_channels // BLOCK, BLOCK // LANES, LANES, height, width)
+    padded = np.zeros((blocks(out_channels) * BLOCK, blocks(in_channels) * BLOCK, height, width), weights.dtype)
+    padded[:out_channels, :in_channels] = weights
+    blocked = padded.reshape(blocks(out_channels), BLOCK, blocks(in_channels), BLOCK // LANES, LANES, height, width)
     return np.ascontiguousarray(blocked.transpose(0, 2, 5, 6, 3, 1, 4))
 
 
 def eligible(call: relax.Call) -> bool:
-    """An int8 x int8 -> int32 NCHW/OIHW conv2d with constant weights, not grouped, with channel
-    counts that split into 16-channel blocks."""
+    """An int8 x int8 -> int32 NCHW/OIHW conv2d with constant weights, not grouped, reading at
+    least :data:`MIN_IN_CHANNELS` channels."""
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
         return False
     data, weights = call.args
@@ -74,8 +86,7 @@ def eligible(call: relax.Call) -> bool:
     data_type = data.ty
     if getattr(data_type, "dtype", None) != "int8" or str(weights.value.dtype) != "int8" or data_type.shape is None:
         return False
-    out_channels, in_channels = weights.value.shape[:2]
-    return out_channels % BLOCK == 0 and in_channels % BLOCK == 0
+    return weights.value.shape[1] >= MIN_IN_CHANNELS
 
 
 def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: list[int], padding: list[int],
@@ -89,14 +100,15 @@ def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: 
     top, left, bottom, right = padding
     (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
     batch, in_channels, height, width = get_const_tuple(data.shape)
-    in_chunks = in_channels // BLOCK
+    in_chunks = blocks(in_channels)
     out_chunks, _, kernel_h, kernel_w, _, _, _ = get_const_tuple(kernel.shape)
+    (out_channels,) = get_const_tuple(offsets.shape)
     padded = te.compute(
         (batch, in_chunks, height + top + bottom, width + left + right, BLOCK),
         lambda n, c, y, x, cb: te.if_then_else(
-            te.all(y >= top, y < top + height, x >= left, x < left + width),
-            data[n, c * BLOCK + cb, y - top, x - left],
-            te.const(SHIFT, "uint8"),
+            te.all(y >= top, y < top + height, x >= left, x < left + width, c * BLOCK + cb < in_channels),
+            data[n, te.min(c * BLOCK + cb, in_channels - 1), y - top, x - left],
+            te.const(SHIFT, "uint8"),  # int8 zero; in a padding channel it meets zero weights
         ),
         name="pad_u8_nchw16c",
     )
@@ -116,7 +128,7 @@ def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: 
         name="conv2d_nchw16c_u8i8",
     )
     return te.compute(
-        (batch, out_chunks * BLOCK, out_h, out_w),
+        (batch, out_channels, out_h, out_w),
         lambda n, c, y, x: blocked[n, c // BLOCK, y, x, c % BLOCK] - offsets[c],
         name="conv2d_nchw16c_u8i8_nchw",
     )
