@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from int8_runs import int8_run, relax_of, sqnr
 from models import separable_block, separable_inputs
@@ -102,3 +103,22 @@ def test_bad_site_indices_and_missing_data_name_the_cause(block_data) -> None:
     with pytest.raises(ConfigError, match="needs evaluation inputs: none were given"):
         quantize(module, QuantConfig(sensitivity=True, calibrate_mode="max"),
                  calibration=[{"x": x} for x in calibration], evaluation=[])
+
+
+class ClassIds(torch.nn.Module):
+    """A conv whose only output is the arg-max class per pixel (int64)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).argmax(dim=1)
+
+
+def test_a_model_without_float_outputs_has_no_sensitivity_to_measure(block_data) -> None:
+    calibration, _ = block_data
+    module = relax_of(ClassIds().eval(), calibration[0])
+    with pytest.raises(ConfigError, match="the model has none \\(only integer or bool outputs\\)"):
+        quantize(module, QuantConfig(sensitivity=True, calibrate_mode="max", skip_conv_layers=[]),
+                 calibration=[{"x": x} for x in calibration])

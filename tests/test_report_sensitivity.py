@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_html_report import assert_png, parse
+
 from pytest_tvmdeploy.report import sensitivity
 from pytest_tvmdeploy.report.html import render_html, write_html_report
 from pytest_tvmdeploy.report.record import SCHEMA_VERSION, TestRecord
@@ -30,8 +30,9 @@ def record_with(count: int, kept: list[int], budget: dict | None) -> TestRecord:
 def test_the_table_lists_the_costliest_sites_first_and_marks_those_kept_float() -> None:
     budget = {"metric": "sqnr_db", "target": 30.0, "keep_float": [14, 9], "sqnr_db": 31.25, "agreement": 1.0,
               "met": True, "simulated_sqnr_db": 31.5, "simulated_agreement": 1.0, "builds": 1}
+    plain = TestRecord(test="t::plain", target="llvm")
     report = {"schema": SCHEMA_VERSION, "tvm": "0.27", "targets": [],
-              "tests": [record_with(15, [9, 14], budget).to_json(), TestRecord(test="t::plain", target="llvm").to_json()]}
+              "tests": [record_with(15, [9, 14], budget).to_json(), plain.to_json()]}
     page = render_html(report)
     parser = parse(page, "sensitivity-0")
     header, *rows = parser.rows

@@ -19,6 +19,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
+from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import Site, bias_shape, emit_float, float_site
 from pytest_tvmdeploy.quantize.realize import SiteScales, int8_bounds, site_enabled, site_integers
@@ -123,6 +124,9 @@ class GatedModel:
 def compare(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -> Quality:
     """SQNR over all float outputs of all inputs; top-1 agreement of the first output if it is
     ``(batch, classes)``."""
+    if not any(row for row in reference):
+        raise ConfigError("quantize: sensitivity and budgets measure the float outputs against float, and the model "
+                          "has none (only integer or bool outputs)")
     expected = np.concatenate([v.astype(np.float64).ravel() for row in reference for v in row])
     got = np.concatenate([v.astype(np.float64).ravel() for row in actual for v in row])
     noise = float(((expected - got) ** 2).sum())
