@@ -66,10 +66,9 @@ def quantize(
 
     Sensitivity and a budget are measured on ``evaluation`` (default: the calibration data).
     """
-    from pytest_tvmdeploy.quantize.calibrate import positional, site_scales
+    from pytest_tvmdeploy.quantize.calibrate import site_scales
     from pytest_tvmdeploy.quantize.graph import find_sites, prepare
     from pytest_tvmdeploy.quantize.realize import realize
-    from pytest_tvmdeploy.quantize.sensitivity import GatedModel, fit_budget, site_sensitivity
 
     config = QuantConfig.from_value(config)
     prepared = prepare(module)
@@ -78,26 +77,39 @@ def quantize(
     if config.measures_sensitivity and evaluation is None and calibration is not None:
         calibration = evaluation = list(calibration)  # read twice: calibration, then evaluation
     scales, samples = site_scales(prepared, sites, config, calibration)
-    sensitivity = choice = None
-    used = config
-    realized = None
+    sensitivity = choice = realized = None
     if config.measures_sensitivity:
-        names = [param.name for param in prepared["main"].params]
-        inputs = [positional(sample, names, index) for index, sample in enumerate(evaluation or ())]
-        if not inputs:
-            raise ConfigError(f"quantize: {config.calibration_purpose} needs evaluation inputs: none were given")
-        model = GatedModel(prepared, sites, scales, config, inputs)
-        sensitivity = site_sensitivity(model)
-        if config.budget_target is not None:
-            def keeping(chosen: tuple[int, ...]) -> tvm.IRModule:
-                return realize(prepared, sites, scales, replace(config, keep_float=(*config.keep_float, *chosen)))
-
-            choice, realized = fit_budget(model, sensitivity, *config.budget_target, keeping)
-            used = replace(config, keep_float=(*config.keep_float, *choice.keep_float))
+        sensitivity, choice, realized = _mixed_precision(prepared, sites, scales, config, evaluation or ())
+    used = replace(config, keep_float=(*config.keep_float, *choice.keep_float)) if choice is not None else config
     report = tuple(_describe(site, scales[site.index], used) for site in sites)
     realized = realized if realized is not None else realize(prepared, sites, scales, used)
     return QuantizedModule(realized, config, report, samples, keep_float=used.keep_float, sensitivity=sensitivity,
                            budget=choice)
+
+
+def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[int, Any], config: QuantConfig,
+                     evaluation: Iterable[Mapping[str, np.ndarray]],
+                     ) -> tuple[Sensitivity, BudgetChoice | None, tvm.IRModule | None]:
+    """Each site's cost alone on ``evaluation`` and, with a budget, its choice of float sites and
+    the integer module keeping them (measured)."""
+    from pytest_tvmdeploy.quantize.calibrate import positional
+    from pytest_tvmdeploy.quantize.realize import realize
+    from pytest_tvmdeploy.quantize.sensitivity import GatedModel, fit_budget, site_sensitivity
+
+    names = [param.name for param in prepared["main"].params]
+    inputs = [positional(sample, names, index) for index, sample in enumerate(evaluation)]
+    if not inputs:
+        raise ConfigError(f"quantize: {config.calibration_purpose} needs evaluation inputs: none were given")
+    model = GatedModel(prepared, sites, dict(scales), config, inputs)
+    sensitivity = site_sensitivity(model)
+    if config.budget_target is None:
+        return sensitivity, None, None
+
+    def keeping(chosen: tuple[int, ...]) -> tvm.IRModule:
+        return realize(prepared, sites, dict(scales), replace(config, keep_float=(*config.keep_float, *chosen)))
+
+    choice, realized = fit_budget(model, sensitivity, *config.budget_target, keeping)
+    return sensitivity, choice, realized
 
 
 def _check_keep_float(config: QuantConfig, count: int) -> None:
