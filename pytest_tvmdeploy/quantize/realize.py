@@ -186,10 +186,7 @@ class _Realizer:
             return self.floats[var]
         if var in self.int8:
             data, scale, zero_point = self.int8[var]
-            values = R.astype(data, "float32")
-            if zero_point:
-                values = R.subtract(values, relax.const(float(zero_point), "float32"))
-            self.floats[var] = self.bb.emit(R.multiply(values, relax.const(scale, "float32")))
+            self.floats[var] = self.bb.emit(from_int8_steps(R.astype(data, "float32"), scale, zero_point))
             return self.floats[var]
         return var
 
@@ -199,11 +196,8 @@ class _Realizer:
             return self.int8[data]
         scales = self.scales[site.index]
         scale, zero_point = scales.input, scales.input_zero_point
-        steps = R.round(R.divide(self._float(data), relax.const(scale, "float32")))
-        if zero_point:
-            steps = R.add(steps, relax.const(float(zero_point), "float32"))
-        low, high = int8_bounds(-np.inf, np.inf, scale, zero_point)
-        return Int8(self.bb.emit(R.astype(R.clip(steps, low, high), "int8")), scale, zero_point)
+        return Int8(self.bb.emit(R.astype(int8_steps(self._float(data), scale, zero_point), "int8")), scale,
+                    zero_point)
 
     # -- sites --------------------------------------------------------------------------------
 
@@ -349,6 +343,22 @@ def weight_error_on_mean(site: Site, error: np.ndarray, means: np.ndarray) -> np
     grouped_means = means.reshape(groups, per_group)  # input channel g * per_group + i
     summed = error.sum(axis=(2, 3)).reshape(groups, out_channels // groups, per_group)
     return np.einsum("goi,gi->go", summed, grouped_means).reshape(out_channels)
+
+
+def int8_steps(values: relax.Expr, scale: float, zero_point: int = 0) -> relax.Expr:
+    """Float ``values`` as the int8 values that store them (rounded steps plus the zero point,
+    clipped to the stored range), still as float32 (not emitted)."""
+    steps = R.round(R.divide(values, relax.const(scale, "float32")))
+    if zero_point:
+        steps = R.add(steps, relax.const(float(zero_point), "float32"))
+    return R.clip(steps, *int8_bounds(-np.inf, np.inf, scale, zero_point))
+
+
+def from_int8_steps(stored: relax.Expr, scale: float, zero_point: int = 0) -> relax.Expr:
+    """The real value of float32 ``stored`` int8 values: ``(stored - zero_point) * scale`` (not emitted)."""
+    if zero_point:
+        stored = R.subtract(stored, relax.const(float(zero_point), "float32"))
+    return R.multiply(stored, relax.const(scale, "float32"))
 
 
 def int8_bounds(low: float, high: float, scale: float, zero_point: int = 0) -> tuple[int, int]:

@@ -47,6 +47,21 @@ def activation_scale(threshold: float, *, power2: bool, unsigned: bool = False) 
     return _scale_of(float(threshold), power2, UMAX if unsigned else QMAX)
 
 
+def max_magnitudes(weights: np.ndarray, *, per_channel: bool, axis: int = 0, caller: str) -> np.ndarray:
+    """``max |w|`` of the whole tensor (shape ``()``) or of each channel along ``axis`` (0 for an
+    empty one), in float64; ``caller`` names the function in the errors."""
+    magnitudes = np.abs(np.asarray(weights, dtype=np.float64))
+    if not np.all(np.isfinite(magnitudes)):
+        raise ValueError(f"{caller}: the weights contain NaN or infinity")
+    if not per_channel:
+        return np.asarray(magnitudes.max() if magnitudes.size else 0.0)
+    if magnitudes.ndim == 0:
+        raise ValueError(f"{caller}: per-channel scales need weights with at least one axis")
+    axis = axis % magnitudes.ndim
+    others = tuple(i for i in range(magnitudes.ndim) if i != axis)
+    return np.atleast_1d(magnitudes.max(axis=others) if magnitudes.size else np.zeros(magnitudes.shape[axis]))
+
+
 def weight_scales(weights: np.ndarray, *, power2: bool, per_channel: bool, axis: int = 0) -> np.ndarray:
     """float32 step sizes from ``max |w|``, with the formula of :func:`activation_scale`.
 
@@ -56,18 +71,7 @@ def weight_scales(weights: np.ndarray, *, power2: bool, per_channel: bool, axis:
     weights above ``127/128 * P`` (such as one exactly at ``P``, which maps to 128) are clipped,
     and they lose less than one step.
     """
-    magnitudes = np.abs(np.asarray(weights, dtype=np.float64))
-    if not np.all(np.isfinite(magnitudes)):
-        raise ValueError("weight_scales: the weights contain NaN or infinity")
-    if per_channel:
-        if magnitudes.ndim == 0:
-            raise ValueError("weight_scales: per-channel scales need weights with at least one axis")
-        axis = axis % magnitudes.ndim
-        others = tuple(i for i in range(magnitudes.ndim) if i != axis)
-        maxima = magnitudes.max(axis=others) if magnitudes.size else np.zeros(magnitudes.shape[axis])
-        maxima = np.atleast_1d(maxima)
-    else:
-        maxima = np.asarray(magnitudes.max() if magnitudes.size else 0.0)
+    maxima = max_magnitudes(weights, per_channel=per_channel, axis=axis, caller="weight_scales")
     scales = np.array([_scale_of(float(m), power2) if m > 0 else 1.0 for m in maxima.reshape(-1)])
     return scales.reshape(maxima.shape).astype(np.float32)
 
@@ -79,14 +83,7 @@ def shift_weight_scales(weights: np.ndarray, base: float, *, per_channel: bool, 
     a shift, whatever the activation scales. An all-zero tensor or channel gets ``base``."""
     if not base > 0 or not math.isfinite(base):
         raise ValueError(f"shift_weight_scales: base must be a finite number > 0, got {base!r}")
-    magnitudes = np.abs(np.asarray(weights, dtype=np.float64))
-    if not np.all(np.isfinite(magnitudes)):
-        raise ValueError("shift_weight_scales: the weights contain NaN or infinity")
-    if per_channel:
-        moved = np.moveaxis(magnitudes, axis % magnitudes.ndim, 0)
-        maxima = moved.reshape(moved.shape[0], -1).max(axis=1, initial=0.0)
-    else:
-        maxima = np.asarray(magnitudes.max(initial=0.0))
+    maxima = max_magnitudes(weights, per_channel=per_channel, axis=axis, caller="shift_weight_scales")
     ladder = QMAX * base
     exponents = np.ceil(np.log2(np.where(maxima > 0, maxima, ladder) / ladder))
     return np.ldexp(base, exponents.astype(np.int64))

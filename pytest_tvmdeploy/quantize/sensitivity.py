@@ -22,7 +22,13 @@ from tvm.relax import op as R
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import Site, bias_shape, emit_float, float_site
-from pytest_tvmdeploy.quantize.realize import SiteScales, int8_bounds, site_enabled, site_integers
+from pytest_tvmdeploy.quantize.realize import (
+    SiteScales,
+    from_int8_steps,
+    int8_steps,
+    site_enabled,
+    site_integers,
+)
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
 
@@ -102,12 +108,7 @@ class GatedModel:
         sites ``quantized`` in int8 and the rest float."""
         gates = np.zeros(max(self.count, 1), dtype="float32")
         gates[list(quantized)] = 1.0
-        gate_tensor = tvm.runtime.tensor(gates)
-        rows = []
-        for inputs in self.evaluation:
-            values = [np.asarray(v) for v in flatten_outputs(self.vm["main"](*inputs, gate_tensor))]
-            rows.append([v for v in values if v.dtype.kind == "f"])
-        return rows
+        return self._float_rows(self.vm, tvm.runtime.tensor(gates))
 
     def quality(self, quantized: Sequence[int]) -> Quality:
         """How far the simulated outputs with ``quantized`` sites in int8 are from float."""
@@ -116,9 +117,15 @@ class GatedModel:
     def measure(self, module: tvm.IRModule) -> Quality:
         """How far a realized (integer) ``module``'s outputs are from float, on the same inputs."""
         vm = relax_vm(tvm.compile(module, target=tvm.target.Target("llvm")))
-        rows = [[np.asarray(v) for v in flatten_outputs(vm["main"](*inputs)) if np.asarray(v).dtype.kind == "f"]
-                for inputs in self.evaluation]
-        return compare(self.reference, rows)
+        return compare(self.reference, self._float_rows(vm))
+
+    def _float_rows(self, vm: Any, *extra: Any) -> list[list[np.ndarray]]:
+        """``vm``'s float outputs on each evaluation input (``extra`` arguments after the inputs)."""
+        rows = []
+        for inputs in self.evaluation:
+            values = [np.asarray(v) for v in flatten_outputs(vm["main"](*inputs, *extra))]
+            rows.append([v for v in values if v.dtype.kind == "f"])
+        return rows
 
 
 def compare(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -> Quality:
@@ -243,11 +250,7 @@ class _GatedSite:
     def emit(self, bb: relax.BlockBuilder, data: relax.Expr) -> relax.Expr:
         site, scale, zero_point = self.site, self.calibrated.input, self.calibrated.input_zero_point
         gate = bb.emit(R.strided_slice(self.gates, axes=[0], begin=[site.index], end=[site.index + 1]))
-        steps = R.round(R.divide(data, relax.const(scale, "float32")))
-        low, high = int8_bounds(-np.inf, np.inf, scale, zero_point)
-        stepped = R.clip(R.add(steps, relax.const(float(zero_point), "float32")), low, high)
-        simulated = bb.emit(R.multiply(R.subtract(stepped, relax.const(float(zero_point), "float32")),
-                                       relax.const(scale, "float32")))
+        simulated = bb.emit(from_int8_steps(int8_steps(data, scale, zero_point), scale, zero_point))
         data = bb.emit(R.add(data, R.multiply(gate, R.subtract(simulated, data))))
         weight = bb.emit(R.add(relax.const(site.weight.astype(np.float32)),
                                R.multiply(gate, relax.const(self.weight_change))))
