@@ -8,9 +8,11 @@ checks, and the wall time of a cold suite serially and with ``-n 2``.
   as a child process is added, since the marked test runs it too;
 - warm: ``pytest`` on that one marked test with the artifact cached (a fresh process too, no
   ``--tvm-report``);
-- cold: the suite of all models with an empty artifact cache, serially and with ``-n 2``. The
-  C++ runner is built once beforehand (its build time is reported apart) and passed to every
-  run with ``--tvm-cpp-runner``, so the cold figures are the models' own work.
+- cold: the suite of all models with an empty artifact cache, serially and with ``-n 2`` under
+  each of pytest-xdist's ``--dists`` (``load``, its default, hands each worker a fixed half of a
+  short suite; ``worksteal`` lets an idle worker take tests another has not started). The C++
+  runner is built once beforehand (its build time is reported apart) and passed to every run
+  with ``--tvm-cpp-runner``, so the cold figures are the models' own work.
 Each figure is the median of ``--rounds`` runs. JSON goes to benchmarks/results/overhead.json.
 """
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="squeezenet1_1,mobilenet_v3_small,regnet_y_400mf,resnet18")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dists", default="load,worksteal", help="pytest-xdist --dist modes to time with -n 2")
     args = parser.parse_args()
     models = args.models.split(",")
     project = Path(tempfile.mkdtemp(prefix="tvmdeploy-overhead-"))
@@ -93,19 +96,24 @@ def main() -> None:
     result["cpp_runner_build_s"] = time.perf_counter() - start
     print(f"C++ runner built in {result['cpp_runner_build_s']:.1f} s", flush=True)
     runner_option = f"--tvm-cpp-runner={runner}"
-    cold_serial, cold_parallel = [], []
+    dists = args.dists.split(",")
+    cold_serial: list[float] = []
+    cold_parallel: dict[str, list[float]] = {dist: [] for dist in dists}
     for round_ in range(args.rounds):
         cold_serial.append(pytest_run(project, project / f"cache-serial-{round_}", runner_option,
                                       "--tvm-report=report"))
-        cold_parallel.append(pytest_run(project, project / f"cache-n2-{round_}", runner_option, "--tvm-report=report",
-                                        "-n", "2"))
+        for dist in dists:
+            cold_parallel[dist].append(pytest_run(project, project / f"cache-n2-{dist}-{round_}", runner_option,
+                                                  "--tvm-report=report", "-n", "2", f"--dist={dist}"))
     result["cold_serial_s"] = statistics.median(cold_serial)
-    result["cold_n2_s"] = statistics.median(cold_parallel)
-    result["n2_speedup"] = result["cold_serial_s"] / result["cold_n2_s"]
-    print(f"cold suite of {len(models)} models: serial {result['cold_serial_s']:.1f} s, "
-          f"-n 2 {result['cold_n2_s']:.1f} s, "
-          f"speed-up {result['n2_speedup']:.2f}x", flush=True)
-    cache = project / f"cache-n2-{args.rounds - 1}"  # the report is the last run's
+    for dist in dists:
+        key = "" if dist == "load" else f"_{dist}"
+        result[f"cold_n2{key}_s"] = statistics.median(cold_parallel[dist])
+        result[f"n2{key}_speedup"] = result["cold_serial_s"] / result[f"cold_n2{key}_s"]
+        print(f"cold suite of {len(models)} models: serial {result['cold_serial_s']:.1f} s, "
+              f"-n 2 --dist={dist} {result[f'cold_n2{key}_s']:.1f} s, "
+              f"speed-up {result[f'n2{key}_speedup']:.2f}x", flush=True)
+    cache = project / f"cache-n2-{dists[-1]}-{args.rounds - 1}"  # the report is the last run's
     records = json.loads((project / "report" / "report.json").read_text())["tests"]
     result["per_model"] = []
     for name in models:

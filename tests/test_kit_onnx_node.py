@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pytest_tvmdeploy.kit.onnx_node import node_cases
-from pytest_tvmdeploy.kit.scoreboard import changes, scoreboard, scoreboard_lines
+from pytest_tvmdeploy.kit.scoreboard import change_lines, changes, scoreboard, scoreboard_lines
 from pytest_tvmdeploy.report.record import TestRecord
 
 
@@ -45,22 +45,27 @@ def test_the_scoreboard_counts_cases_per_operator_opset_and_category() -> None:
     assert lines[1] == "operators: 3, 1 pass every case, 1 pass none"
     assert lines[2] == "  Gru: 0/2 (import 1, crash 1)"
     assert lines[3] == "  Abs: 1/2 (differs 1) [opset 6: 0/1, opset 13: 1/1]"
-    before = board.to_json()
     after = scoreboard("onnx-node", [_record("test_a", "failed", "build"), _record("test_b", "passed"),
                                      _record("test_c", "passed"), _record("test_d", "failed", "run"),
-                                     _record("test_e", "passed")], units.get)
-    assert changes(before, after) == ["against the previous run: 2 case(s) newly passing, 1 newly failing",
-                                      "  newly failing: test_a (build)"]
+                                     _record("test_e", "passed"), _record("test_f", "failed", "import")], units.get)
+    change = changes(board, after)  # test_f: only in the new run, not compared
+    assert change == {"newly_passing": ["test_b", "test_c"], "newly_failing": ["test_a"],
+                      "newly_passing_units": [], "newly_failing_units": []}
+    assert change_lines(change, after, "old/report.json") == [
+        "against old/report.json: 2 case(s) newly passing, 1 newly failing", "  newly failing: test_a (build)"]
+    units["test_f"] = ("Relu", 14)
+    relu_broke = changes(board, scoreboard("onnx-node", [_record("test_b", "passed"), _record("test_e", "passed"),
+                                                         _record("test_f", "failed", "import")], units.get))
+    assert relu_broke["newly_failing_units"] == ["Relu"] and relu_broke["newly_passing_units"] == ["Abs"]
 
 
 def test_the_suite_runs_node_cases_with_their_stand_in_reference_and_prints_the_scoreboard(
         pytester: pytest.Pytester) -> None:
     report = pytester.path / "report"
     report.mkdir()
-    # an earlier run in which Abs differed and Size passed
-    (report / "scoreboard.json").write_text(json.dumps({
-        "suite": "onnx-node", "cases": {"test_abs": "differs", "test_size": "passed"},
-        "operators": {"Abs": {"differs": 1}, "Size": {"passed": 1}}}))
+    # an earlier run's report in the same folder, in which Abs differed and Size passed
+    (report / "report.json").write_text(json.dumps({"tests": [
+        _record("test_abs", "failed", "compare").to_json(), _record("test_size", "passed").to_json()]}))
     result = pytester.runpytest("--pyargs", "pytest_tvmdeploy.kit", "--tvm-kit-suite=onnx-node", "-p", "no:randomly",
                                 "-k", "test_abs- or test_max_int16- or test_size-", f"--tvm-report={report}")
     result.assert_outcomes(passed=3)
@@ -70,8 +75,21 @@ def test_the_suite_runs_node_cases_with_their_stand_in_reference_and_prints_the_
         "*tvmdeploy kit scoreboard*",
         "onnx-node: 3/3 (100.0%) cases passed; no failures",
         "operators: 3, 3 pass every case, 0 pass none",
-        "against the previous run: 1 case(s) newly passing, 0 newly failing",
+        f"against {report / 'report.json'}: 1 case(s) newly passing, 0 newly failing",
         "  newly passing operator: Abs",
     ])
-    stored = json.loads((report / "scoreboard.json").read_text())
+    stored = json.loads((report / "report.json").read_text())["scoreboard"]
     assert stored["cases"] == {"test_abs": "passed", "test_max_int16": "passed", "test_size": "passed"}
+    assert stored["changes"]["newly_passing"] == ["test_abs"] and stored["changes"]["newly_passing_units"] == ["Abs"]
+    page = (report / "report.html").read_text()
+    assert "<b>3/3 cases passed (100.0%)</b>" in page
+    assert '<p class="meta" data-changes="newly_passing_units"><b>newly passing operators</b> (1): Abs</p>' in page
+
+
+def test_an_explicit_baseline_that_is_not_a_report_stops_the_run_naming_it(pytester: pytest.Pytester) -> None:
+    broken = pytester.path / "old.json"
+    broken.write_text("{not json")
+    result = pytester.runpytest("--pyargs", "pytest_tvmdeploy.kit", "--tvm-kit-suite=onnx-node",
+                                f"--tvm-kit-baseline={broken}", "-k", "test_abs-")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--tvm-kit-baseline: cannot read {broken} as a report.json: JSONDecodeError*"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -219,3 +220,47 @@ def test_a_diverging_model_names_the_first_wrong_operator(project: pytest.Pytest
     off = project.runpytest("--tvm-localize=off", "--tvm-cache-dir=cache", "--tvm-isolate=off")
     off.assert_outcomes(failed=1)
     assert "diverging operator" not in off.stdout.str()
+
+
+def test_op_level_faults_end_in_a_stage_or_pass(project: pytest.Pytester) -> None:
+    """Three faults the op-level suites met: a model whose output torch.export cannot save (a named
+    tuple) stops at import naming the cause; a model that writes into its input leaves the test's
+    arrays alone; an integer ``isnan`` (nothing for the cost model to rank) builds and passes."""
+    project.makepyfile(
+        """
+        import numpy as np, pytest, torch
+
+        class TopK(torch.nn.Module):
+            def forward(self, x):
+                return x.topk(3)  # torch.return_types.topk: torch.export.save has no name for it
+
+        class AddInPlace(torch.nn.Module):
+            def forward(self, x):
+                return x.add_(1.0)
+
+        class IsNan(torch.nn.Module):
+            def forward(self, x):
+                return torch.isnan(x)
+
+        ZEROS = np.zeros((4,), dtype="float32")
+
+        @pytest.mark.tvm_model(model=TopK(), inputs={"x": np.arange(8, dtype="float32")})
+        def test_topk(tvm_deployment):
+            pass
+
+        @pytest.mark.tvm_model(model=AddInPlace(), inputs={"x": ZEROS}, snapshot=False)
+        def test_in_place(tvm_deployment):
+            assert not ZEROS.any(), ZEROS
+
+        @pytest.mark.tvm_model(model=IsNan(), inputs={"x": np.arange(6, dtype="int64")}, snapshot=False)
+        def test_isnan_int64(tvm_deployment):
+            pass
+        """
+    )
+    result = project.runpytest("-p", "no:randomly", "--tvm-report=report")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*torch.export.save cannot write the exported program*NotImplementedError*topk*"])
+    records = {r["test"].rsplit("::", 1)[1]: r for r in json.loads((project.path / "report" / "report.json")
+                                                                     .read_text())["tests"]}
+    assert records["test_topk"]["stage"] == "import"
+    assert records["test_in_place"]["outcome"] == records["test_isnan_int64"]["outcome"] == "passed"

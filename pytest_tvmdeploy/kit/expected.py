@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 EXPECTED_FAILURES = Path(__file__).with_name("expected_failures.json")
-#: The shipped file of each suite (``--tvm-kit-suite``): the catalogue's models, ONNX's node tests.
-SUITE_FILES = {"models": EXPECTED_FAILURES, "onnx-node": Path(__file__).with_name("expected_onnx_node.json")}
+#: The shipped file of each suite (``--tvm-kit-suite``): the catalogue's models, ONNX's node tests,
+#: PyTorch's OpInfo operators.
+SUITE_FILES = {"models": EXPECTED_FAILURES, "onnx-node": Path(__file__).with_name("expected_onnx_node.json"),
+               "torch-opinfo": Path(__file__).with_name("expected_torch_opinfo.json")}
 
 FAILURES, CRASHES = "failures", "crashes"
 #: The sets of a target, in the order they are written.

@@ -99,6 +99,7 @@ class NodeCaseSource(OnnxSource):
     reference implementation made them when it wrote the case)."""
 
     arbiter_name = ONNX_EXPECTED
+    arbiter_max_nodes = None  # the shipped outputs cost nothing to consult
 
     def __init__(self, case: NodeCase, path: Path) -> None:
         super().__init__(path)
@@ -106,6 +107,3 @@ class NodeCaseSource(OnnxSource):
 
     def _third_reference(self, inputs: Mapping[str, np.ndarray], repeat: int, note: str = "") -> RunResult:
         return RunResult(ONNX_EXPECTED, dict(self.case.expected), note=note)
-
-    def arbiter(self, inputs: Mapping[str, np.ndarray]) -> RunResult | None:
-        return self._third_reference(inputs, 1)

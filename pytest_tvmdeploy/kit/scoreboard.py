@@ -1,5 +1,6 @@
 """The kit's scoreboard: how many cases pass, per suite, per operator (per opset for ONNX's node
-tests) and per failure category, and what changed against an earlier run's ``report.json``.
+tests) and per failure category, and what changed against an earlier run (its ``report.json``'s records,
+tallied the same way).
 
 A case's category is where it stopped: ``import`` (the frontend), ``build``, ``run``, ``crash``
 (the TVM worker died, hung or ran out of memory), ``differs`` (outputs out of tolerance),
@@ -10,7 +11,7 @@ failed: the scoreboard says what works, the expected-failures file what is known
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,20 +118,28 @@ def scoreboard_lines(board: Scoreboard, limit: int = 40) -> list[str]:
     return lines
 
 
-def changes(before: Mapping[str, Any], after: Scoreboard) -> list[str]:
-    """What changed against an earlier scoreboard (``to_json`` of a previous run): cases and
-    operators newly passing or newly failing. Cases only one run has are not compared."""
-    old_cases: Mapping[str, str] = before.get("cases", {})
-    compared = {c: (old_cases[c] == "passed", what == "passed") for c, what in after.outcomes.items() if c in old_cases}
-    fixed = sorted(c for c, (was, now) in compared.items() if now and not was)
-    broken = sorted(c for c, (was, now) in compared.items() if was and not now)
-    old_ops = {op: counts.get("passed", 0) == sum(counts.values())
-               for op, counts in before.get("operators", {}).items()}
-    new_ops = {op: t.passed == t.total for op, t in after.operators.items()}
-    lines = [f"against the previous run: {len(fixed)} case(s) newly passing, {len(broken)} newly failing"]
-    lines += [f"  newly passing {after.unit}: {op}" for op in sorted(op for op, ok in new_ops.items()
-                                                                     if ok and old_ops.get(op) is False)]
-    lines += [f"  newly failing {after.unit}: {op}" for op in sorted(op for op, ok in new_ops.items()
-                                                                     if not ok and old_ops.get(op) is True)]
-    lines += [f"  newly failing: {case} ({after.outcomes[case]})" for case in broken[:20]]
+def changes(before: Scoreboard, after: Scoreboard) -> dict[str, list[str]]:
+    """What changed against an earlier run's scoreboard: cases and units (operators, models) newly
+    passing or newly failing. Cases and units only one of the runs has are not compared."""
+    compared = {case: (before.outcomes[case] == "passed", what == "passed")
+                for case, what in after.outcomes.items() if case in before.outcomes}
+    old_units = {unit: t.passed == t.total for unit, t in before.operators.items()}
+    new_units = {unit: t.passed == t.total for unit, t in after.operators.items() if unit in old_units}
+    return {
+        "newly_passing": sorted(c for c, (was, now) in compared.items() if now and not was),
+        "newly_failing": sorted(c for c, (was, now) in compared.items() if was and not now),
+        "newly_passing_units": sorted(u for u, ok in new_units.items() if ok and not old_units[u]),
+        "newly_failing_units": sorted(u for u, ok in new_units.items() if not ok and old_units[u]),
+    }
+
+
+def change_lines(change: dict[str, list[str]], after: Scoreboard, baseline: str, limit: int = 20) -> list[str]:
+    """The terminal's account of :func:`changes` against the run kept in ``baseline``."""
+    lines = [f"against {baseline}: {len(change['newly_passing'])} case(s) newly passing, "
+             f"{len(change['newly_failing'])} newly failing"]
+    lines += [f"  newly passing {after.unit}: {unit}" for unit in change["newly_passing_units"]]
+    lines += [f"  newly failing {after.unit}: {unit}" for unit in change["newly_failing_units"]]
+    lines += [f"  newly failing: {case} ({after.outcomes[case]})" for case in change["newly_failing"][:limit]]
+    if len(change["newly_failing"]) > limit:
+        lines.append(f"  ... and {len(change['newly_failing']) - limit} more newly failing case(s) (see the report)")
     return lines

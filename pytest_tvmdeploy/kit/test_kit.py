@@ -1,5 +1,5 @@
 """The kit's tests: every selected catalogue model through every source form, or every case of an
-operator suite (``--tvm-kit-suite=onnx-node``), via the plugin.
+operator suite (``--tvm-kit-suite=onnx-node`` or ``torch-opinfo``), via the plugin.
 
 A model listed in ``expected_failures.json`` for the target is an expected failure, strictly:
 when it starts passing, the kit fails it with XPASS so the list gets updated. One listed as a crash
@@ -28,6 +28,8 @@ from pytest_tvmdeploy.kit.expected import (
 from pytest_tvmdeploy.kit.model_files import model_file, seeded_module
 from pytest_tvmdeploy.kit.onnx_node import SUITE as ONNX_NODE
 from pytest_tvmdeploy.kit.onnx_node import NodeCase, NodeCaseSource, node_cases
+from pytest_tvmdeploy.kit.torch_opinfo import SUITE as TORCH_OPINFO
+from pytest_tvmdeploy.kit.torch_opinfo import opinfo_cases
 from pytest_tvmdeploy.plugin.session import SESSION_KEY, option_value
 from pytest_tvmdeploy.targets import TargetSpec
 
@@ -50,8 +52,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     suite = option_value(config, "tvm_kit_suite")
     folder = config.stash[SESSION_KEY].cache_dir / "kit-models"
     expected = read_expected(Path(option_value(config, "tvm_kit_expected") or expected_failures_file(suite)))
-    params = _node_params(config, folder / ONNX_NODE, expected) if suite == ONNX_NODE else \
-        _model_params(config, folder, expected)
+    if suite == ONNX_NODE:
+        params = _node_params(config, folder / ONNX_NODE, expected)
+    elif suite == TORCH_OPINFO:
+        params = _opinfo_params(config, expected)
+    else:
+        params = _model_params(config, folder, expected)
     metafunc.parametrize(("kit_case", "tvm_shape"), params, indirect=["tvm_shape"])
 
 
@@ -61,13 +67,25 @@ def _node_params(config: pytest.Config, folder: Path, expected: Expected) -> lis
     for case in node_cases():
         factory = partial(_node_source, case, folder)
         factory.__qualname__ = f"ONNX node case {case.name}"
-        marks = [pytest.mark.tvm_model(model=factory, inputs=case.inputs, rtol=case.rtol, atol=case.atol,
-                                       snapshot=False, name=case.name)]
-        xfail = _expected_failure(expected, config, f"{case.name}/{ONNX_NODE}")
-        if xfail is not None:
-            marks.append(xfail)
-        params.append(pytest.param((case.name, ONNX_NODE), None, marks=marks, id=f"{case.name}-{ONNX_NODE}"))
+        params.append(_suite_param(config, expected, case.name, ONNX_NODE, model=factory, inputs=case.inputs,
+                                   rtol=case.rtol, atol=case.atol))
     return params
+
+
+def _opinfo_params(config: pytest.Config, expected: Expected) -> list[Any]:
+    """One test per OpInfo case: ``abs-float32-torch-opinfo``, the operator wrapped as an ``nn.Module``."""
+    return [_suite_param(config, expected, case.name, TORCH_OPINFO, model=case.module, inputs=case.inputs,
+                         rtol=case.rtol, atol=case.atol) for case in opinfo_cases()]
+
+
+def _suite_param(config: pytest.Config, expected: Expected, name: str, suite: str, **marker: Any) -> Any:
+    """The test of an operator suite's case ``name`` (``<name>-<suite>``), a strict expected
+    failure where the suite's file lists it."""
+    marks = [pytest.mark.tvm_model(snapshot=False, name=name, **marker)]
+    xfail = _expected_failure(expected, config, f"{name}/{suite}")
+    if xfail is not None:
+        marks.append(xfail)
+    return pytest.param((name, suite), None, marks=marks, id=f"{name}-{suite}")
 
 
 def _model_params(config: pytest.Config, folder: Path, expected: Expected) -> list[Any]:
@@ -120,4 +138,5 @@ def test_model(kit_case: tuple[str, str], tvm_deployment) -> None:
     """The standard checks (Python VM and C++ vs the framework) decide; the body checks the form."""
     _, source = kit_case
     assert tvm_deployment.source_kind == {"torch": "torch", "torchscript": "torchscript", "onnx": "onnx",
-                                          "pt2": "exported_program", QDQ: "onnx", ONNX_NODE: "onnx"}[source]
+                                          "pt2": "exported_program", QDQ: "onnx", ONNX_NODE: "onnx",
+                                          TORCH_OPINFO: "torch"}[source]

@@ -37,12 +37,13 @@ from pytest_tvmdeploy.kit.expected import (
     whole_case,
 )
 from pytest_tvmdeploy.kit.onnx_node import SUITE as ONNX_NODE
+from pytest_tvmdeploy.kit.torch_opinfo import SUITE as TORCH_OPINFO
 from pytest_tvmdeploy.report.record import TestRecord
 
 #: The file the kit's tests live in (a record from another file is not a kit case).
 KIT_FILE = "test_kit.py"
-#: Every source form a kit case can have (an ONNX node case's is its suite's name).
-KIT_SOURCES = frozenset((*SOURCES, QDQ, ONNX_NODE))
+#: Every source form a kit case can have (an operator suite's case has its suite's name).
+KIT_SOURCES = frozenset((*SOURCES, QDQ, ONNX_NODE, TORCH_OPINFO))
 
 
 def updated(expected: Mapping[str, Any], records: Sequence[TestRecord]) -> Expected:
@@ -99,6 +100,17 @@ def kit_case(record: TestRecord) -> str | None:
     return shape_case(f"{record.model}/{source}", record.shape) if source in KIT_SOURCES else None
 
 
+def report_suite(records: Sequence[TestRecord]) -> str | None:
+    """The operator suite (``onnx-node``, ``torch-opinfo``) whose kit cases the records hold: a
+    suite's case has the suite's name as its source (``abs-float32/torch-opinfo``); ``None``
+    for the catalogue's models."""
+    for record in records:
+        source = whole_case(kit_case(record) or "").rpartition("/")[2]
+        if source in SUITE_FILES:
+            return source
+    return None
+
+
 def _in_kit_file(node_id: str) -> bool:
     """Whether the node id's file part (before the first ``::``) is the kit's test file."""
     return PurePosixPath(node_id.split("::", 1)[0]).name == KIT_FILE
@@ -126,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     records = read_records(args.report)
     if args.file is None:
-        node_suite = any((kit_case(r) or "").endswith(f"/{ONNX_NODE}") for r in records)
-        args.file = SUITE_FILES[ONNX_NODE] if node_suite else EXPECTED_FAILURES
+        suite = report_suite(records)
+        args.file = SUITE_FILES[suite] if suite is not None else EXPECTED_FAILURES
     expected = read_expected(args.file) if args.file.exists() else {}
     new = updated(expected, records)
     write_atomic(args.file, dump_expected(new))

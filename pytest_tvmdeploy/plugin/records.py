@@ -18,6 +18,8 @@ from pytest_tvmdeploy.report.record import TestRecord
 from pytest_tvmdeploy.report.terminal import format_table
 
 RECORD_KEY = pytest.StashKey[TestRecord]()
+#: Sections other plugin modules add to the report (the kit's ``scoreboard``), by their key.
+REPORT_SECTIONS_KEY = pytest.StashKey[dict[str, Any]]()
 PROPERTY = "tvmdeploy"
 
 
@@ -70,7 +72,8 @@ class SummaryRecorder:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         folder = session.config.getoption("tvm_report")
         if folder and not hasattr(session.config, "workerinput"):  # the controller has every record
-            report = report_document(self.records, session.config.stash[SESSION_KEY].targets)
+            report = report_document(self.records, session.config.stash[SESSION_KEY].targets,
+                                     session.config.stash.get(REPORT_SECTIONS_KEY, {}))
             write_json_report(Path(folder), report)
             write_html_report(Path(folder), report)
 

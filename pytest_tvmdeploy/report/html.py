@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_tvmdeploy.files import write_atomic
-from pytest_tvmdeploy.report import plots, sensitivity
+from pytest_tvmdeploy.report import interactive, markup, scoreboard_section, sensitivity
 from pytest_tvmdeploy.report.coverage import COLUMNS as COVERAGE_COLUMNS
 from pytest_tvmdeploy.report.coverage import operator_coverage
+from pytest_tvmdeploy.report.figures import figures
 from pytest_tvmdeploy.report.record import OUTCOMES, TestRecord
 from pytest_tvmdeploy.report.speed import ratio_text
 
 COLUMNS = ("model / test", "source", "shape", "target", "outcome", "stage: reason", "artifact", "import s", "compile s",
            "TVM ms", "C++ ms", "reference ms", "TVM ÷ reference",
            "C++ check", "max abs error", "int8 cos / SQNR", "first diverging op / compiler stage")
-FIGURES: tuple[tuple[str, Callable[[Sequence[TestRecord]], bytes | None]], ...] = (
-    ("Error distribution |TVM − reference| per model", plots.error_histograms),
-    ("Latency per model", plots.latencies),
-    ("int8 quantization metrics", plots.quantization),
-    ("int8 sensitivity: each site quantized alone", sensitivity.plot),
-)
-
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff; }
 h1 { font-size: 1.5em; margin: 0 0 .3em; } h2 { font-size: 1.2em; margin: 1.5em 0 .5em; }
@@ -62,41 +55,44 @@ def write_html_report(folder: Path, report: Mapping[str, Any]) -> Path:
 def render_html(report: Mapping[str, Any]) -> str:
     """The whole page as a string (a record of a newer schema than this reader's raises ValueError)."""
     records = [TestRecord.from_json(test) for test in report.get("tests") or []]
-    figures = [(title, png) for title, draw in FIGURES if (png := draw(records)) is not None]
+    drawn = figures(records)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<title>pytest-tvmdeploy report</title>\n"
-        f"<style>{STYLE}</style>\n<script>{SCRIPT}</script>\n</head>\n"
-        f"<body data-images-total=\"{len(figures)}\">\n"
-        f"{header(report, records)}\n{table(records)}\n{figures_html(figures)}\n{sensitivity.section(records)}\n"
-        f"{coverage_html(records)}\n"
+        f"<style>{STYLE}{interactive.STYLE}{scoreboard_section.STYLE}</style>\n<script>{SCRIPT}{interactive.SCRIPT}</script>\n</head>\n"
+        f"<body data-images-total=\"{len(drawn)}\">\n"
+        f"{header(report, records)}\n{scoreboard_section.section(report.get('scoreboard'))}\n{table(records)}\n"
+        f"{figures_html(drawn)}\n{sensitivity.section(records)}\n{coverage_html(records)}\n"
         "</body>\n</html>\n"
     )
 
 
 def header(report: Mapping[str, Any], records: Sequence[TestRecord]) -> str:
     """Title, TVM version, targets and the count of each outcome."""
-    targets = ", ".join(f"{_text(t.get('label'))} <code>{_text(json.dumps(t.get('target'), sort_keys=True))}</code>"
-                        for t in report.get("targets") or [])
+    targets = ", ".join(
+        f"{markup.text(t.get('label'))} <code>{markup.text(json.dumps(t.get('target'), sort_keys=True))}</code>"
+        for t in report.get("targets") or [])
     counts = Counter(r.outcome or "" for r in records)
     shown = [o for o in OUTCOMES if o != "skipped" or counts[o]]
     badges = "".join(f'<span class="{o}" data-outcome="{o}">{o}: {counts[o]}</span>' for o in shown)
-    return (f"<h1>pytest-tvmdeploy report</h1>\n<p class=\"meta\">TVM {_text(report.get('tvm', '?'))}"
+    return (f"<h1>pytest-tvmdeploy report</h1>\n<p class=\"meta\">TVM {markup.text(report.get('tvm', '?'))}"
             f" &middot; {len(records)} test(s)</p>\n<p class=\"meta\">targets: {targets or '-'}</p>\n"
             f"<p class=\"counts\">{badges}</p>")
 
 
 def table(records: Sequence[TestRecord]) -> str:
     """One row per test, coloured by outcome."""
-    head = "".join(f"<th>{_text(c)}</th>" for c in COLUMNS)
+    head = "".join(f"<th>{markup.text(c)}</th>" for c in COLUMNS)
     body = "\n".join(row(r) for r in records)
-    return f"<h2>Tests</h2>\n<table id=\"tests\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    return (f"<h2>Tests</h2>\n{interactive.controls(OUTCOMES, len(records))}\n"
+            f"<table id=\"tests\" class=\"sortable\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n"
+            "</table>")
 
 
 def row(record: TestRecord) -> str:
     """One ``<tr>``: the cells of :func:`cells`, text already escaped."""
     tds = "".join(f'<td class="{kind}">{content}</td>' for kind, content in cells(record))
-    return f'<tr class="{_text(record.outcome or "")}" data-test="{_text(record.test)}">{tds}</tr>'
+    return f'<tr class="{markup.text(record.outcome or "")}" data-test="{markup.text(record.test)}">{tds}</tr>'
 
 
 def cells(record: TestRecord) -> list[tuple[str, str]]:
@@ -105,71 +101,71 @@ def cells(record: TestRecord) -> list[tuple[str, str]]:
     reference = record.reference_name
     return [
         ("name", _name(record)),
-        ("text", _text(record.source or "-")),
-        ("text", _text(record.shape or "-")),
-        ("text", _text(record.target or "-")),
-        ("text", _text(record.outcome or "-")),
+        ("text", markup.text(record.source or "-")),
+        ("text", markup.text(record.shape or "-")),
+        ("text", markup.text(record.target or "-")),
+        ("text", markup.text(record.outcome or "-")),
         ("reason", _reason(record)),
         ("text", _artifact(record)),
-        ("num", _number(timings.get("import"), "{:.2f}")),
-        ("num", _number(timings.get("compile"), "{:.2f}")),
-        ("num", _number(timings.get("run"), "{:.2f}", 1000.0)),
-        ("num", _number(timings.get("cpp_run"), "{:.2f}", 1000.0) if record.ran_cpp else "-"),
-        ("num", _number(timings.get("reference"), "{:.2f}", 1000.0)
-         + (f"<div class=\"test\">({_text(reference)})</div>" if reference else "")),
+        ("num", markup.number(timings.get("import"), "{:.2f}")),
+        ("num", markup.number(timings.get("compile"), "{:.2f}")),
+        ("num", markup.number(timings.get("run"), "{:.2f}", 1000.0)),
+        ("num", markup.number(timings.get("cpp_run"), "{:.2f}", 1000.0) if record.ran_cpp else "-"),
+        ("num", markup.number(timings.get("reference"), "{:.2f}", 1000.0)
+         + (f"<div class=\"test\">({markup.text(reference)})</div>" if reference else "")),
         ("num", ratio_text(record)),
         ("text", _cpp(record)),
-        ("num", _number(record.max_abs_error, "{:.2e}")),
+        ("num", markup.number(record.max_abs_error, "{:.2e}")),
         ("num", _quant(record.quant)),
         ("detail", _divergence(record.divergence) + _compiler_stage(record.compiler_stage)),
     ]
 
 
 def _name(record: TestRecord) -> str:
-    test = f"<div class=\"test\">{_text(record.test)}</div>" if record.model else ""
-    return f"<b>{_text(record.model_name)}</b>{test}"
+    test = f"<div class=\"test\">{markup.text(record.test)}</div>" if record.model else ""
+    return f"<b>{markup.text(record.model_name)}</b>{test}"
 
 
 def _reason(record: TestRecord) -> str:
     if not record.stage and not record.reason:
         return ""
-    crash = f" <b>crashed ({_text(record.crash)})</b>" if record.crash else ""
-    return f"<b>{_text(record.stage or '?')}</b>{crash}: {_text(record.reason or '')}"
+    crash = f" <b>crashed ({markup.text(record.crash)})</b>" if record.crash else ""
+    return f"<b>{markup.text(record.stage or '?')}</b>{crash}: {markup.text(record.reason or '')}"
 
 
 def _cpp(record: TestRecord) -> str:
     """The C++ check's state, and on a line of its own why it was skipped or failed."""
-    note = f"<div class=\"test\">{_text(record.cpp_note)}</div>" if record.cpp_note else ""
-    return _text(record.cpp or "-") + note
+    note = f"<div class=\"test\">{markup.text(record.cpp_note)}</div>" if record.cpp_note else ""
+    return markup.text(record.cpp or "-") + note
 
 
 def _artifact(record: TestRecord) -> str:
     if record.cache_hit is None:
         return "-"
     state = ("cached" if record.cache_hit else "built") + (", tuned" if record.tuned else "")
-    return f'<span title="{_text(record.artifact or "")}">{state}</span>'
+    return f'<span title="{markup.text(record.artifact or "")}">{state}</span>'
 
 
 def _quant(quant: Mapping[str, Any] | None) -> str:
     if not quant or quant.get("cosine") is None:
         return "-"
-    return f"{_number(quant['cosine'], '{:.4f}')} / {_number(quant.get('sqnr_db'), '{:.1f}')} dB"
+    return f"{markup.number(quant['cosine'], '{:.4f}')} / {markup.number(quant.get('sqnr_db'), '{:.1f}')} dB"
 
 
 def _divergence(divergence: Mapping[str, Any] | None) -> str:
     if not divergence:
         return "-"
-    where = f"<b>{_text(divergence.get('op', '?'))}</b> at {_text(divergence.get('node', '?'))}"
-    error = f" (max abs error {_number(divergence.get('max_abs_error'), '{:.2e}')})"
+    where = f"<b>{markup.text(divergence.get('op', '?'))}</b> at {markup.text(divergence.get('node', '?'))}"
+    error = f" (max abs error {markup.number(divergence.get('max_abs_error'), '{:.2e}')})"
     summary = divergence.get("summary")
-    return where + error + (f"<div class=\"test\">{_text(summary)}</div>" if summary else "")
+    return where + error + (f"<div class=\"test\">{markup.text(summary)}</div>" if summary else "")
 
 
 def _compiler_stage(stage: Mapping[str, Any] | None) -> str:
     if not stage:
         return ""
     text = stage.get("summary") or f"not bisected: {stage.get('error', '?')}"
-    return f"<div class=\"stage\"><b>compiler stage</b>: {_text(text)}</div>"
+    return f"<div class=\"stage\"><b>compiler stage</b>: {markup.text(text)}</div>"
 
 
 def coverage_html(records: Sequence[TestRecord]) -> str:
@@ -177,11 +173,12 @@ def coverage_html(records: Sequence[TestRecord]) -> str:
     rows = operator_coverage(records)
     if not rows:
         return ""
-    head = "".join(f"<th>{_text(c)}</th>" for c in COVERAGE_COLUMNS)
-    body = "\n".join("<tr class=\"{}\">{}</tr>".format("passed" if r.passed == r.tests else "failed",
-                                                      "".join(f"<td>{_text(c)}</td>" for c in r.cells)) for r in rows)
-    return (f"<h2>Operator coverage</h2>\n<table id=\"coverage\">\n<thead><tr>{head}</tr></thead>\n"
-            f"<tbody>\n{body}\n</tbody>\n</table>")
+    head = "".join(f"<th>{markup.text(c)}</th>" for c in COVERAGE_COLUMNS)
+    body = "\n".join("<tr class=\"{}\">{}</tr>".format(
+        "passed" if r.passed == r.tests else "failed", "".join(f"<td>{markup.text(c)}</td>" for c in r.cells))
+        for r in rows)
+    return (f"<h2>Operator coverage</h2>\n<table id=\"coverage\" class=\"sortable\">\n"
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>")
 
 
 def figures_html(figures: Sequence[tuple[str, bytes]]) -> str:
@@ -189,17 +186,8 @@ def figures_html(figures: Sequence[tuple[str, bytes]]) -> str:
     if not figures:
         return "<h2>Plots</h2>\n<p>no plot data in this report</p>"
     items = "\n".join(
-        f'<figure><figcaption>{_text(title)}</figcaption>'
-        f'<img alt="{_text(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>'
+        f'<figure><figcaption>{markup.text(title)}</figcaption>'
+        f'<img alt="{markup.text(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>'
         for title, png in figures)
     return f"<h2>Plots</h2>\n{items}"
 
-
-def _number(value: Any, spec: str, scale: float = 1.0) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "-"
-    return spec.format(value * scale)
-
-
-def _text(value: Any) -> str:
-    return html.escape(str(value), quote=True)

@@ -44,7 +44,7 @@ def by_model(records: Sequence[TestRecord]) -> dict[str, list[TestRecord]]:
 
 def error_histograms(records: Sequence[TestRecord]) -> bytes | None:
     """One panel per model with one |TVM - reference| distribution per test; None without data."""
-    groups = by_model([r for r in records if _histogram(r) is not None])
+    groups = by_model([r for r in records if histogram_of(r) is not None])
     if not groups:
         return None
     columns = min(3, len(groups))
@@ -62,7 +62,8 @@ def error_histograms(records: Sequence[TestRecord]) -> bytes | None:
     return png_bytes(figure)
 
 
-def _histogram(record: TestRecord) -> Mapping[str, Any] | None:
+def histogram_of(record: TestRecord) -> Mapping[str, Any] | None:
+    """The record's error histogram when it is drawable (counts, and one more edge than counts)."""
     histogram = record.error_histogram
     if not histogram or not histogram.get("total") or len(histogram.get("counts", ())) == 0:
         return None
@@ -72,7 +73,7 @@ def _histogram(record: TestRecord) -> Mapping[str, Any] | None:
 
 
 def _draw_histogram(axes: Axes, record: TestRecord) -> None:
-    histogram = _histogram(record)
+    histogram = histogram_of(record)
     total = histogram["total"]
     fractions = [count / total for count in histogram["counts"]]
     exact = histogram.get("exact", 0) / total
@@ -127,12 +128,12 @@ def _latency_bars(record: TestRecord) -> list[tuple[int, str, str, float]]:
                   (reference if reference in COLOURS else "pytorch", FRAMEWORKS.get(reference, reference),
                    timings.get("reference"))]
     return [(slot, key, label, 1000.0 * seconds)
-            for slot, (key, label, seconds) in enumerate(candidates) if _positive(seconds)]
+            for slot, (key, label, seconds) in enumerate(candidates) if positive(seconds)]
 
 
 def quantization(records: Sequence[TestRecord]) -> bytes | None:
     """Cosine similarity and SQNR (dB) of the int8 outputs against fp32, one bar per test; None without data."""
-    rows = [r for group in by_model(records).values() for r in group if _quant(r) is not None]
+    rows = [r for group in by_model(records).values() for r in group if quant_of(r) is not None]
     if not rows:
         return None
     figure = new_figure(9, 2.0 + 0.45 * len(rows))
@@ -140,7 +141,7 @@ def quantization(records: Sequence[TestRecord]) -> bytes | None:
     for column, (key, title, colour) in enumerate((("cosine", "cosine similarity", "#2ca02c"),
                                                    ("sqnr_db", "SQNR (dB)", "#9467bd"))):
         axes = figure.add_subplot(1, 2, column + 1)
-        values = [float(_quant(r)[key]) for r in rows]
+        values = [float(quant_of(r)[key]) for r in rows]
         axes.barh(range(len(rows)), values, color=colour, height=0.6)
         for y, value in enumerate(values):
             axes.annotate(f"{value:.4g}", (value, y), xytext=(3, 0), textcoords="offset points",
@@ -162,9 +163,10 @@ def _cosine_range(values: list[float]) -> tuple[float, float]:
     return left, 1.0 + 0.15 * (1.0 - left)
 
 
-def _quant(record: TestRecord) -> Mapping[str, Any] | None:
+def quant_of(record: TestRecord) -> Mapping[str, Any] | None:
+    """The record's int8 metrics when both cosine and SQNR are finite numbers."""
     quant = record.quant
-    if not quant or not all(_finite(quant.get(key)) for key in ("cosine", "sqnr_db")):
+    if not quant or not all(finite(quant.get(key)) for key in ("cosine", "sqnr_db")):
         return None
     return quant
 
@@ -175,11 +177,11 @@ def _label_rows(axes: Axes, labels: list[str]) -> None:
     axes.invert_yaxis()  # first test on top, as in the table
 
 
-def _positive(value: Any) -> bool:
-    return _finite(value) and value > 0
+def positive(value: Any) -> bool:
+    return finite(value) and value > 0
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -3,11 +3,11 @@ plot and a table, with the sites a budget kept in float."""
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pytest_tvmdeploy.report import markup
 from pytest_tvmdeploy.report.plots import case_label, new_figure, png_bytes
 from pytest_tvmdeploy.report.record import TestRecord
 
@@ -78,8 +78,8 @@ def _test_table(record: TestRecord, index: int) -> str:
     if len(rows) > SHOWN_SITES:
         folded = (f"<tr><td colspan=\"6\"><details><summary>{len(rows) - SHOWN_SITES} more site(s)</summary>"
                   f"<table><tbody>{''.join(rows[SHOWN_SITES:])}</tbody></table></details></td></tr>")
-    return (f"<h3>{_text(case_label(record))}</h3>\n<p class=\"meta\">{_text(_summary(data))}</p>\n"
-            f"<table class=\"sensitivity\" id=\"sensitivity-{index}\" data-test=\"{_text(record.test)}\">\n"
+    return (f"<h3>{markup.text(case_label(record))}</h3>\n<p class=\"meta\">{markup.text(_summary(data))}</p>\n"
+            f"<table class=\"sensitivity\" id=\"sensitivity-{index}\" data-test=\"{markup.text(record.test)}\">\n"
             f"<thead><tr>{head}</tr></thead>\n<tbody>{''.join(rows[:SHOWN_SITES])}{folded}</tbody>\n</table>")
 
 
@@ -87,7 +87,8 @@ def _row(cost: Mapping[str, Any], kept: bool) -> str:
     agreement = cost.get("agreement")
     cells = [str(cost["site"]), cost["op"], "x".join(map(str, cost["weight_shape"])), f"{cost['sqnr_db']:.2f}",
              "-" if agreement is None else f"{agreement:.3f}", "yes" if kept else ""]
-    return f"<tr class=\"{'xfailed' if kept else ''}\">" + "".join(f"<td>{_text(c)}</td>" for c in cells) + "</tr>"
+    tds = "".join(f"<td>{markup.text(c)}</td>" for c in cells)
+    return f"<tr class=\"{'xfailed' if kept else ''}\">{tds}</tr>"
 
 
 def _summary(data: Mapping[str, Any]) -> str:
@@ -106,6 +107,3 @@ def _summary(data: Mapping[str, Any]) -> str:
 def _finite_or(value: Any, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else default
 
-
-def _text(value: Any) -> str:
-    return html.escape(str(value), quote=True)

@@ -153,12 +153,18 @@ OPTIONS: tuple[Option, ...] = (
            help="write DIR/report.json (every marked test's record: target, source, stage, "
                 "reason, times, errors; merged from all xdist workers) and DIR/report.html "
                 "(the same as a table with plots)"),
-    Option("tvm_kit_suite", "kit", metavar="SUITE", default="models", choices=("models", "onnx-node"),
-           help="what the conformance kit checks: models (the catalogue, see --tvm-kit-models) or "
-                "onnx-node (every ONNX backend node test of the installed onnx with array inputs)"),
+    Option("tvm_kit_suite", "kit", metavar="SUITE", default="models",
+           choices=("models", "onnx-node", "torch-opinfo"),
+           help="what the conformance kit checks: models (the catalogue, see --tvm-kit-models), "
+                "onnx-node (every ONNX backend node test of the installed onnx with array inputs) or "
+                "torch-opinfo (PyTorch's OpInfo operators, one sample per operator and dtype)"),
     Option("tvm_kit_models", "kit", metavar="NAMES", default="default",
            help="models of the conformance kit (pytest --pyargs pytest_tvmdeploy.kit): "
                 "default (a quick subset), all, or comma-separated catalogue names"),
+    Option("tvm_kit_baseline", "kit", metavar="REPORT",
+           help="an earlier run's report.json (or the folder holding it) to compare the kit's "
+                "scoreboard with: newly passing / newly failing cases and operators (default: the "
+                "report.json already in --tvm-report's folder)"),
     Option("tvm_kit_expected", "kit", metavar="JSON",
            help="the kit's expected failures per target (default: the one shipped with the kit for "
                 "the suite)"),

@@ -29,6 +29,8 @@ class OnnxSource(ModelSource):
     kind = "onnx"
     reference_name = ONNXRUNTIME
     arbiter_name = ONNX_REFERENCE
+    #: Graphs with more nodes than this get no arbiter (ONNX's evaluator is slow); ``None``: no cap.
+    arbiter_max_nodes: int | None = MAX_ARBITER_NODES
 
     def __init__(self, path: Path) -> None:
         import onnx
@@ -111,23 +113,24 @@ class OnnxSource(ModelSource):
 
     def _stand_in(self, inputs: Mapping[str, np.ndarray], repeat: int, why: str) -> RunResult:
         """The third reference in ONNX Runtime's place (``why`` says what ONNX Runtime did)."""
-        try:
-            return self._third_reference(inputs, repeat, note=f"{why}; the reference is {self.arbiter_name}")
-        except EvaluatorFailed as exc:
-            raise ReferenceRunError(
-                f"{self.description}: no reference for the inputs {signature(inputs)}: {why}, and ONNX's "
-                f"reference evaluator failed too ({exc})"
-            ) from exc
+        return self._consult(inputs, repeat, f"{why}; the reference is {self.arbiter_name}",
+                             f"no reference for the inputs {signature(inputs)}: {why}, and ONNX's reference "
+                             "evaluator failed too")
 
     def arbiter(self, inputs: Mapping[str, np.ndarray]) -> RunResult | None:
-        """The third reference on a small graph (at most :data:`MAX_ARBITER_NODES` nodes); ``None``
+        """The third reference on a small graph (at most :attr:`arbiter_max_nodes` nodes); ``None``
         for a larger one."""
-        if node_count(self.model) > MAX_ARBITER_NODES:
+        if self.arbiter_max_nodes is not None and node_count(self.model) > self.arbiter_max_nodes:
             return None
+        return self._consult(inputs, 1, "", "ONNX's reference evaluator failed")
+
+    def _consult(self, inputs: Mapping[str, np.ndarray], repeat: int, note: str, failure: str) -> RunResult:
+        """The third reference's outputs; when it cannot run, a :class:`ReferenceRunError` that says
+        ``failure`` and why."""
         try:
-            return self._third_reference(inputs, 1)
+            return self._third_reference(inputs, repeat, note=note)
         except EvaluatorFailed as exc:
-            raise ReferenceRunError(f"{self.description}: ONNX's reference evaluator failed: {exc}") from exc
+            raise ReferenceRunError(f"{self.description}: {failure} ({exc})") from exc
 
     def _third_reference(self, inputs: Mapping[str, np.ndarray], repeat: int, note: str = "") -> RunResult:
         """ONNX's reference evaluator's outputs (raises :class:`EvaluatorFailed`)."""

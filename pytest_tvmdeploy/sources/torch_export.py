@@ -55,7 +55,8 @@ class ExportedProgramSource(ModelSource):
                 f"inputs {list(names)}"
             )
         ordered = [inputs[n] for n in names if n in inputs] if names is not None else list(inputs.values())
-        return tuple(torch.from_numpy(np.asarray(a, order="C")) for a in ordered)
+        # copies: a model that writes into its inputs must not change the test's arrays
+        return tuple(torch.from_numpy(np.array(a, order="C", copy=True)) for a in ordered)
 
     def run_reference(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> RunResult:
         import torch
@@ -121,7 +122,15 @@ class ExportedProgramSource(ModelSource):
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             staged = path.with_name(f".{name}.{os.getpid()}.tmp.pt2")
-            torch.export.save(self.exported_program(shapes), str(staged))
+            program = self.exported_program(shapes)
+            try:
+                torch.export.save(program, str(staged))
+            except Exception as exc:  # noqa: BLE001 - torch raises what its serializer meets
+                staged.unlink(missing_ok=True)
+                raise ModelSourceError(
+                    f"{self.description}: torch.export.save cannot write the exported program (TVM gets the "
+                    f"model as a .pt2 file): {type(exc).__name__}: {brief(exc)}"
+                ) from exc
             os.replace(staged, path)  # whole or absent, whatever process reads it
         return ModelFile(path.resolve(), self.description, self.kind)
 

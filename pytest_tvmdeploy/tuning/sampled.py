@@ -118,7 +118,10 @@ def choose_schedule(task: Task, target: tvm.target.Target, blocks: Blocks | None
     best = candidates[0]
     if model is not None:
         args = ms.arg_info.ArgInfo.from_prim_func(function["main"])
-        scores = model.predict(context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
+        try:
+            scores = model.predict(context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
+        except TypeError:  # no candidate has a feature row (an integer isnan): nothing to rank, keep the first
+            scores = [0.0] * len(candidates)
         best = candidates[max(range(len(candidates)), key=lambda i: scores[i])]
     return capped_unroll(best, function, context.space_generator.postprocs)
 
