@@ -27,7 +27,7 @@ import numpy as np
 
 SUITE = "torch-opinfo"
 #: The dtypes a case may run at, when its OpInfo supports them.
-DTYPES = ("float32", "int64")
+DTYPES = ("float32", "int32", "int64")
 #: Tolerances of floating outputs (integer and bool outputs are compared exactly).
 RTOL, ATOL = 1e-4, 1e-5
 #: The dtypes of numpy arrays a model input may have.
