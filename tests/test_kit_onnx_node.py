@@ -49,10 +49,11 @@ def test_the_scoreboard_counts_cases_per_operator_opset_and_category() -> None:
                                      _record("test_c", "passed"), _record("test_d", "failed", "run"),
                                      _record("test_e", "passed"), _record("test_f", "failed", "import")], units.get)
     change = changes(board, after)  # test_f: only in the new run, not compared
-    assert change == {"newly_passing": ["test_b", "test_c"], "newly_failing": ["test_a"],
+    assert change == {"newly_passing": ["test_b/onnx-node", "test_c/onnx-node"], "newly_failing": ["test_a/onnx-node"],
                       "newly_passing_units": [], "newly_failing_units": []}
     assert change_lines(change, after, "old/report.json") == [
-        "against old/report.json: 2 case(s) newly passing, 1 newly failing", "  newly failing: test_a (build)"]
+        "against old/report.json: 2 case(s) newly passing, 1 newly failing",
+        "  newly failing: test_a/onnx-node (build)"]
     units["test_f"] = ("Relu", 14)
     relu_broke = changes(board, scoreboard("onnx-node", [_record("test_b", "passed"), _record("test_e", "passed"),
                                                          _record("test_f", "failed", "import")], units.get))
@@ -79,8 +80,9 @@ def test_the_suite_runs_node_cases_with_their_stand_in_reference_and_prints_the_
         "  newly passing operator: Abs",
     ])
     stored = json.loads((report / "report.json").read_text())["scoreboard"]
-    assert stored["cases"] == {"test_abs": "passed", "test_max_int16": "passed", "test_size": "passed"}
-    assert stored["changes"]["newly_passing"] == ["test_abs"] and stored["changes"]["newly_passing_units"] == ["Abs"]
+    assert stored["cases"] == {f"{case}/onnx-node": "passed" for case in ("test_abs", "test_max_int16", "test_size")}
+    assert stored["changes"]["newly_passing"] == ["test_abs/onnx-node"]
+    assert stored["changes"]["newly_passing_units"] == ["Abs"]
     page = (report / "report.html").read_text()
     assert "<b>3/3 cases passed (100.0%)</b>" in page
     assert '<p class="meta" data-changes="newly_passing_units"><b>newly passing operators</b> (1): Abs</p>' in page
@@ -93,3 +95,20 @@ def test_an_explicit_baseline_that_is_not_a_report_stops_the_run_naming_it(pytes
                                 f"--tvm-kit-baseline={broken}", "-k", "test_abs-")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--tvm-kit-baseline: cannot read {broken} as a report.json: JSONDecodeError*"])
+
+
+def test_the_catalogue_scoreboard_compares_each_source_form_of_a_model_apart() -> None:
+    """gru through ONNX breaks while gru through torch still passes: the change is the ONNX form's,
+    and the model is newly failing (not every form passes)."""
+    def form(source: str, outcome: str, stage: str | None = None) -> TestRecord:
+        return TestRecord(test=f"test_kit.py::test_model[gru-{source}-llvm]", target="llvm", case=f"gru-{source}",
+                          model="gru", outcome=outcome, stage=stage)
+
+    def board(*records: TestRecord):
+        return scoreboard("models", records, lambda model: (model, 0), "model")
+
+    before = board(form("torch", "passed"), form("onnx", "passed"))
+    after = board(form("torch", "passed"), form("onnx", "failed", "import"))
+    assert after.outcomes == {"gru/torch": "passed", "gru/onnx": "import"}
+    assert changes(before, after) == {"newly_passing": [], "newly_failing": ["gru/onnx"],
+                                      "newly_passing_units": [], "newly_failing_units": ["gru"]}

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_tvmdeploy.kit.update_expected import kit_case
 from pytest_tvmdeploy.report.record import TestRecord
 
 CATEGORIES = ("passed", "import", "build", "run", "crash", "differs", "reference", "other")
@@ -66,7 +67,7 @@ class Scoreboard:
     overall: Tally = field(default_factory=Tally)
     operators: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     opsets: dict[tuple[str, int], Tally] = field(default_factory=lambda: defaultdict(Tally))
-    outcomes: dict[str, str] = field(default_factory=dict)  # case -> category
+    outcomes: dict[str, str] = field(default_factory=dict)  # case (test_abs/onnx-node, gru/onnx) -> category
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,7 +95,7 @@ def scoreboard(suite: str, records: Iterable[TestRecord], describe: Describe, un
         board.overall.add(what)
         board.operators[operator].add(what)
         board.opsets[operator, opset].add(what)
-        board.outcomes[record.model or ""] = what
+        board.outcomes[kit_case(record) or record.model or ""] = what  # gru/onnx: each form apart
     return board
 
 
