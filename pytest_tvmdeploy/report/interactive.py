@@ -23,7 +23,8 @@ SCRIPT = r"""
     if (text === null) { text = cell.textContent.trim(); }
     return /^[-+]?(\d|\.\d)/.test(text) ? parseFloat(text) : text.toLowerCase();
   }
-  function compare(a, b) {  // numbers first, then text; "-" (no value) sorts with the text
+  function missing(value) { return value === "-" || value === ""; }
+  function compare(a, b) {  // numbers first, then text
     if (typeof a === "number" && typeof b === "number") { return a - b; }
     if (typeof a === "number") { return -1; }
     if (typeof b === "number") { return 1; }
@@ -33,7 +34,10 @@ SCRIPT = r"""
     var body = table.tBodies[0];
     var rows = Array.prototype.slice.call(body.rows);
     var keyed = rows.map(function (row, index) { return [key(row, column), index, row]; });
-    keyed.sort(function (a, b) { return (descending ? -1 : 1) * compare(a[0], b[0]) || a[1] - b[1]; });
+    keyed.sort(function (a, b) {  // a cell without a value ("-") goes last either way
+      if (missing(a[0]) !== missing(b[0])) { return missing(a[0]) ? 1 : -1; }
+      return (descending ? -1 : 1) * compare(a[0], b[0]) || a[1] - b[1];
+    });
     keyed.forEach(function (entry) { body.appendChild(entry[2]); });
     Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
       if (index === column) { th.setAttribute("aria-sort", descending ? "descending" : "ascending"); }
