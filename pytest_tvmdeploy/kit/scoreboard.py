@@ -17,8 +17,8 @@ from typing import Any
 
 from pytest_tvmdeploy.kit.update_expected import kit_case
 from pytest_tvmdeploy.report.record import TestRecord
+from pytest_tvmdeploy.report.scoreboard_section import CATEGORIES
 
-CATEGORIES = ("passed", "import", "build", "run", "crash", "differs", "reference", "other")
 #: Where a record's stage puts it.
 _STAGE_CATEGORY = {"import": "import", "inputs": "import", "quantize": "build", "tune": "build", "build": "build",
                    "run": "run", "cpp": "run", "compare": "differs", "reference": "reference"}

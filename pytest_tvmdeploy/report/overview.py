@@ -15,7 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from pytest_tvmdeploy.outputs import TVM_PYTHON
-from pytest_tvmdeploy.report.plots import COLOURS, finite, histogram_of, new_figure, png_bytes, positive, quant_of
+from pytest_tvmdeploy.report.plots import (
+    COLOURS,
+    finite,
+    grouped,
+    histogram_of,
+    new_figure,
+    png_bytes,
+    positive,
+    quant_of,
+)
 from pytest_tvmdeploy.report.record import TestRecord
 
 #: Outcome colours, as the table's rows.
@@ -115,7 +124,4 @@ def quantization_spread(records: Sequence[TestRecord]) -> bytes | None:
 
 
 def _by_source(records: Sequence[TestRecord]) -> dict[str, list[TestRecord]]:
-    groups: dict[str, list[TestRecord]] = {}
-    for record in records:
-        groups.setdefault(record.source or "?", []).append(record)
-    return groups
+    return grouped(records, lambda record: record.source or "?")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.outputs import TVM_CPP, TVM_PYTHON
@@ -36,9 +36,14 @@ def case_label(record: TestRecord) -> str:
 
 def by_model(records: Sequence[TestRecord]) -> dict[str, list[TestRecord]]:
     """Records grouped by model name, in first-seen order."""
+    return grouped(records, lambda record: record.model_name)
+
+
+def grouped(records: Sequence[TestRecord], key: Callable[[TestRecord], str]) -> dict[str, list[TestRecord]]:
+    """Records grouped by ``key``, in first-seen order."""
     groups: dict[str, list[TestRecord]] = {}
     for record in records:
-        groups.setdefault(record.model_name, []).append(record)
+        groups.setdefault(key(record), []).append(record)
     return groups
 
 

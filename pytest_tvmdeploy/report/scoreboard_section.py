@@ -8,8 +8,9 @@ from typing import Any
 
 from pytest_tvmdeploy.report import markup
 
-#: The category columns, in the scoreboard's order (``passed`` first).
-CATEGORY_ORDER = ("passed", "import", "build", "run", "crash", "differs", "reference", "other")
+#: Where a kit case ended, in the scoreboard's order: ``passed``, then where it stopped (the kit's
+#: tally and this section share them).
+CATEGORIES = ("passed", "import", "build", "run", "crash", "differs", "reference", "other")
 #: Row colours by how many of a unit's cases pass (the tests table's classes stay its own).
 STYLE = ".unit-all { background: #e3f4e1; } .unit-some { background: #fff5c2; } .unit-none { background: #fbdcdc; }\n"
 #: Cases listed by name under "newly failing" / "newly passing" before the rest fold away.
@@ -22,10 +23,10 @@ def section(board: Mapping[str, Any] | None) -> str:
         return ""
     unit = board.get("unit", "operator")
     categories = board.get("categories", {})
-    summary = ", ".join(f"{c} {categories[c]}" for c in CATEGORY_ORDER[1:] if categories.get(c)) or "no failures"
+    summary = ", ".join(f"{c} {categories[c]}" for c in CATEGORIES[1:] if categories.get(c)) or "no failures"
     rate = 100 * board["passed"] / board["total"]
     head = "".join(f"<th>{markup.text(c)}</th>" for c in (unit, "cases", "passed", "pass rate",
-                                                      *CATEGORY_ORDER[1:]))
+                                                      *CATEGORIES[1:]))
     units = board.get("operators", {})
     rows = sorted(units.items(), key=lambda item: (_rate(item[1]), item[0]))
     body = "\n".join(_row(name, counts) for name, counts in rows)
@@ -45,7 +46,7 @@ def _row(name: str, counts: Mapping[str, int]) -> str:
     passed = counts.get("passed", 0)
     share = "all" if passed == total else "some" if passed else "none"
     cells = [name, str(total), str(passed), f"{100 * passed / total:.0f}%" if total else "-",
-             *(str(counts.get(c, 0) or "") for c in CATEGORY_ORDER[1:])]
+             *(str(counts.get(c, 0) or "") for c in CATEGORIES[1:])]
     return f"<tr class=\"unit-{share}\">" + "".join(f"<td>{markup.text(c)}</td>" for c in cells) + "</tr>"
 
 
