@@ -96,17 +96,18 @@ def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[i
     from pytest_tvmdeploy.quantize.realize import realize
     from pytest_tvmdeploy.quantize.sensitivity import GatedModel, fit_budget, site_sensitivity
 
+    scales = dict(scales)
     names = [param.name for param in prepared["main"].params]
     inputs = [positional(sample, names, index) for index, sample in enumerate(evaluation)]
     if not inputs:
         raise ConfigError(f"quantize: {config.calibration_purpose} needs evaluation inputs: none were given")
-    model = GatedModel(prepared, sites, dict(scales), config, inputs)
+    model = GatedModel(prepared, sites, scales, config, inputs)
     sensitivity = site_sensitivity(model)
     if config.budget_target is None:
         return sensitivity, None, None
 
     def keeping(chosen: tuple[int, ...]) -> tvm.IRModule:
-        return realize(prepared, sites, dict(scales), replace(config, keep_float=(*config.keep_float, *chosen)))
+        return realize(prepared, sites, scales, replace(config, keep_float=(*config.keep_float, *chosen)))
 
     choice, realized = fit_budget(model, sensitivity, *config.budget_target, keeping)
     return sensitivity, choice, realized

@@ -183,10 +183,12 @@ def _label_rows(axes: Axes, labels: list[str]) -> None:
 
 
 def positive(value: Any) -> bool:
+    """Whether ``value`` is a finite number above 0 (what a log axis can show)."""
     return finite(value) and value > 0
 
 
 def finite(value: Any) -> bool:
+    """Whether ``value`` is a real number (not a bool, not NaN or infinite)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
