@@ -72,6 +72,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                           "unsigned_activations": True, "weight_rounding": "gptq"},
     "mse+power2+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "power2", "unsigned_activations": True,
                                  "weight_rounding": "gptq"},
+    "mse+unsigned+search": {"calibrate_mode": "mse", "weight_scale": "max", "unsigned_activations": True,
+                            "weight_rounding": "search"},
+    "mse+bias_correction+unsigned+search": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
+                                            "unsigned_activations": True, "weight_rounding": "search"},
     # shift-only requantization with free activation scales (weight scales on a ladder of powers of two)
     "mse+shift+bias_correction+unsigned": {"calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True,
                                            "unsigned_activations": True},

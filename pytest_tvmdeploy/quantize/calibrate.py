@@ -41,7 +41,7 @@ def site_scales(
     observers = [(ActivationObserver(f"site{s.index}.input"), ActivationObserver(f"site{s.index}.output"))
                  for s in sites]
     means = [ChannelMeans(site.kind) for site in sites] if config.bias_correction else None
-    hessians = [InputHessian(site) for site in sites] if config.weight_rounding == "gptq" else None
+    hessians = [InputHessian(site) for site in sites] if config.rounds_with_hessian else None
     observed = emit_float(prepared, sites, observe=True)
     vm = relax_vm(tvm.compile(observed, target=tvm.target.Target("llvm")))
     names = [param.name for param in prepared["main"].params]

@@ -15,7 +15,7 @@ CALIBRATE_MODES = ("global_scale", "kl_divergence", "max", "percentile", "mse")
 WEIGHT_SCALES = ("power2", "max", "shift")
 ROUNDINGS = ("UPWARD", "TONEAREST")
 #: How weights are rounded to their int8 steps: each to the nearest, or by GPTQ against the inputs.
-WEIGHT_ROUNDINGS = ("nearest", "gptq")
+WEIGHT_ROUNDINGS = ("nearest", "gptq", "search")
 #: What a ``budget`` can ask of the quantized model's outputs against float: logits SQNR in dB,
 #: or top-1 agreement (the share of inputs whose arg-max class is unchanged).
 BUDGET_METRICS = ("sqnr_db", "agreement")
@@ -56,7 +56,8 @@ class QuantConfig:
     the calibration data's mean input) and ``unsigned_activations`` (an activation calibration
     never saw negative, such as a ReLU's, gets 255 steps over [0, T] instead of 127) and
     ``weight_rounding="gptq"`` (each weight's rounding error compensated by the weights rounded
-    after it, through the statistics of the site's calibration inputs) are new; so is mixed
+    after it, through the statistics of the site's calibration inputs; ``"search"`` also chooses
+    each channel's step by that output error, which needs ``weight_scale="max"``) are new; so is mixed
     precision: ``keep_float`` (site indices left in float), ``budget`` (``"sqnr_db>=25"``,
     ``"agreement>=0.95"`` or a number of dB: the sites that cost most stay float until the
     outputs meet it) and ``sensitivity`` (measure what each site costs alone, without a budget);
@@ -100,6 +101,9 @@ class QuantConfig:
         self._check_choice("weight_scale", WEIGHT_SCALES)
         self._check_choice("rounding", ROUNDINGS)
         self._check_choice("weight_rounding", WEIGHT_ROUNDINGS)
+        if self.weight_rounding == "search" and self.weight_scale != "max":
+            raise ConfigError(f"quantize: weight_rounding='search' chooses each weight scale freely, so it needs "
+                              f"weight_scale='max', not {self.weight_scale!r}")
         for name in ("global_scale", "percentile"):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value):
@@ -184,14 +188,19 @@ class QuantConfig:
         """Whether calibration data must be run: for activation thresholds, the input means bias
         correction needs, or the signs ``unsigned_activations`` needs."""
         return (self.calibrate_mode != "global_scale" or self.bias_correction or self.unsigned_activations
-                or self.weight_rounding == "gptq" or self.measures_sensitivity)
+                or self.rounds_with_hessian or self.measures_sensitivity)
+
+    @property
+    def rounds_with_hessian(self) -> bool:
+        """Whether the weights are rounded against the calibration inputs' statistics (GPTQ, search)."""
+        return self.weight_rounding in ("gptq", "search")
 
     @property
     def calibration_purpose(self) -> str:
         """What needs calibration data, for messages: ``calibrate_mode='max'``, or
         ``calibrate_mode='global_scale' with bias_correction``."""
         extras = [name for name in ("bias_correction", "unsigned_activations") if getattr(self, name)]
-        extras += ["weight_rounding='gptq'"] * (self.weight_rounding == "gptq")
+        extras += [f"weight_rounding={self.weight_rounding!r}"] * self.rounds_with_hessian
         extras += [f"budget={self.budget!r}"] * (self.budget is not None)
         extras += ["sensitivity"] * (self.sensitivity and self.budget is None)
         return f"calibrate_mode={self.calibrate_mode!r}" + (f" with {', '.join(extras)}" if extras else "")
@@ -266,8 +275,9 @@ class QuantConfig:
     def label(self) -> str:
         """A short id such as ``int8-global_scale-power2`` or ``int8-kl_divergence-max-perchannel``."""
         label = f"{self.dtype_input}-{self.calibrate_mode}-{self.weight_scale}"
+        rounding = f"-{self.weight_rounding}" if self.rounds_with_hessian else ""
         return (label + "-perchannel" * self.per_channel + "-biascorrected" * self.bias_correction
-                + "-unsigned" * self.unsigned_activations + "-gptq" * (self.weight_rounding == "gptq")
+                + "-unsigned" * self.unsigned_activations + rounding
                 + "".join(f"-float{index}" for index in self.keep_float)
                 + (f"-budget[{self.budget}]" if self.budget is not None else ""))
 

@@ -32,7 +32,7 @@ from pytest_tvmdeploy.quantize.graph import (
     substitute,
     vars_in,
 )
-from pytest_tvmdeploy.quantize.rounding import gptq_weights
+from pytest_tvmdeploy.quantize.rounding import gptq_weights, searched_weights
 from pytest_tvmdeploy.quantize.scales import (
     QMAX,
     UMAX,
@@ -65,7 +65,7 @@ class SiteScales:
     input_means: np.ndarray | None = field(default=None, compare=False)
     input_zero_point: int = 0
     output_zero_point: int = 0
-    input_hessian: np.ndarray | None = field(default=None, compare=False)  # for weight_rounding="gptq"
+    input_hessian: np.ndarray | None = field(default=None, compare=False)  # weight_rounding "gptq" / "search"
 
 
 class Int8(NamedTuple):
@@ -114,7 +114,9 @@ def site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input
                                        axis=axis)
     else:
         w_scales = weight_scales(site.weight, power2=config.power2, per_channel=config.per_channel, axis=axis)
-    if config.weight_rounding == "gptq" and calibrated.input_hessian is not None:
+    if config.weight_rounding == "search" and calibrated.input_hessian is not None:
+        weights, w_scales = searched_weights(site, w_scales, calibrated.input_hessian, per_channel=config.per_channel)
+    elif config.weight_rounding == "gptq" and calibrated.input_hessian is not None:
         weights = gptq_weights(site, w_scales, calibrated.input_hessian)
     else:
         weights = quantize_to_int8(site.weight, w_scales, axis=axis if config.per_channel else None)

@@ -7,6 +7,12 @@ network needs is the error of each output, ``(W - Q) x``, small over the inputs 
 im2col patches), rounding column by column and moving each column's error onto the columns
 after it, weighted by the inverse of ``H``, minimises that output error greedily. The scales
 are the usual ones (from max |w|); only the choice between the two neighbouring steps changes.
+
+The *search* goes further: it also chooses each output channel's step, among a few slightly
+coarser than max |w| / 127, by the same output error ``d^T H d`` (``d`` the channel's weight
+error). A coarser step puts the grid where the channel's important weights fall; rows of at most
+``EXHAUSTIVE_WEIGHTS`` weights (a 3x3 depthwise channel) are rounded by trying every up/down
+choice, larger ones by GPTQ.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from pytest_tvmdeploy.quantize.scales import QMAX, round_half_away
 #: Added to the Hessian's diagonal, as a share of its mean: keeps it invertible when inputs
 #: are correlated or constant (GPTQ's usual 1 %).
 DAMPING = 0.01
+#: The searched steps: max |w| / 127 times these (never finer: the largest weight stays in range).
+SEARCH_FACTORS = tuple(1.0 + 0.01 * i for i in range(26))
+#: Rows of GPTQ-rounded weights try every fifth factor only (each factor is one GPTQ pass).
+GPTQ_SEARCH_FACTORS = SEARCH_FACTORS[::5]
+#: Rows of at most this many weights try all 2**k roundings (512 for a 3x3 depthwise channel).
+EXHAUSTIVE_WEIGHTS = 9
 
 
 class InputHessian:
@@ -57,28 +69,81 @@ class InputHessian:
 def gptq_weights(site: Site, scales: np.ndarray, hessian: np.ndarray) -> np.ndarray:
     """The site's int8 weights (its layout) at ``scales`` (per tensor, or per output channel),
     each rounding error compensated by the weights rounded after it."""
+    rows, steps = _rows(site, scales, hessian.shape[0])
+    return _from_rows(site, _gptq(rows, _conditioned(hessian), steps[..., None]))
+
+
+def searched_weights(site: Site, scales: np.ndarray, hessian: np.ndarray, *,
+                     per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The site's int8 weights and their float32 scales (shape of ``scales``): each output
+    channel's step (or the tensor's, without ``per_channel``) and rounding chosen for the least
+    output error on the calibration inputs, starting from ``scales`` (those of max |w|)."""
+    rows, steps = _rows(site, scales, hessian.shape[0])
+    hessian = _conditioned(hessian)
+    exhaustive = rows.shape[-1] <= EXHAUSTIVE_WEIGHTS
+    best = None
+    for factor in SEARCH_FACTORS if exhaustive else GPTQ_SEARCH_FACTORS:
+        trial = (steps * factor).astype(np.float32).astype(np.float64)  # the steps the graph will use
+        rounded = _best_rounding(rows, hessian, trial) if exhaustive else _gptq(rows, hessian, trial[..., None])
+        error = rows - rounded * trial[..., None]
+        cost = np.einsum("grk,gkl,grl->gr", error, hessian, error)
+        if not per_channel:
+            cost = np.broadcast_to(cost.sum(), cost.shape)
+        if best is None:
+            best = [rounded, trial, cost]
+            continue
+        better = cost < best[2]
+        best[0] = np.where(better[..., None], rounded, best[0])
+        best[1], best[2] = np.where(better, trial, best[1]), np.where(better, cost, best[2])
+    rounded, chosen, _ = best
+    chosen_scales = chosen.reshape(-1) if per_channel else chosen.reshape(-1)[0]  # rows are output channels
+    return _from_rows(site, rounded), np.asarray(chosen_scales, dtype=np.float32)
+
+
+def _rows(site: Site, scales: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The weights as (groups, rows, k), one row per output channel, and each row's step (groups, rows)."""
     weights = site.weight.astype(np.float64)
     if site.kind == CONV:
         out_channels = weights.shape[0]
-        groups = hessian.shape[0]
-        rows = weights.reshape(groups, out_channels // groups, -1)
         steps = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (out_channels,))
-        rounded = _gptq(rows, hessian, steps.reshape(groups, -1, 1))
-        return rounded.reshape(weights.shape)
+        return weights.reshape(groups, out_channels // groups, -1), steps.reshape(groups, -1)
     steps = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (weights.shape[1],))
-    return _gptq(weights.T[None], hessian, steps.reshape(1, -1, 1))[0].T.copy()
+    return weights.T[None], steps.reshape(1, -1)
+
+
+def _from_rows(site: Site, rows: np.ndarray) -> np.ndarray:
+    """Rows of :func:`_rows` back in the site's weight layout."""
+    return rows.reshape(site.weight.shape) if site.kind == CONV else rows[0].T.copy()
+
+
+def _conditioned(hessian: np.ndarray) -> np.ndarray:
+    """``hessian`` made invertible: inputs that were always 0 get a unit diagonal (their weights do
+    not matter), and every diagonal gains ``DAMPING`` times its mean."""
+    hessian = hessian.astype(np.float64, copy=True)
+    diagonal = np.einsum("gkk->gk", hessian)
+    for group, column in zip(*np.nonzero(diagonal == 0)):
+        hessian[group, column, column] = 1.0
+    return hessian + DAMPING * np.eye(hessian.shape[-1]) * np.einsum("gkk->gk", hessian).mean(axis=-1)[:, None, None]
+
+
+def _best_rounding(weights: np.ndarray, hessian: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """int8 of ``weights`` (groups, rows, k) at ``steps`` (groups, rows): of the 2**k ways to round
+    each row down or up, the one with the least ``d^T H d``."""
+    k = weights.shape[-1]
+    choices = (np.arange(2 ** k)[:, None] >> np.arange(k)) & 1  # (2**k, k): 0 = down, 1 = up
+    floors = np.floor(weights / steps[..., None])
+    candidates = np.clip(floors[..., None, :] + choices, -QMAX, QMAX)  # (g, r, 2**k, k)
+    errors = weights[..., None, :] - candidates * steps[..., None, None]
+    cost = np.einsum("grnk,gkl,grnl->grn", errors, hessian, errors)
+    best = cost.argmin(axis=-1)
+    return np.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :].astype(np.int8)
 
 
 def _gptq(weights: np.ndarray, hessian: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """int8 of ``weights`` (groups, rows, k) at ``scales`` (groups, rows, 1), columns rounded in
-    order with their errors spread over the later columns through ``hessian`` (groups, k, k)."""
+    order with their errors spread over the later columns through the conditioned ``hessian``
+    (groups, k, k)."""
     work = weights.copy()
-    hessian = hessian.copy()
-    diagonal = np.einsum("gkk->gk", hessian)
-    unseen = diagonal == 0  # inputs that were always 0: their weights do not matter
-    for group, column in zip(*np.nonzero(unseen)):
-        hessian[group, column, column] = 1.0
-    hessian += DAMPING * np.eye(hessian.shape[-1]) * np.einsum("gkk->gk", hessian).mean(axis=-1)[:, None, None]
     # upper Cholesky factor of the inverse: row i holds how column i's error moves onto the later ones
     upper = np.swapaxes(np.linalg.cholesky(np.linalg.inv(hessian)), -1, -2)
     rounded = np.empty(weights.shape, dtype=np.int8)

@@ -30,11 +30,13 @@ _TENSORIZE = '"Tensorize"'
 
 
 class RecordsBuild(NamedTuple):
-    """A build's VM executable, how many functions got a stored record, how many a sampled schedule."""
+    """A build's VM executable, how many functions got a stored record, how many a sampled schedule,
+    and the module compiled (its TIR functions scheduled; None when built without either)."""
 
     executable: Any
     applied: int
     sampled: int
+    module: Any = None
 
 
 def compile_tuned(module: tvm.IRModule, target: TargetSpec, database_dir: Path) -> Any:
@@ -72,7 +74,7 @@ def build_with_records(module: tvm.IRModule, target: TargetSpec, files: Database
             prepared, applied = apply_records(prepared, as_tuned, files, chosen)
     if sampled:
         prepared, scheduled = schedule_unscheduled(prepared, as_tuned, sample, remember)
-    return RecordsBuild(compile_module(prepared, target, pipeline), applied, scheduled)
+    return RecordsBuild(compile_module(prepared, target, pipeline), applied, scheduled, prepared)
 
 
 def chosen_records(files: DatabaseFiles, prepared: tvm.IRModule, target: TargetSpec) -> list[TaskRecords]:

@@ -1,0 +1,161 @@
+"""Where a TVM build's time goes: each compiled kernel timed alone, against the whole model.
+
+    python benchmarks/kernels.py [--models resnet18,mobilenet_v2] [--target "llvm -mcpu=sapphirerapids"]
+                                 [--tuning-dir DIR] [--int8] [--output NAME]
+
+Relax's VM in TVM 0.27 has no profiler, so this builds the model as ``benchmarks/latency.py``
+does (the same torchvision network, seeded weights, photo input, tuning records from ``DIR/<target
+label>/``, sampled schedules for the functions without one; ``--int8``: latency.py's int8
+configuration) and times every TIR function of the built library by itself with TVM's
+``time_evaluator`` on zero-filled arguments of its buffers' shapes: per kernel its calls per
+inference, median microseconds per call, share of the summed kernel time, GFLOP/s (TVM's own flop
+estimate). The whole model's
+median through the VM is printed beside the kernels' sum; the difference is the VM's own work
+(allocation, calls). JSON goes to ``benchmarks/results/kernels-<target label>[-int8].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import model, photo, timed, write_results  # noqa: E402
+from latency import CALIBRATION_PER_PHOTO, INT8, ROOT  # noqa: E402
+
+#: Each kernel's timing: repeats of at least this many milliseconds of back-to-back calls.
+MIN_REPEAT_MS = 40
+REPEATS = 7
+
+
+def relax_module(name: str, int8: bool, spec: Any) -> Any:
+    """The network's Relax module as the plugin imports it (quantized with latency.py's int8
+    configuration if ``int8``)."""
+    from pytest_tvmdeploy.quantize import quantize_for_target
+    from pytest_tvmdeploy.shapes import ShapeSignature
+    from pytest_tvmdeploy.sources import open_source
+
+    x = photo()
+    module = open_source(model(name)).to_relax(ShapeSignature.of({"x": x}))
+    if not int8:
+        return module
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from images import calibration_set
+
+    return quantize_for_target(module, INT8, spec, calibration=calibration_set(CALIBRATION_PER_PHOTO,
+                                                                                 input_name="x")).module
+
+
+def calls_per_function(module: Any) -> dict[str, int]:
+    """How often ``main`` calls each TIR function (``call_tir`` and its variants)."""
+    from tvm import relax
+
+    counts: dict[str, int] = {}
+
+    @relax.expr_functor.visitor
+    class Calls(relax.PyExprVisitor):
+        def visit_call_(self, call: Any) -> None:
+            super().visit_call_(call)
+            if call.args and isinstance(call.args[0], relax.GlobalVar):
+                counts[call.args[0].name_hint] = counts.get(call.args[0].name_hint, 0) + 1
+
+    Calls().visit_expr(module["main"])
+    return counts
+
+
+def zero_arguments(func: Any, device: Any) -> list[Any] | None:
+    """Zero-filled tensors of the function's buffers (None if a shape is not fixed)."""
+    import numpy as np
+    import tvm
+    from tvm import tirx as tir
+
+    arguments = []
+    for param in func.params:  # a buffer parameter carries its shape and dtype
+        shape, dtype = getattr(param, "shape", None), getattr(param, "dtype", None)
+        if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+            return None
+        arguments.append(tvm.runtime.tensor(np.zeros(tuple(int(d) for d in shape), dtype=str(dtype)), device))
+    return arguments
+
+
+def kernel_rows(built: Any, device: Any) -> list[dict[str, Any]]:
+    """Every TIR function of ``built`` (a RecordsBuild with its scheduled module) timed alone."""
+    import tvm
+    from tvm import tirx as tir
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    library = built.executable.mod.imports[0] if built.executable.mod.imports else built.executable.mod
+    calls = calls_per_function(built.module)
+    rows = []
+    for global_var, func in built.module.functions.items():
+        name = global_var.name_hint
+        if not isinstance(func, tir.PrimFunc) or name not in calls:
+            continue
+        arguments = zero_arguments(func, device)
+        if arguments is None:
+            continue
+        timer = library.time_evaluator(name, device, number=1, repeat=REPEATS, min_repeat_ms=MIN_REPEAT_MS)
+        seconds = statistics.median(timer(*arguments).results)
+        flops = estimate_tir_flops(tvm.IRModule({"main": func}))
+        rows.append({"kernel": name, "calls": calls[name], "us_per_call": round(seconds * 1e6, 1),
+                     "us_total": round(seconds * 1e6 * calls[name], 1),
+                     "gflops": round(flops / seconds / 1e9, 1) if flops else None})
+    total = sum(r["us_total"] for r in rows) or 1.0
+    for r in rows:
+        r["share"] = round(r["us_total"] / total, 3)
+    return sorted(rows, key=lambda r: -r["us_total"])
+
+
+def breakdown(name: str, spec: Any, database: Path, int8: bool) -> dict[str, Any]:
+    import tvm
+
+    from pytest_tvmdeploy.tuning.apply import build_with_records
+    from pytest_tvmdeploy.tuning.records import read_database
+    from pytest_tvmdeploy.vm import relax_vm
+
+    records = read_database(database) if database.is_dir() else None
+    built = build_with_records(relax_module(name, int8, spec), spec, records, sampled=True)
+    device = tvm.cpu()
+    vm = relax_vm(built.executable)
+    x = tvm.runtime.tensor(photo())
+    model_ms = statistics.median(timed(lambda: vm["main"](x), 30)) * 1e3
+    rows = kernel_rows(built, device)
+    kernels_ms = sum(r["us_total"] for r in rows) / 1e3
+    return {"model": name, "int8": int8, "database": str(database), "tuned_functions": built.applied,
+            "sampled_functions": built.sampled, "model_ms": round(model_ms, 3), "kernels_ms": round(kernels_ms, 3),
+            "kernels": rows}
+
+
+def main() -> None:
+    from pytest_tvmdeploy.targets import parse_target
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet18,mobilenet_v2")
+    parser.add_argument("--target", default="llvm -mcpu=sapphirerapids")
+    parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning" / "{model}"))
+    parser.add_argument("--int8", action="store_true", help="the int8 model (latency.py's configuration)")
+    parser.add_argument("--top", type=int, default=12, help="kernels printed per model")
+    parser.add_argument("--output", help="file name under benchmarks/results/")
+    args = parser.parse_args()
+    spec = parse_target(args.target)
+    results = []
+    for name in args.models.split(","):
+        result = breakdown(name, spec, Path(args.tuning_dir.replace("{model}", name)) / spec.label, args.int8)
+        results.append(result)
+        print(f"{name}{' int8' if args.int8 else ''}: whole model {result['model_ms']:.2f} ms, kernels "
+              f"{result['kernels_ms']:.2f} ms ({result['tuned_functions']} tuned, {result['sampled_functions']} "
+              f"sampled functions)")
+        print(f"  {'kernel':52s} {'calls':>5s} {'us/call':>9s} {'share':>6s} {'GFLOP/s':>8s}")
+        for r in result["kernels"][:args.top]:
+            print(f"  {r['kernel'][:52]:52s} {r['calls']:5d} {r['us_per_call']:9.1f} {r['share']:6.1%} "
+                  f"{r['gflops'] if r['gflops'] is not None else '-':>8}")
+    label = spec.label + "-int8" * args.int8
+    path = write_results(args.output or f"kernels-{label}.json", {"target": args.target, "results": results})
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
