@@ -70,7 +70,6 @@ def zero_arguments(func: Any, device: Any) -> list[Any] | None:
     """Zero-filled tensors of the function's buffers (None if a shape is not fixed)."""
     import numpy as np
     import tvm
-    from tvm import tirx as tir
 
     arguments = []
     for param in func.params:  # a buffer parameter carries its shape and dtype
@@ -131,6 +130,9 @@ def breakdown(name: str, spec: Any, database: Path, int8: bool) -> dict[str, Any
 
 def main() -> None:
     from pytest_tvmdeploy.targets import parse_target
+    from pytest_tvmdeploy.threads import configure_threads
+
+    threads = configure_threads()  # as deployments run: every core, before TVM's thread pool starts
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
@@ -153,7 +155,8 @@ def main() -> None:
             print(f"  {r['kernel'][:52]:52s} {r['calls']:5d} {r['us_per_call']:9.1f} {r['share']:6.1%} "
                   f"{r['gflops'] if r['gflops'] is not None else '-':>8}")
     label = spec.label + "-int8" * args.int8
-    path = write_results(args.output or f"kernels-{label}.json", {"target": args.target, "results": results})
+    path = write_results(args.output or f"kernels-{label}.json", {"target": args.target, "threads": threads,
+                                                                  "results": results})
     print(f"written {path}")
 
 
