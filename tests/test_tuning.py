@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -324,6 +325,34 @@ def test_a_time_limit_ends_the_search_and_keeps_what_it_measured(tiny, tmp_path)
     assert len(_lines(database, RECORD_FILE)) == summary.records_added == summary.trials
     assert any("stopped at its time limit of 10 s" in line for line in lines)
     assert not exhausted_workloads(database, target_key(SPEC))  # cut short is not run dry
+
+
+def test_a_time_limit_in_the_first_round_keeps_every_batch_sent_before_it(tiny, tmp_path, monkeypatch) -> None:
+    # MetaSchedule's first round sends one batch per task, then collects them all; a model whose
+    # round outlasts the limit kept only its first task's records. Here the limit passes right
+    # after the round's last batch is sent (the clock jumps), so every batch was sent in time.
+    import math
+
+    from pytest_tvmdeploy.tuning import monitor
+
+    late = False
+    real_clock = monitor._now
+    monkeypatch.setattr(monitor, "_now", lambda: math.inf if late else real_clock())
+    lines: list[str] = []
+
+    def progress(line: str) -> None:
+        nonlocal late
+        lines.append(line)
+        sent = re.search(r"measuring \d+ candidates of task (\d+)/(\d+)", line)
+        late = late or bool(sent and sent.group(1) == sent.group(2))
+
+    database = tmp_path / "db"
+    summary = tune(tiny, SPEC, database, max_trials=5000, max_trials_per_task=2000, max_seconds=3600,
+                   progress=progress)
+    assert summary.tasks >= 3 and any("stopped at its time limit" in line for line in lines)
+    workloads = {json.loads(line)[0] for line in _lines(database, RECORD_FILE)}
+    assert len(workloads) == summary.tasks, (len(workloads), summary.tasks)  # was 1: the first task's
+    assert summary.records_added == summary.trials
 
 
 @pytest.mark.parametrize(("text", "budget"), [("2000", (2000, None)), ("15m", (100_000, 900.0)),

@@ -38,9 +38,15 @@ class TuningDeadline(Exception):
 
 @derived_object
 class TuningMonitor(PyMeasureCallback):
-    """Counts trials and errors per task and reports progress after each measured batch; the
-    first batch measured past ``deadline`` (a ``time.monotonic()`` value) is counted, then
-    :class:`TuningDeadline` ends the run (``timed_out`` says so).
+    """Counts trials and errors per task and reports progress after each measured batch; once
+    ``deadline`` (a ``time.monotonic()`` value) has passed, the first batch sent to the builder
+    after it is counted, then :class:`TuningDeadline` ends the run (``timed_out`` says so).
+
+    Batches sent before the deadline are all kept: MetaSchedule's first round sends one batch
+    per task and only then collects them, task by task, and a large model's round outlasts a
+    short limit. Ending the run at the first batch collected after the deadline kept the first
+    task's records and threw away every other task's measured batch (``sent_at``, filled by
+    :class:`CurrentTask`, says when each task's batch went out).
 
     Raising is the one clean way out: terminating the tasks from here leaves MetaSchedule's
     gradient scheduler holding task ids it already chose, which it then fails on."""
@@ -51,13 +57,15 @@ class TuningMonitor(PyMeasureCallback):
         self.tallies = [_Tally() for _ in task_names]
         self.deadline = deadline
         self.timed_out = False
+        self.sent_at: dict[int, float] = {}  # task id -> when its last batch went to the builder
 
     def apply(self, task_scheduler, task_id: int, measure_candidates, builder_results, runner_results) -> None:
         if builder_results:  # the scheduler revisits exhausted tasks with empty batches
             self._count(task_id, builder_results, runner_results)
-        if self.deadline is not None and not self.timed_out and time.monotonic() >= self.deadline:
+        if self.deadline is not None and _now() >= self.deadline:
             self.timed_out = True
-            raise TuningDeadline("the tuning run's time limit has passed")
+            if self.sent_at.get(task_id, self.deadline) >= self.deadline:  # unknown: as if sent late
+                raise TuningDeadline("the tuning run's time limit has passed")
 
     def _count(self, task_id: int, builder_results, runner_results) -> None:
         tally = self.tallies[task_id]
@@ -95,6 +103,11 @@ class TuningMonitor(PyMeasureCallback):
         )
 
 
+def _now() -> float:
+    """The clock deadlines are read on (``time.monotonic``)."""
+    return time.monotonic()
+
+
 class CurrentTask(logging.Handler):
     """Remembers the last task the task scheduler announced, from its log messages.
 
@@ -102,10 +115,12 @@ class CurrentTask(logging.Handler):
     one round over all tasks, for a start), so each batch sent to the builder is reported too.
     """
 
-    def __init__(self, task_count: int, progress: Callable[[str], None]) -> None:
+    def __init__(self, task_count: int, progress: Callable[[str], None],
+                 sent_at: dict[int, float] | None = None) -> None:
         super().__init__(level=logging.DEBUG)
         self.task_count = task_count
         self.progress = progress
+        self.sent_at = {} if sent_at is None else sent_at  # task id -> when its last batch was sent
         self.number = 0
         self.task_name: str | None = None  # not ``name``: that is the handler's own name in logging's registry
 
@@ -116,6 +131,7 @@ class CurrentTask(logging.Handler):
             self.number, self.task_name = int(match.group(1)) + 1, match.group(2)
         sending = _SENDING_MESSAGE.search(message)
         if sending and self.task_name and int(sending.group(1)) > 0:
+            self.sent_at[self.number - 1] = _now()
             self.progress(f"measuring {sending.group(1)} candidates of task {self.number}/{self.task_count} "
                           f"{self.task_name}")
 

@@ -79,7 +79,7 @@ def run_meta_schedule(
     contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger)
     deadline = time.monotonic() + max_seconds if max_seconds is not None else None
     monitor = TuningMonitor([str(context.task_name) for context in contexts], say, deadline)
-    current = CurrentTask(len(contexts), say)
+    current = CurrentTask(len(contexts), say, monitor.sent_at)
     candidates = work_dir / "candidates"
     candidates.mkdir(exist_ok=True)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40)
