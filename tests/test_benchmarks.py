@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -50,12 +51,19 @@ def test_the_kernel_breakdown_times_every_kernel_the_model_calls() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
                               torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU()).eval()
     module = from_exported_program(torch.export.export(net, (torch.zeros(1, 3, 16, 16),)))
+    from pytest_tvmdeploy.vm import relax_vm
+
     built = build_with_records(module, parse_target("llvm"), None, sampled=True)
-    rows = kernels.kernel_rows(built, tvm.cpu())
     calls = kernels.calls_per_function(built.module)
+    in_model = kernels.seconds_in_model(relax_vm(built.executable), [tvm.runtime.tensor(np.ones((1, 3, 16, 16),
+                                                                                              "float32"))], 3)
+    assert {name: len(seconds) for name, seconds in in_model.items() if name in calls} == {
+        name: 3 * count for name, count in calls.items()}  # every call of every run, and nothing else
+    rows = kernels.kernel_rows(built, tvm.cpu(), in_model)
     assert {row["kernel"] for row in rows} == set(calls)
     assert sum(row["calls"] for row in rows) == sum(calls.values())
     convs = [row for row in rows if "conv2d" in row["kernel"]]
     assert len(convs) == 3 and all(row["gflops"] > 0 for row in convs)  # TVM's flop estimate over the time
-    assert all(row["us_per_call"] > 0 for row in rows) and abs(sum(row["share"] for row in rows) - 1) < 0.01
+    assert all(row["us_per_call"] > 0 and row["us_alone_hot"] > 0 and row["us_alone_cold"] > 0 for row in rows)
+    assert abs(sum(row["share"] for row in rows) - 1) < 0.01
     assert [row["us_total"] for row in rows] == sorted((row["us_total"] for row in rows), reverse=True)

@@ -6,19 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tvm.relax.frontend.torch import from_exported_program
 
-from int8_runs import int8_run, sqnr
+from int8_runs import int8_run, only_site, sqnr
 from models import separable_block, separable_inputs
 from pytest_tvmdeploy.quantize import QuantConfig
-from pytest_tvmdeploy.quantize.graph import find_sites, prepare
 from pytest_tvmdeploy.quantize.rounding import InputHessian, gptq_weights
 from pytest_tvmdeploy.quantize.scales import quantize_to_int8, weight_scales
-
-
-def only_site(layer: torch.nn.Module, shape: tuple[int, ...]):
-    (site,) = find_sites(prepare(from_exported_program(torch.export.export(layer.eval(), (torch.zeros(shape),)))))
-    return site
 
 
 @pytest.mark.parametrize("spec", [

@@ -32,6 +32,7 @@ from pytest_tvmdeploy.tuning import (
 )
 from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask
 from pytest_tvmdeploy.tuning.records import read_database
+from pytest_tvmdeploy.tuning.session import COLD_RUNS, evaluator_config
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
@@ -93,6 +94,8 @@ def test_tune_writes_records_for_every_task(tuned) -> None:
     assert len(_lines(database, WORKLOAD_FILE)) == len(summary.results)
     assert not summary.failed_tasks
     assert all(r.best_ms is not None and r.best_ms > 0 for r in summary.results)
+    # each candidate timed as it runs in a model: COLD_RUNS single runs, caches flushed before each
+    assert {len(record.run_secs) for record in read_database(database).records} == {COLD_RUNS}
 
 
 def test_tuned_build_matches_untuned_in_the_vm_and_from_cpp(tuned, tiny, x, tmp_path, cpp_exe) -> None:
@@ -324,6 +327,9 @@ def test_a_time_limit_ends_the_search_and_keeps_what_it_measured(tiny, tmp_path)
     assert summary.seconds < 10 + 120  # the batches under way finish; nothing starts after the limit
     assert len(_lines(database, RECORD_FILE)) == summary.records_added == summary.trials
     assert any("stopped at its time limit of 10 s" in line for line in lines)
+    # the first round is ranked by the shipped cost model, not at random (the run's own is still warming up)
+    ranked = [re.search(r"ranked by the shipped cost model: (\d+), by this run's: (\d+)", line) for line in lines]
+    assert any(found and int(found.group(1)) > 0 for found in ranked), lines[-3:]
     assert not exhausted_workloads(database, target_key(SPEC))  # cut short is not run dry
 
 
@@ -353,6 +359,13 @@ def test_a_time_limit_in_the_first_round_keeps_every_batch_sent_before_it(tiny, 
     workloads = {json.loads(line)[0] for line in _lines(database, RECORD_FILE)}
     assert len(workloads) == summary.tasks, (len(workloads), summary.tasks)  # was 1: the first task's
     assert summary.records_added == summary.trials
+
+
+def test_cpus_time_candidates_cold_and_other_devices_hot() -> None:
+    cold = evaluator_config(SPEC.to_tvm())
+    assert (cold.number, cold.repeat, cold.enable_cpu_cache_flush) == (1, COLD_RUNS, True)
+    hot = evaluator_config(tvm.target.Target("cuda"))
+    assert not hot.enable_cpu_cache_flush and hot.min_repeat_ms == 40
 
 
 @pytest.mark.parametrize(("text", "budget"), [("2000", (2000, None)), ("15m", (100_000, 900.0)),
