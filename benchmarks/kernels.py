@@ -1,7 +1,7 @@
 """Where a TVM build's time goes: each compiled kernel timed inside the model and alone.
 
     python benchmarks/kernels.py [--models resnet18,mobilenet_v2] [--target "llvm -mcpu=sapphirerapids"]
-                                 [--tuning-dir DIR] [--int8] [--output NAME]
+                                 [--tuning-dir DIR] [--int8 [--quantize-stem]] [--output NAME]
 
 This builds the model as ``benchmarks/latency.py`` does (the same torchvision network, seeded
 weights, photo input, tuning records from ``DIR/<target label>/``, sampled schedules for the
@@ -17,7 +17,7 @@ functions without one; ``--int8``: latency.py's int8 configuration) and times ev
 
 Per kernel: calls per inference, microseconds per call each way, share of the in-model time,
 GFLOP/s in the model (TVM's own flop estimate). JSON goes to
-``benchmarks/results/kernels-<target label>[-int8].json``.
+``benchmarks/results/kernels-<target label>[-int8[-stem]].json``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import model, photo, timed, write_results  # noqa: E402
-from latency import CALIBRATION_PER_PHOTO, INT8, ROOT  # noqa: E402
+from latency import CALIBRATION_PER_PHOTO, INT8, INT8_STEM, ROOT  # noqa: E402
 
 #: Each kernel's timing: repeats of at least this many milliseconds of back-to-back calls.
 MIN_REPEAT_MS = 40
@@ -41,9 +41,9 @@ COLD_CALLS = 21
 MODEL_RUNS = 20
 
 
-def relax_module(name: str, int8: bool, spec: Any) -> Any:
-    """The network's Relax module as the plugin imports it (quantized with latency.py's int8
-    configuration if ``int8``)."""
+def relax_module(name: str, int8: dict | None, spec: Any) -> Any:
+    """The network's Relax module as the plugin imports it (quantized with ``int8``, one of
+    latency.py's int8 configurations, if given)."""
     from pytest_tvmdeploy.quantize import quantize_for_target
     from pytest_tvmdeploy.shapes import ShapeSignature
     from pytest_tvmdeploy.sources import open_source
@@ -55,7 +55,7 @@ def relax_module(name: str, int8: bool, spec: Any) -> Any:
     sys.path.insert(0, str(ROOT / "fixtures"))
     from images import calibration_set
 
-    return quantize_for_target(module, INT8, spec, calibration=calibration_set(CALIBRATION_PER_PHOTO,
+    return quantize_for_target(module, int8, spec, calibration=calibration_set(CALIBRATION_PER_PHOTO,
                                                                                  input_name="x")).module
 
 
@@ -150,7 +150,7 @@ def kernel_rows(built: Any, device: Any, in_model: dict[str, list[float]]) -> li
     return sorted(rows, key=lambda r: -r["us_total"])
 
 
-def breakdown(name: str, spec: Any, database: Path, int8: bool) -> dict[str, Any]:
+def breakdown(name: str, spec: Any, database: Path, int8: dict | None) -> dict[str, Any]:
     import tvm
 
     from pytest_tvmdeploy.tuning.apply import build_with_records
@@ -167,8 +167,8 @@ def breakdown(name: str, spec: Any, database: Path, int8: bool) -> dict[str, Any
     rows = kernel_rows(built, device, in_model)
     kernel_names = {r["kernel"] for r in rows}
     vm_ms = sum(sum(v) for k, v in in_model.items() if k not in kernel_names) / MODEL_RUNS * 1e3
-    return {"model": name, "int8": int8, "database": str(database), "tuned_functions": built.applied,
-            "sampled_functions": built.sampled, "model_ms": round(model_ms, 3),
+    return {"model": name, "int8": int8 is not None, "int8_config": int8, "database": str(database),
+            "tuned_functions": built.applied, "sampled_functions": built.sampled, "model_ms": round(model_ms, 3),
             "kernels_in_model_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3),
             "vm_builtins_ms": round(vm_ms, 3),
             "kernels_alone_hot_ms": round(sum(r["us_alone_hot"] * r["calls"] for r in rows) / 1e3, 3),
@@ -187,13 +187,15 @@ def main() -> None:
     parser.add_argument("--target", default="llvm -mcpu=sapphirerapids")
     parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning" / "{model}"))
     parser.add_argument("--int8", action="store_true", help="the int8 model (latency.py's configuration)")
+    parser.add_argument("--quantize-stem", action="store_true", help="--int8 with the first conv in int8 as well")
     parser.add_argument("--top", type=int, default=12, help="kernels printed per model")
     parser.add_argument("--output", help="file name under benchmarks/results/")
     args = parser.parse_args()
     spec = parse_target(args.target)
+    int8 = (INT8_STEM if args.quantize_stem else INT8) if args.int8 else None
     results = []
     for name in args.models.split(","):
-        result = breakdown(name, spec, Path(args.tuning_dir.replace("{model}", name)) / spec.label, args.int8)
+        result = breakdown(name, spec, Path(args.tuning_dir.replace("{model}", name)) / spec.label, int8)
         results.append(result)
         print(f"{name}{' int8' if args.int8 else ''}: whole model {result['model_ms']:.2f} ms; kernels in the "
               f"model {result['kernels_in_model_ms']:.2f} ms + VM builtins {result['vm_builtins_ms']:.2f} ms; "
@@ -203,7 +205,7 @@ def main() -> None:
         for r in result["kernels"][:args.top]:
             print(f"  {r['kernel'][:46]:46s} {r['calls']:5d} {r['us_per_call']:8.1f} {r['us_alone_hot']:8.1f} "
                   f"{r['us_alone_cold']:8.1f} {r['share']:6.1%} {r['gflops'] if r['gflops'] is not None else '-':>7}")
-    label = spec.label + "-int8" * args.int8
+    label = spec.label + "-int8" * args.int8 + "-stem" * (args.int8 and args.quantize_stem)
     path = write_results(args.output or f"kernels-{label}.json", {"target": args.target, "threads": threads,
                                                                   "results": results})
     print(f"written {path}")

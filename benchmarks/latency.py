@@ -1,23 +1,23 @@
 """Latency of tuned and untuned TVM builds against PyTorch and ONNX Runtime, each backend in its own process.
 
-    python benchmarks/latency.py [--models resnet18,mobilenet_v2] [--repeat 30] [--int8]
+    python benchmarks/latency.py [--models resnet18,mobilenet_v2] [--repeat 30] [--int8 [--quantize-stem]]
                                  [--target "llvm -mcpu=x86-64-v4"] [--tuning-dir DIR] [--tune BUDGET]
 
-Per model (torchvision, seeded random weights, 1x3x224x224 fp32, one real photo crop as input):
-TVM untuned (plain loops, ``schedule="none"``); TVM's default build without tuning (sampled
-schedules, ``schedule="sampled"``); TVM tuned, run by the Python VM and by the C++ runner (``cpp_check/``); PyTorch
-eager; ONNX Runtime (CPU provider, default threads). With ``--int8`` also the int8 model (this
-project's quantizer, mse + max per channel, bias correction, unsigned activations) untuned and
-tuned; on a CPU with AVX-512 VNNI (``-mcpu=sapphirerapids``, ``znver4``, ...) its convs take the VNNI form
-(``quantize/vnni.py``); and ONNX Runtime's own int8 model (``quantize_static``, QDQ, uint8
-activations, int8 weights per channel, the same calibration crops), whose median the int8 rows
-are also divided by (``vs_onnxruntime_int8``). Tuned builds apply the MetaSchedule database ``DIR/<target label>/``
-(``{model}`` in DIR is replaced by the model's name; default ``benchmarks/tuning/{model}``);
-``--tune N`` first tunes each model until its database holds N trials for the target
-(``--tune 2000/15m``: or until 15 minutes of tuning; the notes' recipe row takes the trials only). Each backend runs in
-a fresh process, one after another; reported: median, min and max of ``--repeat`` timed calls,
-and each median's ratio to ONNX Runtime's. JSON goes to
-``benchmarks/results/latency-<target label>.json`` (``--output NAME``: ``benchmarks/results/NAME``).
+Per model (torchvision, seeded random weights, 1x3x224x224 fp32, one real photo crop as input): TVM untuned
+(plain loops, ``schedule="none"``); TVM's default build without tuning (sampled schedules,
+``schedule="sampled"``); TVM tuned, run by the Python VM and by the C++ runner (``cpp_check/``); PyTorch
+eager; ONNX Runtime (CPU provider, default threads). With ``--int8`` also the int8 model (this project's
+quantizer, mse + max per channel, bias correction, unsigned activations; the first conv in int8 too with
+``--quantize-stem``) untuned and tuned; on a CPU with AVX-512 VNNI (``-mcpu=sapphirerapids``, ``znver4``, ...)
+its convs take the VNNI form (``quantize/vnni.py``); and ONNX Runtime's own int8 model (``quantize_static``,
+QDQ, uint8 activations, int8 weights per channel, the same calibration crops), whose median the int8 rows are
+also divided by (``vs_onnxruntime_int8``). Tuned builds apply the MetaSchedule database ``DIR/<label>/`` (the
+target's label; ``{model}`` in DIR is replaced by the model's name; default ``benchmarks/tuning/{model}``);
+``--tune N`` first tunes each model until its database holds N trials for the target (``--tune 2000/15m``: or
+until 15 minutes of tuning; the notes' recipe row takes the trials only). Each backend runs in a fresh
+process, one after another; reported: median, min and max of ``--repeat`` timed calls, and each median's ratio
+to ONNX Runtime's. JSON goes to ``benchmarks/results/latency-<target label>.json`` (``--output NAME``:
+``benchmarks/results/NAME``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ CACHE = ROOT / "benchmarks" / ".cache"
 #: quantizing takes); the first conv and the classifier stay float (the old defaults).
 INT8 = {"calibrate_mode": "mse", "weight_scale": "max", "per_channel": True, "bias_correction": True,
         "unsigned_activations": True}
+#: ``--quantize-stem``: the first conv in int8 as well (ONNX Runtime's int8 model quantizes it too).
+INT8_STEM = {**INT8, "skip_conv_layers": ()}
 FP32_BACKENDS = ("tvm-untuned", "tvm-default", "tvm-tuned", "pytorch", "onnxruntime")
 #: Tuned with the recipe in the team's notes instead of this package's tuner (``--recipe``).
 RECIPE_BACKEND = "tvm-recipe"
@@ -94,7 +96,8 @@ def onnxruntime_int8(path: Path) -> Path:
     return quantized
 
 
-def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: str) -> list[dict]:
+def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: str, tune: str,
+               quantize_stem: bool = False) -> list[dict]:
     from pytest_tvmdeploy import deploy
     from pytest_tvmdeploy.runners.cpp_build import SessionCppRunner
     from pytest_tvmdeploy.settings.values import tuning_budget
@@ -116,7 +119,7 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
                     prepare_s=round(time.perf_counter() - started, 1))]
     deployment = deploy(
         model(name), {"x": photo()}, target=spec, cache_dir=CACHE, repeat=(repeat if tuned else min(repeat, 10)) + 1,
-        quantize=INT8 if quantized else None,
+        quantize=(INT8_STEM if quantize_stem else INT8) if quantized else None,
         calibration=calibration_set(CALIBRATION_PER_PHOTO, input_name="x") if quantized else None,
         tuning_dir=database, tune=trials if tuned else 0, tune_seconds=seconds, schedule=schedule,
         cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
@@ -198,7 +201,8 @@ def row(backend: str, name: str, seconds: Any, **extra: Any) -> dict:
 
 def run_backend(backend: str, name: str, args: argparse.Namespace) -> list[dict]:
     return run_child(__file__, ["--worker", backend, name, "--repeat", str(args.repeat), "--target", args.target,
-                                "--tuning-dir", args.tuning_dir, "--tune", str(args.tune)], f"{name} {backend}") or []
+                                "--tuning-dir", args.tuning_dir, "--tune", str(args.tune)]
+                     + ["--quantize-stem"] * args.quantize_stem, f"{name} {backend}") or []
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -233,6 +237,7 @@ def main() -> None:
     parser.add_argument("--tuning-dir", default=str(ROOT / "benchmarks" / "tuning" / "{model}"))
     parser.add_argument("--tune", default="0", help="trials (1409), a time limit (15m) or both (2000/15m)")
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--quantize-stem", action="store_true", help="int8 rows: the first conv in int8 as well")
     parser.add_argument("--backends", help="comma-separated subset of the backends to run (default: all)")
     parser.add_argument("--recipe", action="store_true",
                         help=f"also tune with the notes' recipe (row {RECIPE_BACKEND}, --tune trials)")
@@ -242,7 +247,8 @@ def main() -> None:
     if args.worker:
         backend, name = args.worker
         rows = (framework_worker(backend, name, args.repeat) if backend in FRAMEWORK_BACKENDS
-                else tvm_worker(backend, name, args.repeat, args.target, args.tuning_dir, args.tune))
+                else tvm_worker(backend, name, args.repeat, args.target, args.tuning_dir, args.tune,
+                                args.quantize_stem))
         print(json.dumps(rows))
         return
     rows: list[dict] = []
@@ -255,7 +261,9 @@ def main() -> None:
         print_model(model_rows, name)
         rows += model_rows
     label = parse_target(args.target).label
-    write_results(args.output or f"latency-{label}.json", {"target": args.target, "repeat": args.repeat, "rows": rows})
+    int8 = {"int8_config": INT8_STEM if args.quantize_stem else INT8} if args.int8 else {}
+    write_results(args.output or f"latency-{label}.json",
+                  {"target": args.target, "repeat": args.repeat, **int8, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def test_the_kernel_breakdown_times_every_kernel_the_model_calls() -> None:
 
     from pytest_tvmdeploy.targets import parse_target
     from pytest_tvmdeploy.tuning.apply import build_with_records
+    from pytest_tvmdeploy.vm import relax_vm
 
     sys.path.insert(0, str(BENCHMARKS))
     import kernels
@@ -51,8 +52,6 @@ def test_the_kernel_breakdown_times_every_kernel_the_model_calls() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
                               torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU()).eval()
     module = from_exported_program(torch.export.export(net, (torch.zeros(1, 3, 16, 16),)))
-    from pytest_tvmdeploy.vm import relax_vm
-
     built = build_with_records(module, parse_target("llvm"), None, sampled=True)
     calls = kernels.calls_per_function(built.module)
     in_model = kernels.seconds_in_model(relax_vm(built.executable), [tvm.runtime.tensor(np.ones((1, 3, 16, 16),

@@ -15,7 +15,7 @@ from pytest_tvmdeploy import deploy, parse_target
 from pytest_tvmdeploy.build.compile import compile_module
 from pytest_tvmdeploy.checks.quant_budget import QuantBudget
 from pytest_tvmdeploy.checks.quantized import compare_quantized
-from pytest_tvmdeploy.quantize.vnni import pack_weights, target_has_vnni, use_vnni_convs
+from pytest_tvmdeploy.quantize.vnni import input_block, pack_weights, target_has_vnni, use_vnni_convs
 
 VNNI_TARGET = parse_target("llvm -mcpu=cascadelake")  # the oldest VNNI CPU: its code runs on all later ones
 
@@ -63,18 +63,20 @@ def int8_module(convs: list[dict], channels: int = 32) -> tuple[tvm.IRModule, li
     return bb.get(), weights
 
 
-@pytest.mark.parametrize("shape", [(32, 48, 3, 2), (24, 40, 1, 1)])
-def test_packed_weights_follow_the_blocked_layout(shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("shape, in_block", [((32, 48, 3, 2), 16), ((24, 40, 1, 1), 16), ((16, 3, 7, 7), 4),
+                                             ((16, 6, 1, 1), 8)])
+def test_packed_weights_follow_the_blocked_layout(shape: tuple[int, ...], in_block: int) -> None:
+    assert input_block(shape[1]) == in_block  # an RGB stem: 3 channels and a zero one, not 13 zeros
     weights = np.random.default_rng(1).integers(-127, 128, shape).astype("int8")
     packed = pack_weights(weights)
-    assert packed.shape == (-(-shape[0] // 16), -(-shape[1] // 16), *shape[2:], 4, 16, 4)
+    assert packed.shape == (-(-shape[0] // 16), -(-shape[1] // in_block), *shape[2:], in_block // 4, 16, 4)
     for o, i, y, x, j, ob, k in np.ndindex(*packed.shape):
-        out, into = 16 * o + ob, 16 * i + 4 * j + k
+        out, into = 16 * o + ob, in_block * i + 4 * j + k
         real = out < shape[0] and into < shape[1]  # the rest pads the channels to whole blocks
         assert packed[o, i, y, x, j, ob, k] == (weights[out, into, y, x] if real else 0)
 
 
-def test_plain_int8_convs_are_rewritten_grouped_and_narrow_ones_kept() -> None:
+def test_plain_int8_convs_are_rewritten_and_grouped_ones_kept() -> None:
     module, _ = int8_module([
         {"weight_shape": (16, 32, 3, 3), "padding": (1, 1, 1, 1)},  # eligible
         {"weight_shape": (32, 1, 3, 3), "groups": 32},  # depthwise
@@ -84,8 +86,12 @@ def test_plain_int8_convs_are_rewritten_grouped_and_narrow_ones_kept() -> None:
     assert count == 2
     text = rewritten.script()
     assert "conv2d_nchw16c_u8i8" in text and text.count("R.nn.conv2d(") == 1
-    narrow, _ = int8_module([{"weight_shape": (16, 4, 1, 1)}], channels=4)
-    assert use_vnni_convs(narrow)[1] == 0  # 4 of 16 lanes would be padding
+    narrow, _ = int8_module([{"weight_shape": (16, 3, 7, 7)}], channels=3)
+    rewritten, count = use_vnni_convs(narrow)
+    (call,) = [b.value for b in rewritten["main"].body.blocks[0].bindings
+               if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"]
+    kernel_shape = list(call.args[1][1].value.shape)
+    assert count == 1 and kernel_shape == [1, 1, 7, 7, 1, 16, 4]  # one block of 4 input channels: 3 and a zero one
 
 
 def test_which_targets_have_vnni() -> None:
@@ -96,7 +102,8 @@ def test_which_targets_have_vnni() -> None:
 
 
 @needs_vnni_cpu
-@pytest.mark.parametrize("channels, outputs", [(32, (48, 32)), (24, (24, 40))], ids=["blocks", "padded"])
+@pytest.mark.parametrize("channels, outputs", [(32, (48, 32)), (24, (24, 40)), (3, (16, 24))],
+                         ids=["blocks", "padded", "rgb-stem"])
 def test_the_vnni_form_computes_the_same_integers(channels: int, outputs: tuple[int, int]) -> None:
     module, weights = int8_module([
         {"weight_shape": (outputs[0], channels, 3, 3), "strides": (2, 2), "padding": (1, 0, 2, 1)},
@@ -122,27 +129,33 @@ def test_the_vnni_form_computes_the_same_integers(channels: int, outputs: tuple[
 
 
 @needs_vnni_cpu
-@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
-def test_an_int8_deployment_for_a_vnni_cpu_uses_the_vnni_form(tmp_path: Path, unsigned: bool) -> None:
-    # unsigned: the relu'd activations carry a zero point, and the convs read them padded with it
+@pytest.mark.parametrize("unsigned, stem", [(False, False), (True, False), (True, True)],
+                         ids=["signed", "unsigned", "unsigned-with-stem"])
+def test_an_int8_deployment_for_a_vnni_cpu_uses_the_vnni_form(tmp_path: Path, unsigned: bool, stem: bool) -> None:
+    # unsigned: the relu'd activations carry a zero point, and the convs read them padded with it;
+    # stem: the first conv (3 input channels, signed image values) is quantized too
     rng = np.random.default_rng(3)
     calibration = [{"x": rng.standard_normal((1, 3, 16, 16)).astype("float32")} for _ in range(4)]
     deployment = deploy(BlockNet().eval(), {"x": ((1, 3, 16, 16), "float32")}, target=VNNI_TARGET,
-                        quantize={"calibrate_mode": "max", "weight_scale": "max", "unsigned_activations": unsigned},
+                        quantize={"calibrate_mode": "max", "weight_scale": "max", "unsigned_activations": unsigned,
+                                  "skip_conv_layers": () if stem else (0,)},
                         calibration=calibration, cache_dir=tmp_path / "cache")
     zero_points = [site["input_zero_point"] for site in deployment.quantization["sites"] if site["quantized"]]
-    assert zero_points == ([-128, -128] if unsigned else [0, 0])
-    assert deployment.quantization["quantized_sites"] == 2  # down and wide: the stem and the head are skipped
-    assert deployment.quantization["vnni_convs"] == 2
+    assert zero_points == [0] * stem + ([-128, -128] if unsigned else [0, 0])
+    # down and wide (and the stem if asked): the head is skipped
+    assert deployment.quantization["quantized_sites"] == deployment.quantization["vnni_convs"] == 2 + stem
     verdict = compare_quantized(deployment.reference, deployment.outputs, QuantBudget(min_cosine=0.99, min_sqnr_db=15))
     assert verdict, verdict.describe()
 
 
 @needs_vnni_cpu
-def test_tuning_tensorizes_the_vnni_form(tmp_path: Path) -> None:
+@pytest.mark.parametrize("conv, channels", [({"weight_shape": (32, 32, 3, 3), "padding": (1, 1, 1, 1)}, 32),
+                                           ({"weight_shape": (16, 3, 7, 7), "strides": (2, 2), "padding": (3, 3)}, 3)],
+                         ids=["blocks", "rgb-stem"])
+def test_tuning_tensorizes_the_vnni_form(tmp_path: Path, conv: dict, channels: int) -> None:
     from pytest_tvmdeploy.tuning import tune
 
-    module, _ = int8_module([{"weight_shape": (32, 32, 3, 3), "padding": (1, 1, 1, 1)}])
+    module, _ = int8_module([dict(conv)], channels)
     rewritten, _ = use_vnni_convs(module)
     tune(rewritten, VNNI_TARGET, tmp_path / "db", max_trials=16, max_trials_per_task=8)
     records = (tmp_path / "db" / "database_tuning_record.json").read_text().splitlines()

@@ -14,8 +14,9 @@ them inside the conv's tiles, and the requantization that follows fuses into the
 instead of separate passes over memory (mobilenet_v2: 47 tuning tasks instead of 89).
 Channel counts that are not multiples of 16 are padded to the next block: zero weights for the
 missing input and output channels (so the padded data channels add nothing), and only the real
-output channels are read back. Depthwise/grouped convs, and convs reading fewer than
-:data:`MIN_IN_CHANNELS` channels (mostly padding), keep their form.
+output channels are read back. A conv reading fewer than :data:`MIN_IN_CHANNELS` channels (a
+network's first conv on an RGB image) blocks its input in 4 channels instead (3 real + 1 zero):
+padded to 16, three quarters of its products would be zeros. Depthwise/grouped convs keep their form.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ if TYPE_CHECKING:
 BLOCK = 16  #: channels per block, data and output
 LANES = 4  #: uint8 x int8 products one ``vpdpbusd`` lane sums
 SHIFT = 128  #: int8 -> uint8 offset
-MIN_IN_CHANNELS = 8  #: fewer input channels would make the padded blocks mostly zeros
+MIN_IN_CHANNELS = 8  #: fewer input channels are blocked in 4s (or 8s), not 16s: see the module docstring
 
 
-def blocks(channels: int) -> int:
-    """16-channel blocks that hold ``channels`` (the last one padded)."""
-    return -(-channels // BLOCK)
+def blocks(channels: int, block: int = BLOCK) -> int:
+    """``block``-channel blocks that hold ``channels`` (the last one padded)."""
+    return -(-channels // block)
+
+
+def input_block(in_channels: int) -> int:
+    """Input channels per block of a conv reading ``in_channels``: 16, or for fewer than
+    :data:`MIN_IN_CHANNELS` the multiple of :data:`LANES` that holds them."""
+    return BLOCK if in_channels >= MIN_IN_CHANNELS else blocks(in_channels, LANES) * LANES
 
 
 def target_has_vnni(target: TargetSpec) -> bool:
@@ -62,19 +69,20 @@ def use_vnni_convs(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
 
 
 def pack_weights(weights: np.ndarray) -> np.ndarray:
-    """OIHW int8 weights as ``conv2d_NCHWc_int8`` reads them: ``[O/16, I/16, KH, KW, 4, 16, 4]``
-    with ``packed[o, i, y, x, j, ob, k] = weights[16 o + ob, 16 i + 4 j + k, y, x]`` (0 for the
-    channels that pad O and I to whole blocks)."""
+    """OIHW int8 weights as ``conv2d_NCHWc_int8`` reads them: ``[O/16, I/B, KH, KW, B/4, 16, 4]``
+    (``B``: :func:`input_block`) with ``packed[o, i, y, x, j, ob, k] = weights[16 o + ob, B i + 4 j + k, y, x]``
+    (0 for the channels that pad O and I to whole blocks)."""
     out_channels, in_channels, height, width = weights.shape
-    padded = np.zeros((blocks(out_channels) * BLOCK, blocks(in_channels) * BLOCK, height, width), weights.dtype)
+    in_block = input_block(in_channels)
+    in_chunks = blocks(in_channels, in_block)
+    padded = np.zeros((blocks(out_channels) * BLOCK, in_chunks * in_block, height, width), weights.dtype)
     padded[:out_channels, :in_channels] = weights
-    blocked = padded.reshape(blocks(out_channels), BLOCK, blocks(in_channels), BLOCK // LANES, LANES, height, width)
+    blocked = padded.reshape(blocks(out_channels), BLOCK, in_chunks, in_block // LANES, LANES, height, width)
     return np.ascontiguousarray(blocked.transpose(0, 2, 5, 6, 3, 1, 4))
 
 
 def eligible(call: relax.Call) -> bool:
-    """An int8 x int8 -> int32 NCHW/OIHW conv2d with constant weights, not grouped, reading at
-    least :data:`MIN_IN_CHANNELS` channels."""
+    """An int8 x int8 -> int32 NCHW/OIHW conv2d with constant weights, not grouped."""
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
         return False
     data, weights = call.args
@@ -86,7 +94,7 @@ def eligible(call: relax.Call) -> bool:
     data_type = data.ty
     if getattr(data_type, "dtype", None) != "int8" or str(weights.value.dtype) != "int8" or data_type.shape is None:
         return False
-    return weights.value.shape[1] >= MIN_IN_CHANNELS
+    return True
 
 
 def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: list[int], padding: list[int],
@@ -100,14 +108,15 @@ def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: 
     top, left, bottom, right = padding
     (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
     batch, in_channels, height, width = get_const_tuple(data.shape)
-    in_chunks = blocks(in_channels)
+    in_block = input_block(in_channels)
+    in_chunks = blocks(in_channels, in_block)
     out_chunks, _, kernel_h, kernel_w, _, _, _ = get_const_tuple(kernel.shape)
     (out_channels,) = get_const_tuple(offsets.shape)
     padded = te.compute(
-        (batch, in_chunks, height + top + bottom, width + left + right, BLOCK),
+        (batch, in_chunks, height + top + bottom, width + left + right, in_block),
         lambda n, c, y, x, cb: te.if_then_else(
-            te.all(y >= top, y < top + height, x >= left, x < left + width, c * BLOCK + cb < in_channels),
-            data[n, te.min(c * BLOCK + cb, in_channels - 1), y - top, x - left],
+            te.all(y >= top, y < top + height, x >= left, x < left + width, c * in_block + cb < in_channels),
+            data[n, te.min(c * in_block + cb, in_channels - 1), y - top, x - left],
             te.const(SHIFT, "uint8"),  # int8 zero; in a padding channel it meets zero weights
         ),
         name="pad_u8_nchw16c",
@@ -116,7 +125,7 @@ def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: 
     out_w = (width + left + right - (kernel_w - 1) * dilation_w - 1) // stride_w + 1
     ry, rx = te.reduce_axis((0, kernel_h), "ry"), te.reduce_axis((0, kernel_w), "rx")
     rc = te.reduce_axis((0, in_chunks), "rc")
-    rj, rk = te.reduce_axis((0, BLOCK // LANES), "rj"), te.reduce_axis((0, LANES), "rk")
+    rj, rk = te.reduce_axis((0, in_block // LANES), "rj"), te.reduce_axis((0, LANES), "rk")
     blocked = te.compute(
         (batch, out_chunks, out_h, out_w, BLOCK),
         lambda n, o, y, x, ob: te.sum(

@@ -54,6 +54,17 @@ def shipped_cost_model() -> Any | None:
     return model
 
 
+def ranking_scores(model: Any, context: Any, candidates: list[Any]) -> Any:
+    """``model``'s predicted scores of ``candidates``: equal ones when none has a feature row
+    (MetaSchedule's XGBoost model then fails on an integer ``isnan``), so nothing is ranked."""
+    import numpy as np
+
+    try:
+        return model.predict(context, candidates)
+    except TypeError:
+        return np.zeros(len(candidates))
+
+
 # Free the booster before the interpreter tears xgboost's library down (its __del__ fails then).
 atexit.register(shipped_cost_model.cache_clear)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_tvmdeploy.errors import BuildError, brief
-from pytest_tvmdeploy.tuning.cost_model import shipped_cost_model, shipped_digest
+from pytest_tvmdeploy.tuning.cost_model import ranking_scores, shipped_cost_model, shipped_digest
 from pytest_tvmdeploy.tuning.tasks import Task, extract_tasks
 
 if TYPE_CHECKING:
@@ -118,10 +118,7 @@ def choose_schedule(task: Task, target: tvm.target.Target, blocks: Blocks | None
     best = candidates[0]
     if model is not None:
         args = ms.arg_info.ArgInfo.from_prim_func(function["main"])
-        try:
-            scores = model.predict(context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
-        except TypeError:  # no candidate has a feature row (an integer isnan): nothing to rank, keep the first
-            scores = [0.0] * len(candidates)
+        scores = ranking_scores(model, context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
         best = candidates[max(range(len(candidates)), key=lambda i: scores[i])]
     return capped_unroll(best, function, context.space_generator.postprocs)
 

@@ -17,6 +17,8 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.cost_model import PyCostModel
 
+from pytest_tvmdeploy.tuning.cost_model import ranking_scores, shipped_cost_model
+
 
 @derived_object
 class WarmStartedModel(PyCostModel):
@@ -43,10 +45,7 @@ class WarmStartedModel(PyCostModel):
             self.predictions["session"] += len(candidates)
             return self.session.predict(context, candidates)
         self.predictions["shipped"] += len(candidates)
-        try:
-            return self.shipped.predict(context, candidates)
-        except TypeError:  # no candidate has a feature row (an integer isnan): nothing to rank
-            return np.zeros(len(candidates))
+        return ranking_scores(self.shipped, context, candidates)
 
     @property
     def warmed_up(self) -> bool:
@@ -59,8 +58,6 @@ def tuning_cost_model(num_cores: int) -> Any:
     model, warm-started with the shipped booster when it is there."""
     from tvm.s_tir import meta_schedule as ms
 
-    from pytest_tvmdeploy.tuning.cost_model import shipped_cost_model
-
-    session = ms.cost_model.XGBModel(num_tuning_cores=num_cores, tree_method="auto")
+    session = ms.cost_model.XGBModel(num_tuning_cores=num_cores)
     shipped = shipped_cost_model()
     return session if shipped is None else WarmStartedModel(session, shipped)
