@@ -97,7 +97,7 @@ def eligible(call: relax.Call) -> bool:
     return True
 
 
-def _vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: list[int], padding: list[int],
+def vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: list[int], padding: list[int],
                dilation: list[int]) -> te.Tensor:
     """TE: NCHW uint8 ``data`` padded and blocked (pad value: the one that means int8 zero), the
     blocked uint8 x int8 -> int32 conv, then its NCHW result minus ``offsets`` (per output channel).
@@ -169,5 +169,5 @@ class _VnniConvs(PyExprMutator):
         kernel = relax.const(pack_weights(values))
         offsets = relax.const((SHIFT * values.astype(np.int32).sum(axis=(1, 2, 3))).astype("int32"))
         padding = [int(p) for p in attrs.padding]
-        return bb.emit_te(_vnni_conv, unsigned, kernel, offsets, [int(s) for s in attrs.strides], padding,
+        return bb.emit_te(vnni_conv, unsigned, kernel, offsets, [int(s) for s in attrs.strides], padding,
                           [int(d) for d in attrs.dilation], primfunc_name_hint="conv2d_nchw16c_u8i8")
