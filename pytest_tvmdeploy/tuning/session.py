@@ -77,6 +77,7 @@ def run_meta_schedule(
 
     from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
     from pytest_tvmdeploy.tuning.pool_builder import Export, PersistentPoolBuilder
+    from pytest_tvmdeploy.tuning.transfer import transfer_schedules
     from pytest_tvmdeploy.tuning.warm_start import WarmStartedModel, tuning_cost_model
 
     configure_threads()  # candidates are measured with the threads the deployed model will run with
@@ -96,28 +97,34 @@ def run_meta_schedule(
         builder.shutdown()
         raise
     cost_model = tuning_cost_model(contexts[0].num_threads) if budget >= COST_MODEL_WARMUP else "random"
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
     logger.addHandler(current)  # after everything that can fail before the ``finally`` that removes it
     try:
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(work_dir),
-            max_trials_global=budget,
-            max_trials_per_task=per_task,
-            num_trials_per_iter=TRIALS_PER_ITERATION,
-            builder=builder,
-            runner=runner,
-            database=ms.database.JSONDatabase(work_dir=str(work_dir)),
-            cost_model=cost_model,
-            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [monitor],
-            task_scheduler=ms.task_scheduler.TaskScheduler.create("gradient"),
-        )
-    except Exception as exc:  # noqa: BLE001
-        if not monitor.timed_out:  # else the monitor's TuningDeadline ended the run: no failure
-            raise BuildError(
-                f"tuning task {current.described()} for target {label} failed: "
-                f"{brief(exc)} (MetaSchedule logs: {work_dir / 'logs'})"
-            ) from exc
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=budget,
+                max_trials_per_task=per_task,
+                num_trials_per_iter=TRIALS_PER_ITERATION,
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model=cost_model,
+                measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [monitor],
+                task_scheduler=ms.task_scheduler.TaskScheduler.create("gradient"),
+            )
+        except Exception as exc:  # noqa: BLE001
+            if not monitor.timed_out:  # else the monitor's TuningDeadline ended the run: no failure
+                raise BuildError(
+                    f"tuning task {current.described()} for target {label} failed: "
+                    f"{brief(exc)} (MetaSchedule logs: {work_dir / 'logs'})"
+                ) from exc
+        try:
+            transfer_schedules(tasks, database, target, builder, runner, say)
+        except Exception as exc:  # noqa: BLE001 - the search's own records stand; passing them on is extra
+            say(f"passing schedules between sibling tasks failed: {brief(exc)}")
     finally:
         logger.removeHandler(current)
         builder.shutdown()
