@@ -38,7 +38,6 @@ from common import run_child, write_results  # noqa: E402
 
 FORMS = ("plain", "blocked", "winograd")
 INT8_FORMS = ("int8-nchw16c", "int8-nhwc")
-SHIFT = 128  #: int8 -> uint8 offset of the data, as the deployed form takes it
 
 
 def _compute(form: str, channels: int, size: int, target: Any) -> list[Any]:
@@ -72,6 +71,8 @@ def vnni_conv_nhwc(data: Any, kernel: Any, offsets: Any, stride: int, padding: i
     ``kernel[ob, y, x, g, oi, k] = weights[16 ob + oi, 4 g + k, y, x]`` (zero where that pads)."""
     from tvm import te
     from tvm.topi.utils import get_const_tuple
+
+    from pytest_tvmdeploy.quantize.vnni import SHIFT
 
     batch, height, width, channels = get_const_tuple(data.shape)
     out_blocks, kernel_h, kernel_w, groups, _, _ = get_const_tuple(kernel.shape)
@@ -123,7 +124,7 @@ def int8_module(form: str, weights: Any, size: int, stride: int) -> Any:
     import numpy as np
     from tvm import relax
 
-    from pytest_tvmdeploy.quantize.vnni import pack_weights, vnni_conv
+    from pytest_tvmdeploy.quantize.vnni import SHIFT, pack_weights, vnni_conv
 
     out_channels, in_channels, kernel, _ = weights.shape
     padding = kernel // 2
@@ -154,6 +155,7 @@ def measure_int8(form: str, channels: int, out_channels: int, kernel: int, size:
     import tvm
 
     import kernels
+    from pytest_tvmdeploy.quantize.vnni import SHIFT
     from pytest_tvmdeploy.targets import parse_target
     from pytest_tvmdeploy.threads import configure_threads
     from pytest_tvmdeploy.tuning import build_with_records, read_database, tune

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import model, photo, timed, write_results  # noqa: E402
-from latency import CALIBRATION_PER_PHOTO, INT8, INT8_STEM, ROOT  # noqa: E402
+from latency import CALIBRATION_PER_PHOTO, ROOT, int8_config  # noqa: E402
 
 #: Each kernel's timing: repeats of at least this many milliseconds of back-to-back calls.
 MIN_REPEAT_MS = 40
@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--output", help="file name under benchmarks/results/")
     args = parser.parse_args()
     spec = parse_target(args.target)
-    int8 = (INT8_STEM if args.quantize_stem else INT8) if args.int8 else None
+    int8 = int8_config(args.quantize_stem) if args.int8 else None
     results = []
     for name in args.models.split(","):
         result = breakdown(name, spec, Path(args.tuning_dir.replace("{model}", name)) / spec.label, int8)

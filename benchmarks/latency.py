@@ -44,6 +44,11 @@ INT8 = {"calibrate_mode": "mse", "weight_scale": "max", "per_channel": True, "bi
         "unsigned_activations": True}
 #: ``--quantize-stem``: the first conv in int8 as well (ONNX Runtime's int8 model quantizes it too).
 INT8_STEM = {**INT8, "skip_conv_layers": ()}
+
+
+def int8_config(quantize_stem: bool) -> dict:
+    """The int8 configuration of the rows: :data:`INT8`, or :data:`INT8_STEM` with ``--quantize-stem``."""
+    return INT8_STEM if quantize_stem else INT8
 FP32_BACKENDS = ("tvm-untuned", "tvm-default", "tvm-tuned", "pytorch", "onnxruntime")
 #: Tuned with the recipe in the team's notes instead of this package's tuner (``--recipe``).
 RECIPE_BACKEND = "tvm-recipe"
@@ -119,7 +124,7 @@ def tvm_worker(backend: str, name: str, repeat: int, target: str, tuning_dir: st
                     prepare_s=round(time.perf_counter() - started, 1))]
     deployment = deploy(
         model(name), {"x": photo()}, target=spec, cache_dir=CACHE, repeat=(repeat if tuned else min(repeat, 10)) + 1,
-        quantize=(INT8_STEM if quantize_stem else INT8) if quantized else None,
+        quantize=int8_config(quantize_stem) if quantized else None,
         calibration=calibration_set(CALIBRATION_PER_PHOTO, input_name="x") if quantized else None,
         tuning_dir=database, tune=trials if tuned else 0, tune_seconds=seconds, schedule=schedule,
         cpp_runner=SessionCppRunner(CACHE / "cpp-runner").executable() if tuned else None,
@@ -261,7 +266,7 @@ def main() -> None:
         print_model(model_rows, name)
         rows += model_rows
     label = parse_target(args.target).label
-    int8 = {"int8_config": INT8_STEM if args.quantize_stem else INT8} if args.int8 else {}
+    int8 = {"int8_config": int8_config(args.quantize_stem)} if args.int8 else {}
     write_results(args.output or f"latency-{label}.json",
                   {"target": args.target, "repeat": args.repeat, **int8, "rows": rows})
 

@@ -92,13 +92,12 @@ def eligible(call: relax.Call) -> bool:
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
         return False
     data_type = data.ty
-    if getattr(data_type, "dtype", None) != "int8" or str(weights.value.dtype) != "int8" or data_type.shape is None:
-        return False
-    return True
+    return getattr(data_type, "dtype", None) == "int8" and str(weights.value.dtype) == "int8" \
+        and data_type.shape is not None
 
 
 def vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: list[int], padding: list[int],
-               dilation: list[int]) -> te.Tensor:
+              dilation: list[int]) -> te.Tensor:
     """TE: NCHW uint8 ``data`` padded and blocked (pad value: the one that means int8 zero), the
     blocked uint8 x int8 -> int32 conv, then its NCHW result minus ``offsets`` (per output channel).
 
@@ -108,9 +107,8 @@ def vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: l
     top, left, bottom, right = padding
     (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
     batch, in_channels, height, width = get_const_tuple(data.shape)
-    in_block = input_block(in_channels)
-    in_chunks = blocks(in_channels, in_block)
-    out_chunks, _, kernel_h, kernel_w, _, _, _ = get_const_tuple(kernel.shape)
+    out_chunks, in_chunks, kernel_h, kernel_w, lane_groups, _, _ = get_const_tuple(kernel.shape)  # pack_weights' layout
+    in_block = lane_groups * LANES
     (out_channels,) = get_const_tuple(offsets.shape)
     padded = te.compute(
         (batch, in_chunks, height + top + bottom, width + left + right, in_block),
@@ -125,7 +123,7 @@ def vnni_conv(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, strides: l
     out_w = (width + left + right - (kernel_w - 1) * dilation_w - 1) // stride_w + 1
     ry, rx = te.reduce_axis((0, kernel_h), "ry"), te.reduce_axis((0, kernel_w), "rx")
     rc = te.reduce_axis((0, in_chunks), "rc")
-    rj, rk = te.reduce_axis((0, in_block // LANES), "rj"), te.reduce_axis((0, LANES), "rk")
+    rj, rk = te.reduce_axis((0, lane_groups), "rj"), te.reduce_axis((0, LANES), "rk")
     blocked = te.compute(
         (batch, out_chunks, out_h, out_w, BLOCK),
         lambda n, o, y, x, ob: te.sum(
