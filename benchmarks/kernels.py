@@ -44,7 +44,7 @@ MODEL_RUNS = 20
 def relax_module(name: str, int8: dict | None, spec: Any) -> Any:
     """The network's Relax module as the plugin imports it (quantized with ``int8``, one of
     latency.py's int8 configurations, if given)."""
-    from pytest_tvmdeploy.quantize import quantize_for_target
+    from pytest_tvmdeploy.build.vnni import quantize_for_target
     from pytest_tvmdeploy.shapes import ShapeSignature
     from pytest_tvmdeploy.sources import open_source
 
@@ -193,11 +193,12 @@ def main() -> None:
     args = parser.parse_args()
     spec = parse_target(args.target)
     int8 = int8_config(args.quantize_stem) if args.int8 else None
+    kind = (" int8" + " (stem in int8)" * args.quantize_stem) * args.int8
     results = []
     for name in args.models.split(","):
         result = breakdown(name, spec, Path(args.tuning_dir.replace("{model}", name)) / spec.label, int8)
         results.append(result)
-        print(f"{name}{' int8' if args.int8 else ''}: whole model {result['model_ms']:.2f} ms; kernels in the "
+        print(f"{name}{kind}: whole model {result['model_ms']:.2f} ms; kernels in the "
               f"model {result['kernels_in_model_ms']:.2f} ms + VM builtins {result['vm_builtins_ms']:.2f} ms; "
               f"kernels alone {result['kernels_alone_hot_ms']:.2f} ms hot, {result['kernels_alone_cold_ms']:.2f} "
               f"ms cold ({result['tuned_functions']} tuned, {result['sampled_functions']} sampled functions)")

@@ -82,6 +82,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mse+shift+bias_correction+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "shift",
                                                 "bias_correction": True, "unsigned_activations": True,
                                                 "weight_rounding": "gptq"},
+    # cross-layer equalization of the channels between consecutive convs, on top of the best ones
+    "mse+bias_correction+unsigned+cle": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
+                                         "unsigned_activations": True, "cross_layer_equalization": True},
+    "mse+bias_correction+unsigned+search+cle": {
+        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "search", "cross_layer_equalization": True},
+    "mse+power2+bias_correction+unsigned+cle": {
+        "calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True, "unsigned_activations": True,
+        "cross_layer_equalization": True},
+    "mse+shift+bias_correction+unsigned+gptq+cle": {
+        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "cross_layer_equalization": True},
     # mixed precision: the sites that cost most alone stay float until the calibration crops' logits meet it
     "mse+bias_correction+unsigned+gptq+budget_28dB": {
         "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,

@@ -66,6 +66,7 @@ class RelaxModule:
             "quantized_sites": result.quantized_sites,
             "sites": list(result.sites),
             "vnni_convs": result.vnni_convs,
+            "equalized_pairs": result.equalized_pairs,
             "keep_float": list(result.keep_float),
         }
         if result.sensitivity is not None:

@@ -41,6 +41,7 @@ class QuantizedModule:
     sites: tuple[dict[str, Any], ...]
     calibration_samples: int
     vnni_convs: int = 0  # int8 convs rewritten into the VNNI form (uint8 NCHW16c, packed weights)
+    equalized_pairs: int = 0  # pairs of consecutive convs whose channels were equalized
     keep_float: tuple[int, ...] = ()  # sites left in float: the config's and a budget's choice
     sensitivity: Sensitivity | None = None  # each site's cost alone (with sensitivity or a budget)
     budget: BudgetChoice | None = None  # what the budget chose and the simulated outputs with it
@@ -67,6 +68,7 @@ def quantize(
     Sensitivity and a budget are measured on ``evaluation`` (default: the calibration data).
     """
     from pytest_tvmdeploy.quantize.calibrate import site_scales
+    from pytest_tvmdeploy.quantize.equalize import equalize
     from pytest_tvmdeploy.quantize.graph import find_sites, prepare
     from pytest_tvmdeploy.quantize.realize import realize
 
@@ -76,6 +78,10 @@ def quantize(
     _check_keep_float(config, len(sites))
     if config.measures_sensitivity and evaluation is None and calibration is not None:
         calibration = evaluation = list(calibration)  # read twice: calibration, then evaluation
+    equalized = 0
+    if config.cross_layer_equalization and calibration is not None:
+        calibration = list(calibration)  # read twice: the channels' ranges, then the scales
+        equalized = equalize(prepared, sites, calibration)
     scales, samples = site_scales(prepared, sites, config, calibration)
     sensitivity = choice = realized = None
     if config.measures_sensitivity:
@@ -84,7 +90,7 @@ def quantize(
     report = tuple(_describe(site, scales[site.index], used) for site in sites)
     realized = realized if realized is not None else realize(prepared, sites, scales, used)
     return QuantizedModule(realized, config, report, samples, keep_float=used.keep_float, sensitivity=sensitivity,
-                           budget=choice)
+                           budget=choice, equalized_pairs=equalized)
 
 
 def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[int, Any], config: QuantConfig,

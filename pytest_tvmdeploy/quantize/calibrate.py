@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,13 +42,8 @@ def site_scales(
                  for s in sites]
     means = [ChannelMeans(site.kind) for site in sites] if config.bias_correction else None
     hessians = [InputHessian(site) for site in sites] if config.rounds_with_hessian else None
-    observed = emit_float(prepared, sites, observe=True)
-    vm = relax_vm(tvm.compile(observed, target=tvm.target.Target("llvm")))
-    names = [param.name for param in prepared["main"].params]
     count = 0
-    for sample in calibration:
-        args = positional(sample, names, count)
-        watched = flatten_outputs(vm["main"](*tvm_tensors(args))[1])
+    for watched in watch_sites(prepared, sites, calibration):
         for index, ((seen_in, seen_out), values_in, values_out) in enumerate(
                 zip(observers, watched[0::2], watched[1::2])):
             seen_in.update(values_in)
@@ -67,6 +62,17 @@ def site_scales(
                                         input_zero, output_zero,
                                         hessians[i].total if hessians is not None else None)
     return scales, count
+
+
+def watch_sites(prepared: tvm.IRModule, sites: list[Site],
+                calibration: Iterable[Mapping[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    """For each calibration sample, what the float module's sites see:
+    ``[site0 input, site0 output, site1 input, ...]``."""
+    observed = emit_float(prepared, sites, observe=True)
+    vm = relax_vm(tvm.compile(observed, target=tvm.target.Target("llvm")))
+    names = [param.name for param in prepared["main"].params]
+    for index, sample in enumerate(calibration):
+        yield flatten_outputs(vm["main"](*tvm_tensors(positional(sample, names, index)))[1])
 
 
 def _scale(observer: ActivationObserver, config: QuantConfig) -> tuple[float, int]:

@@ -55,6 +55,8 @@ class QuantConfig:
     ``bias_correction`` (each site's bias corrected by the mean error its int8 weights make on
     the calibration data's mean input) and ``unsigned_activations`` (an activation calibration
     never saw negative, such as a ReLU's, gets 255 steps over [0, T] instead of 127) and
+    ``cross_layer_equalization`` (the channels between two consecutive convs scaled to even ranges,
+    :mod:`pytest_tvmdeploy.quantize.equalize`) and
     ``weight_rounding="gptq"`` (each weight's rounding error compensated by the weights rounded
     after it, through the statistics of the site's calibration inputs; ``"search"`` also chooses
     each channel's step by that output error, which needs ``weight_scale="max"``) are new; so is mixed
@@ -87,6 +89,7 @@ class QuantConfig:
     debug_enabled_ops: tuple[str, ...] | None = None
     bias_correction: bool = False
     unsigned_activations: bool = False
+    cross_layer_equalization: bool = False
     weight_rounding: str = "nearest"
     keep_float: tuple[int, ...] = ()
     budget: str | None = None
@@ -114,7 +117,7 @@ class QuantConfig:
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"quantize: percentile={self.percentile!r} must be in (0, 100]")
         for name in ("per_channel", "skip_dense_layer", "round_for_shift", "bias_correction", "unsigned_activations",
-                     "sensitivity"):
+                     "cross_layer_equalization", "sensitivity"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError(f"quantize: {name}={value!r} must be True or False")
@@ -188,7 +191,7 @@ class QuantConfig:
         """Whether calibration data must be run: for activation thresholds, the input means bias
         correction needs, or the signs ``unsigned_activations`` needs."""
         return (self.calibrate_mode != "global_scale" or self.bias_correction or self.unsigned_activations
-                or self.rounds_with_hessian or self.measures_sensitivity)
+                or self.cross_layer_equalization or self.rounds_with_hessian or self.measures_sensitivity)
 
     @property
     def rounds_with_hessian(self) -> bool:
@@ -199,7 +202,8 @@ class QuantConfig:
     def calibration_purpose(self) -> str:
         """What needs calibration data, for messages: ``calibrate_mode='max'``, or
         ``calibrate_mode='global_scale' with bias_correction``."""
-        extras = [name for name in ("bias_correction", "unsigned_activations") if getattr(self, name)]
+        extras = [name for name in ("bias_correction", "unsigned_activations", "cross_layer_equalization")
+                  if getattr(self, name)]
         extras += [f"weight_rounding={self.weight_rounding!r}"] * self.rounds_with_hessian
         extras += [f"budget={self.budget!r}"] * (self.budget is not None)
         extras += ["sensitivity"] * (self.sensitivity and self.budget is None)
@@ -277,7 +281,7 @@ class QuantConfig:
         label = f"{self.dtype_input}-{self.calibrate_mode}-{self.weight_scale}"
         rounding = f"-{self.weight_rounding}" if self.rounds_with_hessian else ""
         return (label + "-perchannel" * self.per_channel + "-biascorrected" * self.bias_correction
-                + "-unsigned" * self.unsigned_activations + rounding
+                + "-unsigned" * self.unsigned_activations + "-equalized" * self.cross_layer_equalization + rounding
                 + "".join(f"-float{index}" for index in self.keep_float)
                 + (f"-budget[{self.budget}]" if self.budget is not None else ""))
 

@@ -82,7 +82,7 @@ def main_block(mod: tvm.IRModule) -> tuple[relax.Function, list[relax.Binding]]:
 def find_sites(mod: tvm.IRModule) -> list[Site]:
     """Every conv2d (NCHW/OIHW, float32) and matmul with a constant weight, chains folded."""
     func, bindings = main_block(mod)
-    uses = _use_counts(bindings, func.body.body)
+    uses = use_counts(bindings, func.body.body)
     producer = {b.var: b.value for b in bindings}
     consumers: dict[relax.Var, list[relax.Binding]] = {}
     for binding in bindings:
@@ -214,7 +214,8 @@ def _scale_weight(weight: np.ndarray, scale: np.ndarray, kind: str) -> np.ndarra
     return weight * scale.reshape(1, -1)
 
 
-def _use_counts(bindings: list[relax.Binding], result: relax.Expr) -> Counter:
+def use_counts(bindings: list[relax.Binding], result: relax.Expr) -> Counter:
+    """How often each variable is read by ``bindings`` and ``result``."""
     counts: Counter = Counter()
     for binding in bindings:
         counts.update(vars_in(binding.value))
