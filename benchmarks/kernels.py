@@ -44,7 +44,7 @@ MODEL_RUNS = 20
 def relax_module(name: str, int8: dict | None, spec: Any) -> Any:
     """The network's Relax module as the plugin imports it (quantized with ``int8``, one of
     latency.py's int8 configurations, if given)."""
-    from pytest_tvmdeploy.build.vnni import quantize_for_target
+    from pytest_tvmdeploy.quantize import quantize_for_target
     from pytest_tvmdeploy.shapes import ShapeSignature
     from pytest_tvmdeploy.sources import open_source
 
