@@ -193,7 +193,9 @@ def main() -> None:
     args = parser.parse_args()
     spec = parse_target(args.target)
     int8 = int8_config(args.quantize_stem) if args.int8 else None
-    kind = (" int8" + " (stem in int8)" * args.quantize_stem) * args.int8
+    kind = ""
+    if args.int8:
+        kind = " int8 (stem in int8)" if args.quantize_stem else " int8"
     results = []
     for name in args.models.split(","):
         result = breakdown(name, spec, Path(args.tuning_dir.replace("{model}", name)) / spec.label, int8)
@@ -206,7 +208,9 @@ def main() -> None:
         for r in result["kernels"][:args.top]:
             print(f"  {r['kernel'][:46]:46s} {r['calls']:5d} {r['us_per_call']:8.1f} {r['us_alone_hot']:8.1f} "
                   f"{r['us_alone_cold']:8.1f} {r['share']:6.1%} {r['gflops'] if r['gflops'] is not None else '-':>7}")
-    label = spec.label + "-int8" * args.int8 + "-stem" * (args.int8 and args.quantize_stem)
+    label = spec.label
+    if args.int8:
+        label += "-int8-stem" if args.quantize_stem else "-int8"
     path = write_results(args.output or f"kernels-{label}.json", {"target": args.target, "threads": threads,
                                                                   "results": results})
     print(f"written {path}")

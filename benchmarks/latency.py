@@ -44,11 +44,6 @@ INT8 = {"calibrate_mode": "mse", "weight_scale": "max", "per_channel": True, "bi
         "unsigned_activations": True}
 #: ``--quantize-stem``: the first conv in int8 as well (ONNX Runtime's int8 model quantizes it too).
 INT8_STEM = {**INT8, "skip_conv_layers": ()}
-
-
-def int8_config(quantize_stem: bool) -> dict:
-    """The int8 configuration of the rows: :data:`INT8`, or :data:`INT8_STEM` with ``--quantize-stem``."""
-    return INT8_STEM if quantize_stem else INT8
 FP32_BACKENDS = ("tvm-untuned", "tvm-default", "tvm-tuned", "pytorch", "onnxruntime")
 #: Tuned with the recipe in the team's notes instead of this package's tuner (``--recipe``).
 RECIPE_BACKEND = "tvm-recipe"
@@ -56,6 +51,11 @@ INT8_BACKENDS = ("tvm-int8-untuned", "tvm-int8-tuned", "onnxruntime-int8")
 FRAMEWORK_BACKENDS = ("pytorch", "onnxruntime", "onnxruntime-int8")
 #: Calibration crops per photo, for both quantizers.
 CALIBRATION_PER_PHOTO = 4
+
+
+def int8_config(quantize_stem: bool) -> dict:
+    """The int8 configuration of the rows: :data:`INT8`, or :data:`INT8_STEM` with ``--quantize-stem``."""
+    return INT8_STEM if quantize_stem else INT8
 
 
 def framework_worker(backend: str, name: str, repeat: int) -> list[dict]:

@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.parametrize("script", ["latency.py", "overhead.py", "quantization_accuracy.py", "dynamic_shapes.py",
-                                    "conv_forms.py", "kernels.py"])
+                                    "conv_forms.py", "kernels.py", "sampled_builds.py"])
 def test_benchmark_script_shows_its_usage(script: str) -> None:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                           timeout=120)

@@ -219,3 +219,21 @@ def test_a_function_named_otherwise_replays_the_schedule_kept_for_its_computatio
     second, again = schedule_unscheduled(forms[1], target, remember=remember)
     assert count == again == len(sampled) == len(texts[0])  # the second form sampled nothing
     assert second.script().count("T.parallel(") == first.script().count("T.parallel(") >= 1
+
+
+def test_functions_doing_a_tiny_share_of_the_flops_get_fewer_draws() -> None:
+    import numpy as np
+
+    from models import TinyConvNet
+    from pytest_tvmdeploy.tuning import sampled
+    from pytest_tvmdeploy.tuning.targets import tuning_target
+    from pytest_tvmdeploy.tuning.tasks import prepare_module
+
+    module = open_source(seeded(TinyConvNet())).to_relax(
+        ShapeSignature.of({"x": np.zeros((1, 3, 16, 16), "float32")}))
+    target = tuning_target(parse_target("llvm"))
+    tasks = sampled.unscheduled_tasks(prepare_module(module, target), target)
+    draws = sampled.draw_counts(tasks)
+    conv = next(name for name in draws if "conv2d" in name)
+    matmul = next(name for name in draws if "matmul" in name)  # 8 -> 10 classes: 0.15% of the conv's flops
+    assert draws[conv] == sampled.CANDIDATES > sampled.SMALL_CANDIDATES == draws[matmul]

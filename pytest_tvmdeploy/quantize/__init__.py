@@ -41,7 +41,7 @@ class QuantizedModule:
     sites: tuple[dict[str, Any], ...]
     calibration_samples: int
     vnni_convs: int = 0  # int8 convs rewritten into the VNNI form (uint8 NCHW16c, packed weights)
-    equalized_pairs: int = 0  # pairs of consecutive convs whose channels were equalized
+    equalized_pairs: int = 0  # (conv, depthwise conv) pairs whose channels were equalized
     keep_float: tuple[int, ...] = ()  # sites left in float: the config's and a budget's choice
     sensitivity: Sensitivity | None = None  # each site's cost alone (with sensitivity or a budget)
     budget: BudgetChoice | None = None  # what the budget chose and the simulated outputs with it

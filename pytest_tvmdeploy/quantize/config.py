@@ -55,7 +55,8 @@ class QuantConfig:
     ``bias_correction`` (each site's bias corrected by the mean error its int8 weights make on
     the calibration data's mean input) and ``unsigned_activations`` (an activation calibration
     never saw negative, such as a ReLU's, gets 255 steps over [0, T] instead of 127) and
-    ``cross_layer_equalization`` (the channels between two consecutive convs scaled to even ranges,
+    ``cross_layer_equalization`` (the channels between a conv and the depthwise conv that alone reads
+    it scaled to even ranges,
     :mod:`pytest_tvmdeploy.quantize.equalize`) and
     ``weight_rounding="gptq"`` (each weight's rounding error compensated by the weights rounded
     after it, through the statistics of the site's calibration inputs; ``"search"`` also chooses

@@ -36,8 +36,9 @@ HEADROOM = 2.0
 
 
 def equalize(prepared: tvm.IRModule, sites: list[Site], calibration: Iterable[Mapping[str, np.ndarray]]) -> int:
-    """Equalize every pair of consecutive convs in ``sites`` (their ``weight`` / ``bias`` change
-    in place) from the channels' ranges on ``calibration``; returns how many pairs."""
+    """Equalize every conv in ``sites`` whose output only a depthwise conv reads (both convs'
+    ``weight`` / ``bias`` change in place) from the channels' ranges on ``calibration``; returns how
+    many pairs."""
     from pytest_tvmdeploy.quantize.calibrate import watch_sites
 
     func, bindings = main_block(prepared)
