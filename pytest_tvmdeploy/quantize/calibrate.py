@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tvm
+from tvm import relax
 
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.config import QuantConfig
@@ -64,11 +65,13 @@ def site_scales(
     return scales, count
 
 
-def watch_sites(prepared: tvm.IRModule, sites: list[Site],
-                calibration: Iterable[Mapping[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+def watch_sites(prepared: tvm.IRModule, sites: list[Site], calibration: Iterable[Mapping[str, np.ndarray]],
+                values: Sequence[relax.Expr] | None = None) -> Iterator[list[np.ndarray]]:
     """For each calibration sample, what the float module's sites see:
-    ``[site0 input, site0 output, site1 input, ...]``."""
-    observed = emit_float(prepared, sites, observe=True)
+    ``[site0 input, site0 output, site1 input, ...]``, or only ``values`` (in their order)."""
+    if values is None:
+        values = [value for site in sites for value in (site.input, site.output)]
+    observed = emit_float(prepared, sites, observe=values)
     vm = relax_vm(tvm.compile(observed, target=tvm.target.Target("llvm")))
     names = [param.name for param in prepared["main"].params]
     for index, sample in enumerate(calibration):

@@ -46,9 +46,9 @@ def equalize(prepared: tvm.IRModule, sites: list[Site], calibration: Iterable[Ma
     if not pairs:
         return 0
     ranges: dict[int, np.ndarray] = {}
-    for watched in watch_sites(prepared, sites, calibration):
-        for producer, _ in pairs:
-            seen = np.abs(np.asarray(watched[2 * producer.index + 1], dtype=np.float64)).max(axis=(0, 2, 3))
+    for watched in watch_sites(prepared, sites, calibration, [producer.output for producer, _ in pairs]):
+        for (producer, _), output in zip(pairs, watched):
+            seen = np.abs(np.asarray(output, dtype=np.float64)).max(axis=(0, 2, 3))
             ranges[producer.index] = np.maximum(ranges.get(producer.index, seen), seen)
     for producer, consumer in pairs:
         scales = channel_scales(ranges[producer.index], clipped=_clipped(producer))

@@ -9,7 +9,7 @@ chain becomes one integer op plus an int32 bias.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,10 +273,10 @@ def bias_shape(site: Site, ndim: int) -> tuple[int, ...]:
 SiteEmitter = Callable[[relax.BlockBuilder, Site, relax.Expr], relax.Expr]
 
 
-def emit_float(mod: tvm.IRModule, sites: list[Site], *, observe: bool = False,
+def emit_float(mod: tvm.IRModule, sites: list[Site], *, observe: Sequence[relax.Expr] = (),
                emit_site: SiteEmitter | None = None, extra_params: tuple[relax.Var, ...] = ()) -> tvm.IRModule:
-    """The module with every site's chain folded (float). With ``observe``, ``main`` returns
-    ``(original result, (site0 input, site0 output, site1 input, ...))`` for calibration.
+    """The module with every site's chain folded (float). With ``observe`` (values of ``mod``, such
+    as sites' inputs and outputs), ``main`` returns ``(original result, (those values, in order))``.
     ``emit_site`` (default :func:`float_site`) makes each site's value from its data; ``main``
     takes ``extra_params`` after the model's own inputs."""
     emit_site = emit_site or float_site
@@ -298,7 +298,7 @@ def emit_float(mod: tvm.IRModule, sites: list[Site], *, observe: bool = False,
                 remap[binding.var] = _emit(bb, binding.var, substitute(binding.value, lookup))
             result = substitute(func.body.body, lookup)
             if observe:
-                watched = [substitute(e, lookup) for s in sites for e in (s.input, s.output)]
+                watched = [substitute(value, lookup) for value in observe]
                 result = bb.emit_output(relax.Tuple([result, relax.Tuple(watched)]))
         bb.emit_func_output(result)
     return bb.get()
