@@ -221,19 +221,51 @@ def test_a_function_named_otherwise_replays_the_schedule_kept_for_its_computatio
     assert second.script().count("T.parallel(") == first.script().count("T.parallel(") >= 1
 
 
-def test_functions_doing_a_tiny_share_of_the_flops_get_fewer_draws() -> None:
+@pytest.fixture(scope="module")
+def classifier_tasks():
+    """TinyConvNet's tasks for plain ``llvm``: a conv, a mean and an 8 -> 10 matmul."""
     import numpy as np
 
     from models import TinyConvNet
-    from pytest_tvmdeploy.tuning import sampled
+    from pytest_tvmdeploy.tuning.sampled import unscheduled_tasks
     from pytest_tvmdeploy.tuning.targets import tuning_target
     from pytest_tvmdeploy.tuning.tasks import prepare_module
 
     module = open_source(seeded(TinyConvNet())).to_relax(
         ShapeSignature.of({"x": np.zeros((1, 3, 16, 16), "float32")}))
     target = tuning_target(parse_target("llvm"))
-    tasks = sampled.unscheduled_tasks(prepare_module(module, target), target)
-    draws = sampled.draw_counts(tasks)
-    conv = next(name for name in draws if "conv2d" in name)
-    matmul = next(name for name in draws if "matmul" in name)  # 8 -> 10 classes: 0.15% of the conv's flops
-    assert draws[conv] == sampled.CANDIDATES > sampled.SMALL_CANDIDATES == draws[matmul]
+    return unscheduled_tasks(prepare_module(module, target), target)
+
+
+def _named(draws: dict[str, int], part: str) -> str:
+    return next(name for name in draws if part in name)
+
+
+def test_functions_doing_a_tiny_share_of_the_flops_get_fewer_draws(classifier_tasks) -> None:
+    from pytest_tvmdeploy.tuning import sampled
+
+    draws = sampled.draw_counts(classifier_tasks)
+    # the matmul (8 -> 10 classes) does 0.15% of the conv's flops
+    assert draws[_named(draws, "conv2d")] == sampled.CANDIDATES > sampled.SMALL_CANDIDATES
+    assert draws[_named(draws, "matmul")] == sampled.SMALL_CANDIDATES
+
+
+def test_a_function_whose_flops_cannot_be_estimated_keeps_every_draw(classifier_tasks,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tvm.s_tir import analysis
+
+    from pytest_tvmdeploy.tuning import sampled
+
+    estimate = analysis.estimate_tir_flops
+
+    def failing_for_the_conv(function):
+        if "conv2d" in function.script():
+            raise RuntimeError("injected: no estimate")
+        return estimate(function)
+
+    monkeypatch.setattr(analysis, "estimate_tir_flops", failing_for_the_conv)
+    draws = sampled.draw_counts(classifier_tasks)
+    assert draws[_named(draws, "conv2d")] == sampled.CANDIDATES  # unknown: full draws
+    # the others are weighed among the functions that have an estimate (not against an infinite
+    # total): beside the mean over 8x16x16 values, the matmul is no longer small
+    assert draws[_named(draws, "matmul")] == sampled.CANDIDATES

@@ -108,14 +108,15 @@ def draw_counts(tasks: list[Task]) -> dict[str, int]:
     task under :data:`SMALL_SHARE` of the tasks' estimated flops (times their calls)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    flops: dict[str, float] = {}
+    flops: dict[str, float | None] = {}
     for task in tasks:
         try:
             flops[task.name] = float(estimate_tir_flops(task.extracted.dispatched[0])) * int(task.extracted.weight)
         except Exception:  # noqa: BLE001 - a function TVM cannot estimate keeps the full draws
-            flops[task.name] = float("inf")
-    total = sum(flops.values())
-    return {name: SMALL_CANDIDATES if value < SMALL_SHARE * total else CANDIDATES for name, value in flops.items()}
+            flops[task.name] = None
+    total = sum(value for value in flops.values() if value is not None)
+    return {name: SMALL_CANDIDATES if value is not None and value < SMALL_SHARE * total else CANDIDATES
+            for name, value in flops.items()}
 
 
 def choose_schedule(task: Task, target: tvm.target.Target, blocks: Blocks | None = None,
