@@ -82,7 +82,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mse+shift+bias_correction+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "shift",
                                                 "bias_correction": True, "unsigned_activations": True,
                                                 "weight_rounding": "gptq"},
-    # cross-layer equalization of the channels between consecutive convs, on top of the best ones
+    # cross-layer equalization of the channels between a conv and the depthwise conv reading it, on top of the best ones
     "mse+bias_correction+unsigned+cle": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
                                          "unsigned_activations": True, "cross_layer_equalization": True},
     "mse+bias_correction+unsigned+search+cle": {

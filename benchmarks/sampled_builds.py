@@ -32,7 +32,6 @@ SETTINGS = ("all16", "shipped", "all4")
 def child(name: str, setting: str, target_text: str, repeat: int) -> dict:
     """One model built with one draw setting: sampling, compile and export seconds, run median."""
     import tvm
-    from tvm import relax
 
     from pytest_tvmdeploy.build.compile import compile_module, export_library
     from pytest_tvmdeploy.build.passes import build_pipeline
@@ -42,6 +41,7 @@ def child(name: str, setting: str, target_text: str, repeat: int) -> dict:
     from pytest_tvmdeploy.tuning import sampled
     from pytest_tvmdeploy.tuning.targets import tuning_target
     from pytest_tvmdeploy.tuning.tasks import prepare_module
+    from pytest_tvmdeploy.vm import relax_vm, tvm_tensors
 
     if setting == "all16":
         sampled.SMALL_CANDIDATES = sampled.CANDIDATES
@@ -62,8 +62,8 @@ def child(name: str, setting: str, target_text: str, repeat: int) -> dict:
     start = time.perf_counter()
     export_library(executable, library)
     export_s = time.perf_counter() - start
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
-    data = tvm.runtime.tensor(x)
+    vm = relax_vm(tvm.runtime.load_module(str(library)))
+    data = tvm_tensors([x])[0]
     seconds = timed(lambda: vm["main"](data), repeat)
     return {"model": name, "draws": setting, "functions": functions, "sample_s": round(sample_s, 1),
             "compile_s": round(compile_s, 1), "export_s": round(export_s, 1),
