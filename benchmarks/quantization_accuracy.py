@@ -94,6 +94,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mse+shift+bias_correction+unsigned+gptq+cle": {
         "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
         "weight_rounding": "gptq", "cross_layer_equalization": True},
+    # the first depthwise conv (site 1 of both networks) reads the stem's output at 16 bits, as two int8 digits
+    "mse+bias_correction+unsigned+gptq+wide1": {
+        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "wide_inputs": [1]},
+    "mse+bias_correction+unsigned+search+wide1": {
+        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "search", "wide_inputs": [1]},
+    "mse+shift+bias_correction+unsigned+gptq+wide1": {
+        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "wide_inputs": [1]},
     # mixed precision: the sites that cost most alone stay float until the calibration crops' logits meet it
     "mse+bias_correction+unsigned+gptq+budget_28dB": {
         "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,

@@ -18,7 +18,8 @@ from pytest_tvmdeploy.report.record import SCHEMA_VERSION, TestRecord
 def costs(count: int) -> list[dict]:
     """Sites whose SQNR alone falls with their index modulo 5 (sites 4, 9, 14 are the worst)."""
     return [{"site": i, "op": "nn.conv2d" if i < count - 1 else "matmul", "ordinal": i, "weight_shape": [8, 8, 1, 1],
-             "sqnr_db": 40.0 - 3 * (i % 5) - 0.1 * i, "agreement": 1.0 if i % 5 else 0.875} for i in range(count)]
+             "sqnr_db": 40.0 - 3 * (i % 5) - 0.1 * i, "agreement": 1.0 if i % 5 else 0.875,
+             **({"input_sqnr_db": 50.0 - i, "weights_sqnr_db": 30.0} if i % 5 == 4 else {})} for i in range(count)]
 
 
 def record_with(count: int, kept: list[int], budget: dict | None) -> TestRecord:
@@ -36,9 +37,11 @@ def test_the_table_lists_the_costliest_sites_first_and_marks_those_kept_float() 
     page = render_html(report)
     parser = parse(page, "sensitivity-0")
     header, *rows = parser.rows
-    assert header == ["site", "op", "weight shape", "SQNR alone (dB)", "top-1 alone", "in float"]
+    assert header == ["site", "op", "weight shape", "SQNR alone (dB)", "top-1 alone", "its input alone (dB)",
+                      "its weights alone (dB)", "in float"]
     assert [row[0] for row in rows[:sensitivity.SHOWN_SITES]] == ["14", "9", "4", "13", "8", "3", "12", "7", "2", "11"]
-    assert rows[0] == ["14", "matmul", "8x8x1x1", "26.60", "1.000", "yes"] and rows[2][-1] == ""
+    assert rows[0] == ["14", "matmul", "8x8x1x1", "26.60", "1.000", "36.00", "30.00", "yes"] and rows[2][-1] == ""
+    assert rows[3][5:7] == ["-", "-"]  # site 13: not split
     assert len(rows) == sensitivity.SHOWN_SITES + 1 and "<summary>5 more site(s)</summary>" in page
     assert "sensitivity-1" not in page  # the record without sensitivity has no table
     assert ("budget sqnr_db &gt;= 30: met, sites kept in float: 14, 9 (simulated sqnr_db 31.25 with the rest int8)"
@@ -79,6 +82,9 @@ def test_a_session_with_a_budget_reports_each_sites_cost(project: pytest.Pyteste
     page = write_html_report(tmp_path, json.loads((tmp_path / "report.json").read_text())).read_text()
     header, *rows = parse(page, "sensitivity-0").rows
     assert [row[0] for row in rows][0] == "0" and rows[0][-1] == "yes" and len(rows) == 4
+    # four sites, all among the costliest: each one's cost split into its input's and its weights'
+    assert all(site["input_sqnr_db"] >= site["sqnr_db"] - 0.5 for site in sites)
+    assert rows[0][5] == f"{sites[0]['input_sqnr_db']:.2f}" and rows[0][6] == f"{sites[0]['weights_sqnr_db']:.2f}"
     images = parse(page).images
     assert len(images) == 4  # error histograms, latency, int8 metrics, sensitivity
     assert_png(base64.b64decode(images[-1].split(",", 1)[1]))

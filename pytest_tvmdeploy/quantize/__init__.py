@@ -75,7 +75,7 @@ def quantize(
     config = QuantConfig.from_value(config)
     prepared = prepare(module)
     sites = find_sites(prepared)
-    _check_keep_float(config, len(sites))
+    _check_site_indices(config, len(sites))
     if config.measures_sensitivity and evaluation is None and calibration is not None:
         calibration = evaluation = list(calibration)  # read twice: calibration, then evaluation
     equalized = 0
@@ -119,11 +119,12 @@ def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[i
     return sensitivity, choice, realized
 
 
-def _check_keep_float(config: QuantConfig, count: int) -> None:
-    beyond = [index for index in config.keep_float if index >= count]
-    if beyond:
-        raise ConfigError(f"quantize: keep_float names site(s) {beyond}, but the model has {count} quantizable "
-                          f"site(s) (indices 0..{count - 1})")
+def _check_site_indices(config: QuantConfig, count: int) -> None:
+    for name in ("keep_float", "wide_inputs"):
+        beyond = [index for index in getattr(config, name) if index >= count]
+        if beyond:
+            raise ConfigError(f"quantize: {name} names site(s) {beyond}, but the model has {count} quantizable "
+                              f"site(s) (indices 0..{count - 1})")
 
 
 def quantize_for_target(
@@ -158,6 +159,7 @@ def _describe(site: Any, scales: Any, config: QuantConfig) -> dict[str, Any]:
         "input_scale": scales.input,
         "output_scale": scales.output,
         "input_zero_point": scales.input_zero_point,
+        "input_bits": scales.input_bits,
         "output_zero_point": scales.output_zero_point,
     }
 

@@ -14,7 +14,7 @@ from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import CONV, Site, emit_float
 from pytest_tvmdeploy.quantize.realize import UNSIGNED_ZERO_POINT, SiteScales
 from pytest_tvmdeploy.quantize.rounding import InputHessian
-from pytest_tvmdeploy.quantize.scales import QMAX, UMAX, activation_scale
+from pytest_tvmdeploy.quantize.scales import QMAX, UMAX, activation_scale, wide_scale
 from pytest_tvmdeploy.quantize.thresholds import ActivationObserver, threshold
 from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
@@ -33,7 +33,9 @@ def site_scales(
     """
     if not config.needs_calibration:
         scale = activation_scale(config.global_scale, power2=config.power2)
-        return {site.index: SiteScales(scale, scale) for site in sites}, 0
+        wide = wide_scale(config.global_scale, power2=config.power2)
+        return {site.index: SiteScales(wide, scale, input_bits=16) if site.index in config.wide_inputs
+                else SiteScales(scale, scale) for site in sites}, 0
     if calibration is None:
         raise ConfigError(
             f"{config.calibration_purpose} needs calibration data: pass calibration= (an iterable of input "
@@ -58,10 +60,14 @@ def site_scales(
         raise ConfigError("calibration data is empty: it yielded no samples")
     scales = {}
     for i, (site, (seen_in, seen_out)) in enumerate(zip(sites, observers)):
-        (input_scale, input_zero), (output_scale, output_zero) = _scale(seen_in, config), _scale(seen_out, config)
+        wide = site.index in config.wide_inputs  # 16 bits: no clipping, the whole range seen
+        (input_scale, input_zero) = (wide_scale(seen_in.max_abs, power2=config.power2), 0) if wide \
+            else _scale(seen_in, config)
+        output_scale, output_zero = _scale(seen_out, config)
         scales[site.index] = SiteScales(input_scale, output_scale, means[i].value if means is not None else None,
                                         input_zero, output_zero,
-                                        hessians[i].total if hessians is not None else None)
+                                        hessians[i].total if hessians is not None else None,
+                                        input_bits=16 if wide else 8)
     return scales, count
 
 

@@ -64,6 +64,8 @@ class QuantConfig:
     precision: ``keep_float`` (site indices left in float), ``budget`` (``"sqnr_db>=25"``,
     ``"agreement>=0.95"`` or a number of dB: the sites that cost most stay float until the
     outputs meet it) and ``sensitivity`` (measure what each site costs alone, without a budget);
+    so is ``wide_inputs`` (site indices whose input is carried at 16 bits as two int8 digits: the
+    site runs its int8 op on each digit and adds the two accumulators, ``256 * high + low``);
     ``weight_scale="power2"`` makes every scale
     (weights and activations) a power of two so each requantization is a shift;
     ``weight_scale="shift"`` (new) also requantizes by shifts only, but leaves the activation
@@ -93,6 +95,7 @@ class QuantConfig:
     cross_layer_equalization: bool = False
     weight_rounding: str = "nearest"
     keep_float: tuple[int, ...] = ()
+    wide_inputs: tuple[int, ...] = ()
     budget: str | None = None
     sensitivity: bool = False
 
@@ -125,6 +128,7 @@ class QuantConfig:
         object.__setattr__(self, "skip_conv_layers", _indices("skip_conv_layers", self.skip_conv_layers,
                                                               "conv layer indices"))
         object.__setattr__(self, "keep_float", _indices("keep_float", self.keep_float, "site indices"))
+        object.__setattr__(self, "wide_inputs", _indices("wide_inputs", self.wide_inputs, "site indices"))
         self._normalise_debug_enabled_ops()
         self._normalise_budget()
 
@@ -284,6 +288,7 @@ class QuantConfig:
         return (label + "-perchannel" * self.per_channel + "-biascorrected" * self.bias_correction
                 + "-unsigned" * self.unsigned_activations + "-equalized" * self.cross_layer_equalization + rounding
                 + "".join(f"-float{index}" for index in self.keep_float)
+                + "".join(f"-wide{index}" for index in self.wide_inputs)
                 + (f"-budget[{self.budget}]" if self.budget is not None else ""))
 
 

@@ -7,6 +7,8 @@ when every scale is a power of two (``weight_scale="power2"``), otherwise a fixe
 multiply (int64 product with a 31-bit mantissa, then a rounding shift). int8 values flow on
 through ops that commute with a positive scale (relu, clip, max pooling, reshapes); any other
 op gets float inputs through an explicit dequantize (int8 -> float32, times the scale).
+A site with a wide input (``QuantConfig.wide_inputs``) reads it at 16 bits, as two int8 digits
+made from its float value, and adds its op's two int32 results in int64: ``256 * high + low``.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from pytest_tvmdeploy.quantize.graph import (
 )
 from pytest_tvmdeploy.quantize.rounding import gptq_weights, searched_weights
 from pytest_tvmdeploy.quantize.scales import (
+    DIGIT,
     QMAX,
     UMAX,
+    WIDE_QMAX,
     broadcast_along,
     fixed_point_multiplier,
     power2_exponent,
@@ -66,6 +70,14 @@ class SiteScales:
     input_zero_point: int = 0
     output_zero_point: int = 0
     input_hessian: np.ndarray | None = field(default=None, compare=False)  # weight_rounding "gptq" / "search"
+    input_bits: int = 8  # 16: a wide input (two int8 digits, zero point 0)
+
+    @property
+    def input_bounds(self) -> tuple[int, int]:
+        """The stored values the input's steps are clipped to."""
+        if self.input_bits > 8:
+            return -WIDE_QMAX, WIDE_QMAX
+        return int8_bounds(-np.inf, np.inf, self.input, self.input_zero_point)
 
 
 class Int8(NamedTuple):
@@ -206,15 +218,23 @@ class _Realizer:
     def _quantized_site(self, site: Site, ndim: int) -> Int8 | None:
         config = self.config
         calibrated = self.scales[site.index]
-        data, input_scale, input_zero_point = self._int8_input(site)
-        if input_zero_point and site.kind == CONV:
-            data = self._pad_with(data, input_zero_point, site)
+        wide = calibrated.input_bits > 8
+        if wide:
+            input_scale, input_zero_point = calibrated.input, 0
+        else:
+            data, input_scale, input_zero_point = self._int8_input(site)
+            if input_zero_point and site.kind == CONV:
+                data = self._pad_with(data, input_zero_point, site)
         integers = site_integers(site, calibrated, config, input_scale)
         weights, accumulator_scales, bias = integers.weights, integers.accumulator_scales, integers.bias
-        acc = self.bb.emit(site_call(site, data, weights, "int32", padded=bool(input_zero_point)))
+        if wide:
+            acc = self._wide_accumulator(site, weights)
+        else:
+            acc = self.bb.emit(site_call(site, data, weights, "int32", padded=bool(input_zero_point)))
         if input_zero_point:  # sum(w * (q - z)) = sum(w * q) - z * sum(w): the second term joins the bias
             bias = bias - input_zero_point * _weight_sums(weights, site)
-        acc = self.bb.emit(R.add(acc, relax.const(bias.reshape(bias_shape(site, ndim)).astype("int32"))))
+        bias_type = "int64" if wide else "int32"
+        acc = self.bb.emit(R.add(acc, relax.const(bias.reshape(bias_shape(site, ndim)).astype(bias_type), bias_type)))
         if site.output not in self.int8_readers:
             # Only float ops read this result: dequantize the int32 accumulator itself, which
             # keeps its full precision, instead of rounding it to int8 first.
@@ -229,6 +249,18 @@ class _Realizer:
         bounds = int8_bounds(low, high, calibrated.output, calibrated.output_zero_point)
         requantized = self._requantize(acc, ratio, site, ndim, bounds, calibrated.output_zero_point)
         return Int8(requantized, calibrated.output, calibrated.output_zero_point)
+
+    def _wide_accumulator(self, site: Site, weights: np.ndarray) -> relax.Expr:
+        """The site's int64 sums over its wide input: its op on each int8 digit of the input's
+        16-bit steps, ``DIGIT * high + low`` (exact: the op is linear and the zero point is 0)."""
+        bb, scales = self.bb, self.scales[site.index]
+        steps = bb.emit(int8_steps(self._float(site.input), scales.input, bounds=scales.input_bounds))
+        high = bb.emit(R.floor(R.divide(R.add(steps, relax.const(DIGIT / 2, "float32")),
+                                        relax.const(float(DIGIT), "float32"))))
+        low = bb.emit(R.subtract(steps, R.multiply(high, relax.const(float(DIGIT), "float32"))))
+        high_sums, low_sums = (bb.emit(R.astype(bb.emit(site_call(site, R.astype(digit, "int8"), weights, "int32")),
+                                                "int64")) for digit in (high, low))
+        return bb.emit(R.add(R.multiply(high_sums, relax.const(DIGIT, "int64")), low_sums))
 
     def _pad_with(self, data: relax.Expr, zero_point: int, site: Site) -> relax.Expr:
         """``data`` padded as the site's conv pads it, with the value that means 0 (its zero point)."""
@@ -315,7 +347,8 @@ def _int8_readers(bindings: list[relax.Binding], result: relax.Expr, sites: dict
         value = binding.value
         site = sites.get(value)
         for index, var in enumerate(vars_in(value)):
-            if site is not None and index == 0 and site_enabled(site, config) and var.same_as(site.input):
+            if site is not None and index == 0 and site_enabled(site, config) and var.same_as(site.input) \
+                    and site.index not in config.wide_inputs:  # a wide input is read in float
                 kind = "site"
             elif isinstance(value, relax.Call) and getattr(value.op, "name", "").removeprefix("relax.") in (
                     INT8_TRANSPARENT | {"clip"}) and value.args and var.same_as(value.args[0]):
@@ -347,13 +380,14 @@ def weight_error_on_mean(site: Site, error: np.ndarray, means: np.ndarray) -> np
     return np.einsum("goi,gi->go", summed, grouped_means).reshape(out_channels)
 
 
-def int8_steps(values: relax.Expr, scale: float, zero_point: int = 0) -> relax.Expr:
+def int8_steps(values: relax.Expr, scale: float, zero_point: int = 0,
+               bounds: tuple[int, int] | None = None) -> relax.Expr:
     """Float ``values`` as the int8 values that store them (rounded steps plus the zero point,
-    clipped to the stored range), still as float32 (not emitted)."""
+    clipped to the stored range, or to ``bounds``), still as float32 (not emitted)."""
     steps = R.round(R.divide(values, relax.const(scale, "float32")))
     if zero_point:
         steps = R.add(steps, relax.const(float(zero_point), "float32"))
-    return R.clip(steps, *int8_bounds(-np.inf, np.inf, scale, zero_point))
+    return R.clip(steps, *(bounds or int8_bounds(-np.inf, np.inf, scale, zero_point)))
 
 
 def from_int8_steps(stored: relax.Expr, scale: float, zero_point: int = 0) -> relax.Expr:

@@ -12,6 +12,10 @@ import numpy as np
 QMAX = 127
 #: The steps of an unsigned activation (stored as int8 with zero point -128).
 UMAX = 255
+#: The base of a wide (16-bit) value's two int8 digits: ``value = DIGIT * high + low``.
+DIGIT = 256
+#: The steps of a wide value: the most whose digits both fit int8 (high <= 127, low in [-128, 127]).
+WIDE_QMAX = 127 * DIGIT + 127
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
 #: Largest right shift of :func:`requantize`: |int32 accumulator * mantissa| < 2**62 stays in int64.
@@ -45,6 +49,20 @@ def activation_scale(threshold: float, *, power2: bool, unsigned: bool = False) 
     A threshold <= 0 is replaced by a tiny one (1e-8), so the scale is never 0.
     """
     return _scale_of(float(threshold), power2, UMAX if unsigned else QMAX)
+
+
+#: How far past the calibration's largest value a wide activation reaches: one of its 15 bits
+#: keeps inputs unlike the calibration data (up to twice its range) from clipping.
+WIDE_HEADROOM = 2.0
+
+
+def wide_scale(max_abs: float, *, power2: bool) -> float:
+    """The step size of a wide (16-bit, two int8 digits) activation whose calibration values reach
+    ``max_abs``: ``WIDE_HEADROOM * max_abs / WIDE_QMAX``, or for ``power2`` the power of two
+    ``power2_round_up(WIDE_HEADROOM * max_abs) / 2**15`` (the top 0.4% of that range clipped)."""
+    if power2:
+        return _scale_of(WIDE_HEADROOM * float(max_abs), True, 2**15 - 1)
+    return _scale_of(WIDE_HEADROOM * float(max_abs), False, WIDE_QMAX)
 
 
 def max_magnitudes(weights: np.ndarray, *, per_channel: bool, axis: int = 0, caller: str) -> np.ndarray:

@@ -5,13 +5,16 @@ value per site): with gate 1, the site's input is rounded to its int8 steps and 
 bias are the dequantized int8 ones; with gate 0 it is the float site. One build answers every
 question by its gates: all 0 is the float model, one 1 measures a site alone (its *sensitivity*),
 all 1 but a few measures a mixed-precision choice. With its output read in float (as alone), a
-quantized site computes exactly what the gated one does, up to float rounding of the sums.
+quantized site computes exactly what the gated one does, up to float rounding of the sums. The
+input and the weights of a site have gates of their own, so the costliest sites' cost is also
+split: the input's rounding alone (weights float) and the weights' alone (input float). A site
+whose input costs most is one a wide (16-bit) input mends (``QuantConfig.wide_inputs``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,10 +46,13 @@ class SiteCost:
     weight_shape: tuple[int, ...]
     sqnr_db: float
     agreement: float | None
+    input_sqnr_db: float | None = None  # its input alone int8, weights float (the costliest sites)
+    weights_sqnr_db: float | None = None  # its weights and bias alone int8, input float
 
     def to_json(self) -> dict[str, Any]:
         return {"site": self.site, "op": self.op, "ordinal": self.ordinal, "weight_shape": list(self.weight_shape),
-                "sqnr_db": self.sqnr_db, "agreement": self.agreement}
+                "sqnr_db": self.sqnr_db, "agreement": self.agreement, "input_sqnr_db": self.input_sqnr_db,
+                "weights_sqnr_db": self.weights_sqnr_db}
 
 
 @dataclass(frozen=True)
@@ -74,16 +80,26 @@ class Sensitivity:
     def table(self) -> str:
         """A plain-text table, most damaging first."""
         by_site = {cost.site: cost for cost in self.sites}
-        lines = [f"{'site':>4}  {'op':<9}  {'weight shape':<18}  {'SQNR dB':>8}  {'top-1':>6}"]
+        lines = [f"{'site':>4}  {'op':<9}  {'weight shape':<18}  {'SQNR dB':>8}  {'top-1':>6}  {'input dB':>8}  "
+                 f"{'weights dB':>10}"]
         for index in self.most_damaging():
             cost = by_site[index]
             agreement = "" if cost.agreement is None else f"{cost.agreement:.3f}"
             lines.append(f"{cost.site:>4}  {cost.op:<9}  {'x'.join(map(str, cost.weight_shape)):<18}  "
-                         f"{cost.sqnr_db:>8.2f}  {agreement:>6}")
+                         f"{cost.sqnr_db:>8.2f}  {agreement:>6}  {_db(cost.input_sqnr_db):>8}  "
+                         f"{_db(cost.weights_sqnr_db):>10}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {"samples": self.samples, "sites": [cost.to_json() for cost in self.sites]}
+
+
+def _db(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+#: What of a site :meth:`GatedModel.outputs` quantizes: its input and weights, or one of them.
+PARTS = ("both", "input", "weights")
 
 
 class GatedModel:
@@ -94,8 +110,9 @@ class GatedModel:
                  config: QuantConfig, evaluation: Sequence[Sequence[np.ndarray]]) -> None:
         self.sites = [site for site in sites if site_enabled(site, config)]
         self.count = len(sites)
-        gates = relax.Var("gates", relax.TensorType([max(self.count, 1)], "float32"))
-        gated = {site.index: _GatedSite(site, scales[site.index], config, gates) for site in self.sites}
+        gates = relax.Var("gates", relax.TensorType([2 * max(self.count, 1)], "float32"))  # inputs, then weights
+        gated = {site.index: _GatedSite(site, scales[site.index], config, gates, max(self.count, 1))
+                 for site in self.sites}
         module = emit_float(prepared, sites, extra_params=(gates,),
                             emit_site=lambda bb, site, data: (gated[site.index].emit(bb, data) if site.index in gated
                                                               else float_site(bb, site, data)))
@@ -103,16 +120,20 @@ class GatedModel:
         self.evaluation = [tvm_tensors(list(sample)) for sample in evaluation]
         self.reference = self.outputs(())
 
-    def outputs(self, quantized: Sequence[int]) -> list[list[np.ndarray]]:
+    def outputs(self, quantized: Sequence[int], part: str = "both") -> list[list[np.ndarray]]:
         """Every float output on every evaluation input, flattened per input (rows), with the
-        sites ``quantized`` in int8 and the rest float."""
-        gates = np.zeros(max(self.count, 1), dtype="float32")
-        gates[list(quantized)] = 1.0
-        return self._float_rows(self.vm, tvm.runtime.tensor(gates))
+        sites ``quantized`` in int8 (their input, weights or both: ``part``) and the rest float."""
+        if part not in PARTS:
+            raise ValueError(f"GatedModel.outputs: part={part!r} is not one of {PARTS}")
+        gates = np.zeros((2, max(self.count, 1)), dtype="float32")
+        for row, name in enumerate(PARTS[1:]):
+            if part in ("both", name):
+                gates[row, list(quantized)] = 1.0
+        return self._float_rows(self.vm, tvm.runtime.tensor(gates.reshape(-1)))
 
-    def quality(self, quantized: Sequence[int]) -> Quality:
-        """How far the simulated outputs with ``quantized`` sites in int8 are from float."""
-        return compare(self.reference, self.outputs(quantized))
+    def quality(self, quantized: Sequence[int], part: str = "both") -> Quality:
+        """How far the simulated outputs with ``quantized`` sites in int8 (``part`` of them) are from float."""
+        return compare(self.reference, self.outputs(quantized, part))
 
     def measure(self, module: tvm.IRModule) -> Quality:
         """How far a realized (integer) ``module``'s outputs are from float, on the same inputs."""
@@ -146,13 +167,22 @@ def compare(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -
     return Quality(sqnr, agreement)
 
 
-def site_sensitivity(model: GatedModel) -> Sensitivity:
-    """Each quantizable site's cost when it alone is quantized."""
+#: The costliest sites whose cost :func:`site_sensitivity` splits into input and weights.
+SPLIT_SITES = 8
+
+
+def site_sensitivity(model: GatedModel, split: int = SPLIT_SITES) -> Sensitivity:
+    """Each quantizable site's cost when it alone is quantized; for the ``split`` costliest, also
+    its input's alone and its weights' alone."""
     costs = []
     for site in model.sites:
         quality = model.quality([site.index])
         costs.append(SiteCost(site.index, site.kind, site.ordinal, tuple(site.weight.shape), quality.sqnr_db,
                               quality.agreement))
+    costliest = Sensitivity(tuple(costs), 0).most_damaging()[:split]
+    costs = [replace(cost, input_sqnr_db=model.quality([cost.site], "input").sqnr_db,
+                     weights_sqnr_db=model.quality([cost.site], "weights").sqnr_db) if cost.site in costliest else cost
+             for cost in costs]
     return Sensitivity(tuple(costs), len(model.evaluation))
 
 
@@ -239,10 +269,11 @@ def _first_guess(sensitivity: Sensitivity, order: list[int], target: float) -> i
 
 
 class _GatedSite:
-    """A site's int8 simulation, blended with its float self by its gate."""
+    """A site's int8 simulation, blended with its float self by two gates: its input's (at
+    ``site.index``) and its weights' and bias's (at ``count + site.index``)."""
 
-    def __init__(self, site: Site, calibrated: SiteScales, config: QuantConfig, gates: relax.Var) -> None:
-        self.site, self.calibrated, self.gates = site, calibrated, gates
+    def __init__(self, site: Site, calibrated: SiteScales, config: QuantConfig, gates: relax.Var, count: int) -> None:
+        self.site, self.calibrated, self.gates, self.count = site, calibrated, gates, count
         weights, bias = site_integers(site, calibrated, config, calibrated.input).dequantized(site)
         self.weight_change = (weights - site.weight).astype(np.float32)
         self.bias_change = (bias - site.bias).astype(np.float32)
@@ -250,8 +281,11 @@ class _GatedSite:
     def emit(self, bb: relax.BlockBuilder, data: relax.Expr) -> relax.Expr:
         site, scale, zero_point = self.site, self.calibrated.input, self.calibrated.input_zero_point
         gate = bb.emit(R.strided_slice(self.gates, axes=[0], begin=[site.index], end=[site.index + 1]))
-        simulated = bb.emit(from_int8_steps(int8_steps(data, scale, zero_point), scale, zero_point))
+        steps = int8_steps(data, scale, zero_point, self.calibrated.input_bounds)
+        simulated = bb.emit(from_int8_steps(steps, scale, zero_point))
         data = bb.emit(R.add(data, R.multiply(gate, R.subtract(simulated, data))))
+        weights_at = self.count + site.index
+        gate = bb.emit(R.strided_slice(self.gates, axes=[0], begin=[weights_at], end=[weights_at + 1]))
         weight = bb.emit(R.add(relax.const(site.weight.astype(np.float32)),
                                R.multiply(gate, relax.const(self.weight_change))))
         shape = bias_shape(site, site.output.ty.ndim)

@@ -73,10 +73,10 @@ def _test_table(record: TestRecord, index: int) -> str:
     costs = sorted(data["sites"], key=lambda cost: (_finite_or(cost["sqnr_db"], math.inf), cost["site"]))
     rows = [_row(cost, cost["site"] in kept) for cost in costs]
     head = "".join(f"<th>{c}</th>" for c in ("site", "op", "weight shape", "SQNR alone (dB)", "top-1 alone",
-                                             "in float"))
+                                             "its input alone (dB)", "its weights alone (dB)", "in float"))
     folded = ""
     if len(rows) > SHOWN_SITES:
-        folded = (f"<tr><td colspan=\"6\"><details><summary>{len(rows) - SHOWN_SITES} more site(s)</summary>"
+        folded = (f"<tr><td colspan=\"8\"><details><summary>{len(rows) - SHOWN_SITES} more site(s)</summary>"
                   f"<table><tbody>{''.join(rows[SHOWN_SITES:])}</tbody></table></details></td></tr>")
     return (f"<h3>{markup.text(case_label(record))}</h3>\n<p class=\"meta\">{markup.text(_summary(data))}</p>\n"
             f"<table class=\"sensitivity\" id=\"sensitivity-{index}\" data-test=\"{markup.text(record.test)}\">\n"
@@ -86,14 +86,21 @@ def _test_table(record: TestRecord, index: int) -> str:
 def _row(cost: Mapping[str, Any], kept: bool) -> str:
     agreement = cost.get("agreement")
     cells = [str(cost["site"]), cost["op"], "x".join(map(str, cost["weight_shape"])), f"{cost['sqnr_db']:.2f}",
-             "-" if agreement is None else f"{agreement:.3f}", "yes" if kept else ""]
+             "-" if agreement is None else f"{agreement:.3f}", _db(cost.get("input_sqnr_db")),
+             _db(cost.get("weights_sqnr_db")), "yes" if kept else ""]
     tds = "".join(f"<td>{markup.text(c)}</td>" for c in cells)
     return f"<tr class=\"{'xfailed' if kept else ''}\">{tds}</tr>"
 
 
+def _db(value: Any) -> str:
+    """A split part's SQNR (measured for the costliest sites only: ``-`` for the others)."""
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
 def _summary(data: Mapping[str, Any]) -> str:
     """One line: the samples, and what the budget kept in float and reached."""
-    text = f"each site quantized alone, on {data.get('samples', '?')} evaluation input(s)"
+    text = (f"each site quantized alone, on {data.get('samples', '?')} evaluation input(s); for the costliest, "
+            "also its input alone and its weights alone (a site whose input costs most gains from a wide input)")
     budget = data.get("budget")
     if budget:
         reached = budget["sqnr_db"] if budget["metric"] == "sqnr_db" else budget["agreement"]
