@@ -9,7 +9,8 @@ other photos, whole and cropped, against its own fp32 PyTorch outputs: top-1 agr
 agreement on the images fp32 is sure about (top-1 probability > 0.3: "sure agr"), mean/min
 cosine and SQNR of the logits. Every conv and the classifier are quantized (``--skip-ends``: the
 first conv and the classifier stay float, the old default). Our configurations run in one process
-per model, built with sampled schedules; ONNX Runtime's ``quantize_static`` (QDQ, int8 weights
+per model, built with sampled schedules (each row has the median ms of a call: untuned code, to
+compare configurations, not backends); ONNX Runtime's ``quantize_static`` (QDQ, int8 weights
 per channel, int8 activations, one calibration method each) runs in a process of its own per
 method, on the same calibration and evaluation images. JSON goes to
 ``benchmarks/results/quantization_accuracy.json``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "fixtures"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import run_child, write_results  # noqa: E402
+from common import run_child, timed, write_results  # noqa: E402
 from images import (  # noqa: E402
     CALIBRATION_PHOTOS,
     EVALUATION_PHOTOS,
@@ -101,6 +103,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mse+bias_correction+unsigned+search+wide1": {
         "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
         "weight_rounding": "search", "wide_inputs": [1]},
+    "mse+bias_correction+unsigned+gptq+wide1+sensitivity": {
+        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "wide_inputs": [1], "sensitivity": True},
     "mse+shift+bias_correction+unsigned+gptq+wide1": {
         "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
         "weight_rounding": "gptq", "wide_inputs": [1]},
@@ -112,6 +117,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True, "unsigned_activations": True,
         "budget": "sqnr_db>=25"},
 }
+#: Calls timed per configuration (after one warm-up), on the first evaluation image.
+RUNS_TIMED = 10
 #: Sites of the sensitivity table a row keeps (the most damaging first).
 SENSITIVE_SITES = 8
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
@@ -180,21 +187,24 @@ def relax_module(model: Any, example: np.ndarray) -> Any:
 
 
 def ours(module: Any, fields: dict[str, Any], calibration: list[dict[str, np.ndarray]],
-         evaluation: list[tuple[str, np.ndarray]]) -> tuple[Any, list[np.ndarray], float]:
-    """Quantize with ``fields``, build with sampled schedules, run the evaluation images."""
+         evaluation: list[tuple[str, np.ndarray]]) -> tuple[Any, list[np.ndarray], float, float]:
+    """Quantize with ``fields``, build with sampled schedules, run the evaluation images; also
+    the median milliseconds of a call (untuned code: compare configurations with it, not backends)."""
     import tvm
 
     from pytest_tvmdeploy.quantize import quantize
     from pytest_tvmdeploy.targets import parse_target
-    from pytest_tvmdeploy.tuning.apply import build_with_records
+    from pytest_tvmdeploy.tuning.apply import build_with_records, sampled_host_build
     from pytest_tvmdeploy.vm import relax_vm
 
     started = time.perf_counter()
-    quantized = quantize(module, fields, calibration=calibration)
+    quantized = quantize(module, fields, calibration=calibration, compiler=sampled_host_build)
     vm = relax_vm(build_with_records(quantized.module, parse_target("llvm"), None, sampled=True).executable)
     seconds = time.perf_counter() - started
     outputs = [vm["main"](tvm.runtime.tensor(batch))[0].numpy() for _, batch in evaluation]
-    return quantized, outputs, seconds
+    first = tvm.runtime.tensor(evaluation[0][1])
+    run_ms = 1000 * statistics.median(timed(lambda: vm["main"](first), RUNS_TIMED))
+    return quantized, outputs, seconds, run_ms
 
 
 def ours_worker(key: str, names: list[str], args: argparse.Namespace) -> list[dict]:
@@ -207,10 +217,11 @@ def ours_worker(key: str, names: list[str], args: argparse.Namespace) -> list[di
     rows = []
     for name in names:
         fields = {**CONFIGS[name], "per_channel": True, **ends}
-        quantized, outputs, seconds = ours(module, fields, calibration, evaluation)
+        quantized, outputs, seconds, run_ms = ours(module, fields, calibration, evaluation)
         rows.append({"model": key, "quantizer": "ours", "config": name, "fields": fields,
                      "quantized_sites": quantized.quantized_sites, **scores(outputs, expected),
-                     "quantize_and_build_seconds": round(seconds, 1), **mixed_precision(quantized)})
+                     "quantize_and_build_seconds": round(seconds, 1), "run_ms": round(run_ms, 2),
+                     **mixed_precision(quantized)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -221,9 +232,15 @@ def mixed_precision(quantized: Any) -> dict[str, Any]:
         return {}
     costs = {cost.site: cost for cost in quantized.sensitivity.sites}
     worst = [{"site": i, "op": costs[i].op, "weight_shape": list(costs[i].weight_shape),
-              "sqnr_db": round(costs[i].sqnr_db, 2)} for i in quantized.sensitivity.most_damaging()[:SENSITIVE_SITES]]
+              "sqnr_db": round(costs[i].sqnr_db, 2), "input_sqnr_db": _rounded(costs[i].input_sqnr_db),
+              "weights_sqnr_db": _rounded(costs[i].weights_sqnr_db)}
+             for i in quantized.sensitivity.most_damaging()[:SENSITIVE_SITES]]
     budget = quantized.budget.to_json() if quantized.budget is not None else None
     return {"most_damaging_sites": worst, "budget": budget, "sensitivity_samples": quantized.sensitivity.samples}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def onnxruntime_worker(key: str, method: str, args: argparse.Namespace) -> list[dict]:
@@ -333,7 +350,7 @@ def random_nets(args: argparse.Namespace) -> None:
         module = relax_module(model, evaluation[0][1])
         for config in args.configs.split(","):
             fields = {**CONFIGS[config], "per_channel": True}
-            quantized, outputs, _ = ours(module, fields, [{"x": c[INPUT]} for c in calibration], evaluation)
+            quantized, outputs, _, _ = ours(module, fields, [{"x": c[INPUT]} for c in calibration], evaluation)
             row = {"model": name, "config": config, "quantized_sites": quantized.quantized_sites,
                    **scores(outputs, expected)}
             rows.append(row)

@@ -122,3 +122,33 @@ def test_a_model_without_float_outputs_has_no_sensitivity_to_measure(block_data)
     with pytest.raises(ConfigError, match="the model has none \\(only integer or bool outputs\\)"):
         quantize(module, QuantConfig(sensitivity=True, calibrate_mode="max", skip_conv_layers=[]),
                  calibration=[{"x": x} for x in calibration])
+
+
+@pytest.mark.parametrize("long_runs", [False, True], ids=["short-runs", "long-runs"])
+def test_a_simulation_predicted_long_is_rebuilt_with_the_scheduling_compiler(block_data, monkeypatch,
+                                                                             long_runs: bool) -> None:
+    """The given compiler (here the package's sampled-schedule build) is used only when the runs
+    are predicted to take long; the costs it measures are the unscheduled build's."""
+    from pytest_tvmdeploy.quantize import sensitivity
+    from pytest_tvmdeploy.tuning import sampled_host_build
+
+    calibration, _ = block_data
+    module = relax_of(separable_block(), calibration[0])
+    samples = [{"x": x} for x in calibration]
+    config = QuantConfig(budget="sqnr_db>=30", **ALL_LAYERS)
+    plain = quantize(module, config, calibration=samples)
+    built: list[int] = []
+
+    def scheduling(relax_module):
+        built.append(1)
+        return sampled_host_build(relax_module)
+
+    if long_runs:
+        monkeypatch.setattr(sensitivity, "SCHEDULE_ABOVE_SECONDS", 0.0)
+    scheduled = quantize(module, config, calibration=samples, compiler=scheduling)
+    # the gated simulation, then each integer module the budget measured
+    assert len(built) == (1 + scheduled.budget.builds if long_runs else 0)
+    assert scheduled.keep_float == plain.keep_float
+    for ours, theirs in zip(scheduled.sensitivity.sites, plain.sensitivity.sites):
+        assert ours.sqnr_db == pytest.approx(theirs.sqnr_db, abs=0.01)
+        assert ours.input_sqnr_db == pytest.approx(theirs.input_sqnr_db, abs=0.01)

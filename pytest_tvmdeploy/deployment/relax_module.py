@@ -20,7 +20,7 @@ from pytest_tvmdeploy.runners.rpc_tuning import rpc_measurement
 from pytest_tvmdeploy.shapes import ShapeSignature
 from pytest_tvmdeploy.sources import ModelSource
 from pytest_tvmdeploy.sources.base import ModelFile
-from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, tune, workload_hashes
+from pytest_tvmdeploy.tuning import DatabaseFiles, build_with_records, sampled_host_build, tune, workload_hashes
 from pytest_tvmdeploy.tuning.sampled import Remember
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ class RelaxModule:
         quant = self.config.quant
         if quant is None:
             return module
+        compiler = sampled_host_build if self.config.schedule == "sampled" else None  # for long simulations
         result = self.timed("quantize", lambda: quantize_for_target(module, quant, self.config.spec,
-                                                                    calibration=self.samples))
+                                                                    calibration=self.samples, compiler=compiler))
         self.meta["quantization"] = {
             "config": quant.to_json(),
             "calibration_samples": result.calibration_samples,

@@ -29,7 +29,7 @@ from pytest_tvmdeploy.targets import TargetSpec
 if TYPE_CHECKING:  # TVM is imported when a model is quantized, not when the plugin loads
     import tvm
 
-    from pytest_tvmdeploy.quantize.sensitivity import BudgetChoice, Sensitivity
+    from pytest_tvmdeploy.quantize.sensitivity import BudgetChoice, Compiler, Sensitivity
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,12 @@ def quantize(
     *,
     calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
     evaluation: Iterable[Mapping[str, np.ndarray]] | None = None,
+    compiler: Compiler | None = None,
 ) -> QuantizedModule:
     """Quantize every enabled conv2d / matmul of ``module`` (a frontend's Relax output) to int8.
 
-    Sensitivity and a budget are measured on ``evaluation`` (default: the calibration data).
+    Sensitivity and a budget are measured on ``evaluation`` (default: the calibration data), in
+    modules built for this CPU by ``compiler`` (default: ``tvm.compile``, functions unscheduled).
     """
     from pytest_tvmdeploy.quantize.calibrate import site_scales
     from pytest_tvmdeploy.quantize.equalize import equalize
@@ -85,7 +87,7 @@ def quantize(
     scales, samples = site_scales(prepared, sites, config, calibration)
     sensitivity = choice = realized = None
     if config.measures_sensitivity:
-        sensitivity, choice, realized = _mixed_precision(prepared, sites, scales, config, evaluation or ())
+        sensitivity, choice, realized = _mixed_precision(prepared, sites, scales, config, evaluation or (), compiler)
     used = replace(config, keep_float=(*config.keep_float, *choice.keep_float)) if choice is not None else config
     report = tuple(_describe(site, scales[site.index], used) for site in sites)
     realized = realized if realized is not None else realize(prepared, sites, scales, used)
@@ -94,7 +96,7 @@ def quantize(
 
 
 def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[int, Any], config: QuantConfig,
-                     evaluation: Iterable[Mapping[str, np.ndarray]],
+                     evaluation: Iterable[Mapping[str, np.ndarray]], compiler: Compiler | None = None,
                      ) -> tuple[Sensitivity, BudgetChoice | None, tvm.IRModule | None]:
     """Each site's cost alone on ``evaluation`` and, with a budget, its choice of float sites and
     the integer module keeping them (measured)."""
@@ -107,7 +109,7 @@ def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[i
     inputs = [positional(sample, names, index) for index, sample in enumerate(evaluation)]
     if not inputs:
         raise ConfigError(f"quantize: {config.calibration_purpose} needs evaluation inputs: none were given")
-    model = GatedModel(prepared, sites, scales, config, inputs)
+    model = GatedModel(prepared, sites, scales, config, inputs, compiler)
     sensitivity = site_sensitivity(model)
     if config.budget_target is None:
         return sensitivity, None, None
@@ -134,12 +136,13 @@ def quantize_for_target(
     *,
     calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
     evaluation: Iterable[Mapping[str, np.ndarray]] | None = None,
+    compiler: Compiler | None = None,
 ) -> QuantizedModule:
     """:func:`quantize`, then, on a CPU with VNNI, every int8 conv that fits it rewritten into the
     VNNI form (uint8 NCHW16c activations, packed weights): the same numbers, ~3x faster tuned."""
     from pytest_tvmdeploy.quantize.vnni import target_has_vnni, use_vnni_convs
 
-    result = quantize(module, config, calibration=calibration, evaluation=evaluation)
+    result = quantize(module, config, calibration=calibration, evaluation=evaluation, compiler=compiler)
     if not target_has_vnni(target):
         return result
     rewritten, count = use_vnni_convs(result.module)

@@ -13,6 +13,7 @@ whose input costs most is one a wide (16-bit) input mends (``QuantConfig.wide_in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -100,14 +101,35 @@ def _db(value: float | None) -> str:
 
 #: What of a site :meth:`GatedModel.outputs` quantizes: its input and weights, or one of them.
 PARTS = ("both", "input", "weights")
+#: The costliest sites whose cost :func:`site_sensitivity` splits into input and weights.
+SPLIT_SITES = 8
+
+
+#: Compiles a Relax module for this machine's CPU into a VM executable: ``tvm.compile`` by default;
+#: a caller can give one that schedules the functions, which costs seconds and makes runs faster.
+Compiler = Callable[[tvm.IRModule], Any]
+#: Predicted seconds of simulation runs above which :class:`GatedModel` rebuilds with the given
+#: scheduling compiler (a small model's runs take less than its sampling would).
+SCHEDULE_ABOVE_SECONDS = 60.0
+
+
+def host_compile(module: tvm.IRModule) -> Any:
+    """``tvm.compile`` for this machine's CPU, functions unscheduled."""
+    return tvm.compile(module, target=tvm.target.Target("llvm"))
 
 
 class GatedModel:
-    """The gated simulation of ``sites`` (those ``config`` quantizes), built once for the CPU;
-    :meth:`outputs` runs it on the evaluation inputs with a set of sites quantized."""
+    """The gated simulation of ``sites`` (those ``config`` quantizes), built for the CPU;
+    :meth:`outputs` runs it on the evaluation inputs with a set of sites quantized.
+
+    It is built with ``tvm.compile`` first; when its first run predicts over
+    :data:`SCHEDULE_ABOVE_SECONDS` for the runs a sensitivity table takes, it is built again with
+    ``compiler`` (one that schedules), as are the integer modules :meth:`measure` runs."""
 
     def __init__(self, prepared: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales],
-                 config: QuantConfig, evaluation: Sequence[Sequence[np.ndarray]]) -> None:
+                 config: QuantConfig, evaluation: Sequence[Sequence[np.ndarray]],
+                 compiler: Compiler | None = None) -> None:
+        self.compiler: Compiler = host_compile
         self.sites = [site for site in sites if site_enabled(site, config)]
         self.count = len(sites)
         gates = relax.Var("gates", relax.TensorType([2 * max(self.count, 1)], "float32"))  # inputs, then weights
@@ -116,9 +138,15 @@ class GatedModel:
         module = emit_float(prepared, sites, extra_params=(gates,),
                             emit_site=lambda bb, site, data: (gated[site.index].emit(bb, data) if site.index in gated
                                                               else float_site(bb, site, data)))
-        self.vm = relax_vm(tvm.compile(module, target=tvm.target.Target("llvm")))
+        self.vm = relax_vm(host_compile(module))
         self.evaluation = [tvm_tensors(list(sample)) for sample in evaluation]
+        started = time.perf_counter()
         self.reference = self.outputs(())
+        predicted = (time.perf_counter() - started) * (len(self.sites) + 2 * SPLIT_SITES)
+        if compiler is not None and predicted > SCHEDULE_ABOVE_SECONDS:
+            self.compiler = compiler
+            self.vm = relax_vm(compiler(module))
+            self.reference = self.outputs(())
 
     def outputs(self, quantized: Sequence[int], part: str = "both") -> list[list[np.ndarray]]:
         """Every float output on every evaluation input, flattened per input (rows), with the
@@ -137,8 +165,7 @@ class GatedModel:
 
     def measure(self, module: tvm.IRModule) -> Quality:
         """How far a realized (integer) ``module``'s outputs are from float, on the same inputs."""
-        vm = relax_vm(tvm.compile(module, target=tvm.target.Target("llvm")))
-        return compare(self.reference, self._float_rows(vm))
+        return compare(self.reference, self._float_rows(relax_vm(self.compiler(module))))
 
     def _float_rows(self, vm: Any, *extra: Any) -> list[list[np.ndarray]]:
         """``vm``'s float outputs on each evaluation input (``extra`` arguments after the inputs)."""
@@ -165,10 +192,6 @@ def compare(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -
         same = [np.argmax(r[0], axis=-1) == np.argmax(a[0], axis=-1) for r, a in zip(reference, actual)]
         agreement = float(np.concatenate(same).mean())
     return Quality(sqnr, agreement)
-
-
-#: The costliest sites whose cost :func:`site_sensitivity` splits into input and weights.
-SPLIT_SITES = 8
 
 
 def site_sensitivity(model: GatedModel, split: int = SPLIT_SITES) -> Sensitivity:

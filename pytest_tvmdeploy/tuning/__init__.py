@@ -7,7 +7,7 @@ Importing this package imports neither TVM nor torch::
     executable = compile_tuned(module, spec, Path("tuning/llvm"))
 """
 
-from pytest_tvmdeploy.tuning.apply import build_with_records, compile_tuned
+from pytest_tvmdeploy.tuning.apply import build_with_records, compile_tuned, sampled_host_build
 from pytest_tvmdeploy.tuning.driver import tune
 from pytest_tvmdeploy.tuning.plan import needs_tuning
 from pytest_tvmdeploy.tuning.records import RECORD_FILE, WORKLOAD_FILE, DatabaseFiles, read_database
@@ -26,6 +26,7 @@ __all__ = [
     "database_fingerprint",
     "needs_tuning",
     "read_database",
+    "sampled_host_build",
     "tune",
     "workload_hashes",
 ]

@@ -77,6 +77,15 @@ def build_with_records(module: tvm.IRModule, target: TargetSpec, files: Database
     return RecordsBuild(compile_module(prepared, target, pipeline), applied, scheduled, prepared)
 
 
+def sampled_host_build(module: tvm.IRModule) -> Any:
+    """``module`` built for this machine's CPU (``llvm``) with sampled schedules and no records:
+    for a float module run many times (the quantizer's sensitivity simulation), several times
+    faster per call than unscheduled loops for ~20 s of sampling."""
+    from pytest_tvmdeploy.targets import parse_target
+
+    return build_with_records(module, parse_target("llvm"), None, sampled=True).executable
+
+
 def chosen_records(files: DatabaseFiles, prepared: tvm.IRModule, target: TargetSpec) -> list[TaskRecords]:
     """The record a build applies for each task of the prepared module that has one."""
     tasks = extract_tasks(prepared, tuning_target(target))
