@@ -152,3 +152,30 @@ def test_a_simulation_predicted_long_is_rebuilt_with_the_scheduling_compiler(blo
     for ours, theirs in zip(scheduled.sensitivity.sites, plain.sensitivity.sites):
         assert ours.sqnr_db == pytest.approx(theirs.sqnr_db, abs=0.01)
         assert ours.input_sqnr_db == pytest.approx(theirs.input_sqnr_db, abs=0.01)
+
+
+def test_each_sites_integers_are_computed_once_for_the_simulation_and_every_realized_module(block_data,
+                                                                                          monkeypatch) -> None:
+    """GPTQ weights take seconds a site on a real network: the gated simulation and each module a
+    budget realizes share them, and the module is the one built without sharing."""
+    from pytest_tvmdeploy.quantize import realize
+
+    calibration, held_out = block_data
+    model = separable_block()
+    computed: list[int] = []
+    compute = realize._site_integers
+
+    def counted(site, *args):
+        computed.append(site.index)
+        return compute(site, *args)
+
+    monkeypatch.setattr(realize, "_site_integers", counted)
+    shared, _, result = int8_run(model, QuantConfig(budget="sqnr_db>=30", weight_rounding="gptq", **ALL_LAYERS),
+                                 calibration, held_out)
+    assert result.budget.builds >= 1 and result.keep_float == (0,)
+    assert sorted(computed) == [0, 1, 2, 3]  # once each, though simulated and realized
+    computed.clear()
+    alone, _, _ = int8_run(model, QuantConfig(keep_float=[0], weight_rounding="gptq", **ALL_LAYERS), calibration,
+                           held_out)
+    assert sorted(computed) == [1, 2, 3]
+    np.testing.assert_array_equal(shared, alone)

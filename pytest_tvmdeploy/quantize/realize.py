@@ -117,9 +117,27 @@ class SiteIntegers(NamedTuple):
                 self.bias.astype(np.float64) * np.broadcast_to(self.accumulator_scales, self.bias.shape))
 
 
-def site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input_scale: float) -> SiteIntegers:
+#: Integers already computed in one :func:`~pytest_tvmdeploy.quantize.quantize` call, by site index,
+#: input scale and the config fields they depend on (GPTQ and searched weights take seconds a site;
+#: the gated simulation and every module a budget realizes need the same ones).
+IntegersCache = dict[tuple[int, float, tuple[Any, ...]], SiteIntegers]
+
+
+def site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input_scale: float,
+                  cache: IntegersCache | None = None) -> SiteIntegers:
     """The int8 weights (rounded to nearest or by GPTQ) and the int32 bias (bias-corrected if asked)
-    of a site whose int8 input has ``input_scale``."""
+    of a site whose int8 input has ``input_scale``; looked up in / added to ``cache`` if given (one
+    that holds only this call's sites and scales)."""
+    if cache is None:
+        return _site_integers(site, calibrated, config, input_scale)
+    key = (site.index, float(input_scale), (config.weight_scale, config.power2, config.per_channel,
+                                            config.weight_rounding, config.bias_correction))
+    if key not in cache:
+        cache[key] = _site_integers(site, calibrated, config, input_scale)
+    return cache[key]
+
+
+def _site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input_scale: float) -> SiteIntegers:
     axis = site.channel_axis
     if config.weight_scale == "shift":
         w_scales = shift_weight_scales(site.weight, calibrated.output / input_scale, per_channel=config.per_channel,
@@ -141,20 +159,22 @@ def site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input
     return SiteIntegers(weights, w_scales, accumulator_scales, bias)
 
 
-def realize(mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig) -> tvm.IRModule:
+def realize(mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig,
+            cache: IntegersCache | None = None) -> tvm.IRModule:
     """The integer module: ``mod`` must be the prepared module ``sites`` were found in."""
-    return _Realizer(mod, sites, scales, config).run()
+    return _Realizer(mod, sites, scales, config, cache).run()
 
 
 class _Realizer:
     def __init__(self, mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales],
-                 config: QuantConfig) -> None:
+                 config: QuantConfig, cache: IntegersCache | None = None) -> None:
+        self.cache = cache
         self.func, self.bindings = main_block(mod)
         self.sites = {site.call: site for site in sites}
         self.replaced = {var for site in sites for var in (*site.chain, site.output)}
         self.scales = scales
         self.config = config
-        self.int8_readers = _int8_readers(self.bindings, self.func.body.body, self.sites, config)
+        self.int8_readers = _int8_readers(self.bindings, self.func.body.body, self.sites, config, scales)
         self.bb = relax.BlockBuilder()
         self.floats: dict[Any, relax.Expr] = {}
         self.int8: dict[Any, Int8] = {}
@@ -225,7 +245,7 @@ class _Realizer:
             data, input_scale, input_zero_point = self._int8_input(site)
             if input_zero_point and site.kind == CONV:
                 data = self._pad_with(data, input_zero_point, site)
-        integers = site_integers(site, calibrated, config, input_scale)
+        integers = site_integers(site, calibrated, config, input_scale, self.cache)
         weights, accumulator_scales, bias = integers.weights, integers.accumulator_scales, integers.bias
         if wide:
             acc = self._wide_accumulator(site, weights)
@@ -337,7 +357,7 @@ class _Realizer:
 
 
 def _int8_readers(bindings: list[relax.Binding], result: relax.Expr, sites: dict[Any, Site],
-                  config: QuantConfig) -> set[Any]:
+                  config: QuantConfig, scales: dict[int, SiteScales]) -> set[Any]:
     """Vars every reader of which takes int8: an enabled site's data input, or an int8-transparent
     op whose own result has only such readers. Only these are requantized to int8."""
     readers: dict[Any, list[tuple[str, Any]]] = {}
@@ -348,7 +368,7 @@ def _int8_readers(bindings: list[relax.Binding], result: relax.Expr, sites: dict
         site = sites.get(value)
         for index, var in enumerate(vars_in(value)):
             if site is not None and index == 0 and site_enabled(site, config) and var.same_as(site.input) \
-                    and site.index not in config.wide_inputs:  # a wide input is read in float
+                    and scales[site.index].input_bits <= 8:  # a wide input is read in float
                 kind = "site"
             elif isinstance(value, relax.Call) and getattr(value.op, "name", "").removeprefix("relax.") in (
                     INT8_TRANSPARENT | {"clip"}) and value.args and var.same_as(value.args[0]):
