@@ -137,18 +137,17 @@ def choose_schedule(task: Task, target: tvm.target.Target, blocks: Blocks | None
     for _ in range(draws if blocks.reduces else INJECTIVE_CANDIDATES):
         for schedule in context.generate_design_space():
             schedule.enter_postproc()  # as MetaSchedule marks them: a replay can leave them out
-            if all(postproc.apply(schedule) for postproc in context.space_generator.postprocs) \
-                    and covers_every_iteration(schedule, domains):
+            if all(postproc.apply(schedule) for postproc in context.space_generator.postprocs):
                 candidates.append(schedule)
     model = shipped_cost_model()
-    if not candidates:
-        return None
-    best = candidates[0]
-    if model is not None:
+    order = range(len(candidates))
+    if model is not None and candidates:
         args = ms.arg_info.ArgInfo.from_prim_func(function["main"])
         scores = ranking_scores(model, context, [ms.MeasureCandidate(schedule, args) for schedule in candidates])
-        best = candidates[max(range(len(candidates)), key=lambda i: scores[i])]
-    return capped_unroll(best, function, context.space_generator.postprocs)
+        order = sorted(order, key=lambda i: (-scores[i], i))  # best first; among equals, the first drawn
+    # the best that runs every iteration (checked in that order: the check costs more than ranking)
+    best = next((candidates[i] for i in order if covers_every_iteration(candidates[i], domains)), None)
+    return None if best is None else capped_unroll(best, function, context.space_generator.postprocs)
 
 
 def capped_unroll(schedule: Any, function: tvm.IRModule, postprocs: Any) -> Any:
