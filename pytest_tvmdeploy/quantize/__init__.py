@@ -29,7 +29,7 @@ from pytest_tvmdeploy.targets import TargetSpec
 if TYPE_CHECKING:  # TVM is imported when a model is quantized, not when the plugin loads
     import tvm
 
-    from pytest_tvmdeploy.quantize.realize import IntegersCache
+    from pytest_tvmdeploy.quantize.realize import SiteIntegersSource
     from pytest_tvmdeploy.quantize.sensitivity import BudgetChoice, Compiler, Sensitivity
 
 
@@ -73,7 +73,7 @@ def quantize(
     from pytest_tvmdeploy.quantize.calibrate import site_scales
     from pytest_tvmdeploy.quantize.equalize import equalize
     from pytest_tvmdeploy.quantize.graph import find_sites, prepare
-    from pytest_tvmdeploy.quantize.realize import realize
+    from pytest_tvmdeploy.quantize.realize import SiteIntegersSource, realize
 
     config = QuantConfig.from_value(config)
     prepared = prepare(module)
@@ -87,20 +87,20 @@ def quantize(
         equalized = equalize(prepared, sites, calibration)
     scales, samples = site_scales(prepared, sites, config, calibration)
     sensitivity = choice = realized = None
-    cache: IntegersCache = {}  # the gated simulation's integers are the realized modules' ones
+    integers = SiteIntegersSource(config, scales)  # the gated simulation's are the realized modules' ones
     if config.measures_sensitivity:
         sensitivity, choice, realized = _mixed_precision(prepared, sites, scales, config, evaluation or (), compiler,
-                                                         cache)
+                                                         integers)
     used = replace(config, keep_float=(*config.keep_float, *choice.keep_float)) if choice is not None else config
     report = tuple(_describe(site, scales[site.index], used) for site in sites)
-    realized = realized if realized is not None else realize(prepared, sites, scales, used, cache)
+    realized = realized if realized is not None else realize(prepared, sites, scales, used, integers)
     return QuantizedModule(realized, config, report, samples, keep_float=used.keep_float, sensitivity=sensitivity,
                            budget=choice, equalized_pairs=equalized)
 
 
 def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[int, Any], config: QuantConfig,
                      evaluation: Iterable[Mapping[str, np.ndarray]], compiler: Compiler | None = None,
-                     cache: IntegersCache | None = None,
+                     integers: SiteIntegersSource | None = None,
                      ) -> tuple[Sensitivity, BudgetChoice | None, tvm.IRModule | None]:
     """Each site's cost alone on ``evaluation`` and, with a budget, its choice of float sites and
     the integer module keeping them (measured)."""
@@ -113,13 +113,14 @@ def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[i
     inputs = [positional(sample, names, index) for index, sample in enumerate(evaluation)]
     if not inputs:
         raise ConfigError(f"quantize: {config.calibration_purpose} needs evaluation inputs: none were given")
-    model = GatedModel(prepared, sites, scales, config, inputs, compiler, cache)
+    model = GatedModel(prepared, sites, scales, config, inputs, compiler, integers)
     sensitivity = site_sensitivity(model)
     if config.budget_target is None:
         return sensitivity, None, None
 
     def keeping(chosen: tuple[int, ...]) -> tvm.IRModule:
-        return realize(prepared, sites, scales, replace(config, keep_float=(*config.keep_float, *chosen)), cache)
+        return realize(prepared, sites, scales, replace(config, keep_float=(*config.keep_float, *chosen)),
+                       integers)
 
     choice, realized = fit_budget(model, sensitivity, *config.budget_target, keeping)
     return sensitivity, choice, realized

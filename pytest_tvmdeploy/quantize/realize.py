@@ -13,7 +13,7 @@ made from its float value, and adds its op's two int32 results in int64: ``256 *
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -117,24 +117,30 @@ class SiteIntegers(NamedTuple):
                 self.bias.astype(np.float64) * np.broadcast_to(self.accumulator_scales, self.bias.shape))
 
 
-#: Integers already computed in one :func:`~pytest_tvmdeploy.quantize.quantize` call, by site index,
-#: input scale and the config fields they depend on (GPTQ and searched weights take seconds a site;
-#: the gated simulation and every module a budget realizes need the same ones).
-IntegersCache = dict[tuple[int, float, tuple[Any, ...]], SiteIntegers]
+class SiteIntegersSource:
+    """Each site's :class:`SiteIntegers` for one :func:`~pytest_tvmdeploy.quantize.quantize` call:
+    computed on first use for a site and input scale, then kept (GPTQ and searched weights take
+    seconds a site; the gated simulation and every module a budget realizes need the same ones).
 
+    The weight settings are this call's ``config``; only ``keep_float`` may differ between the
+    modules built from one source (:meth:`serves` tells)."""
 
-def site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input_scale: float,
-                  cache: IntegersCache | None = None) -> SiteIntegers:
-    """The int8 weights (rounded to nearest or by GPTQ) and the int32 bias (bias-corrected if asked)
-    of a site whose int8 input has ``input_scale``; looked up in / added to ``cache`` if given (one
-    that holds only this call's sites and scales)."""
-    if cache is None:
-        return _site_integers(site, calibrated, config, input_scale)
-    key = (site.index, float(input_scale), (config.weight_scale, config.power2, config.per_channel,
-                                            config.weight_rounding, config.bias_correction))
-    if key not in cache:
-        cache[key] = _site_integers(site, calibrated, config, input_scale)
-    return cache[key]
+    def __init__(self, config: QuantConfig, scales: dict[int, SiteScales]) -> None:
+        self.config = replace(config, keep_float=())
+        self.scales = scales
+        self._known: dict[tuple[int, float], SiteIntegers] = {}
+
+    def serves(self, config: QuantConfig) -> bool:
+        """Whether ``config`` computes the very integers this source holds."""
+        return replace(config, keep_float=()) == self.config
+
+    def integers(self, site: Site, input_scale: float) -> SiteIntegers:
+        """The int8 weights (rounded to nearest or by GPTQ) and the int32 bias (bias-corrected if
+        asked) of ``site`` when its int8 input has ``input_scale``."""
+        key = (site.index, float(input_scale))
+        if key not in self._known:
+            self._known[key] = _site_integers(site, self.scales[site.index], self.config, input_scale)
+        return self._known[key]
 
 
 def _site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, input_scale: float) -> SiteIntegers:
@@ -160,15 +166,20 @@ def _site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, inpu
 
 
 def realize(mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig,
-            cache: IntegersCache | None = None) -> tvm.IRModule:
-    """The integer module: ``mod`` must be the prepared module ``sites`` were found in."""
-    return _Realizer(mod, sites, scales, config, cache).run()
+            integers: SiteIntegersSource | None = None) -> tvm.IRModule:
+    """The integer module: ``mod`` must be the prepared module ``sites`` were found in; ``integers``
+    shares the sites' weights with other modules of the same call (see :class:`SiteIntegersSource`)."""
+    if integers is None:
+        integers = SiteIntegersSource(config, scales)
+    elif not integers.serves(config):
+        raise ValueError("realize: the shared integers were computed for other weight settings")
+    return _Realizer(mod, sites, scales, config, integers).run()
 
 
 class _Realizer:
     def __init__(self, mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales],
-                 config: QuantConfig, cache: IntegersCache | None = None) -> None:
-        self.cache = cache
+                 config: QuantConfig, integers: SiteIntegersSource) -> None:
+        self.integers = integers
         self.func, self.bindings = main_block(mod)
         self.sites = {site.call: site for site in sites}
         self.replaced = {var for site in sites for var in (*site.chain, site.output)}
@@ -236,7 +247,6 @@ class _Realizer:
     # -- sites --------------------------------------------------------------------------------
 
     def _quantized_site(self, site: Site, ndim: int) -> Int8 | None:
-        config = self.config
         calibrated = self.scales[site.index]
         wide = calibrated.input_bits > 8
         if wide:
@@ -245,7 +255,7 @@ class _Realizer:
             data, input_scale, input_zero_point = self._int8_input(site)
             if input_zero_point and site.kind == CONV:
                 data = self._pad_with(data, input_zero_point, site)
-        integers = site_integers(site, calibrated, config, input_scale, self.cache)
+        integers = self.integers.integers(site, input_scale)
         weights, accumulator_scales, bias = integers.weights, integers.accumulator_scales, integers.bias
         if wide:
             acc = self._wide_accumulator(site, weights)
