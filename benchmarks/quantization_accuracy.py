@@ -109,6 +109,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mse+shift+bias_correction+unsigned+gptq+wide1": {
         "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
         "weight_rounding": "gptq", "wide_inputs": [1]},
+    # also the stem's input (the image) and the first expand conv's (site 3): the costliest inputs left on both networks
+    "mse+bias_correction+unsigned+gptq+wide013": {
+        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "wide_inputs": [0, 1, 3]},
+    "mse+shift+bias_correction+unsigned+gptq+wide013": {
+        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "wide_inputs": [0, 1, 3]},
+    # the inputs the sensitivity split ranks costliest among the first six sites (all but the second depthwise conv)
+    "mse+bias_correction+unsigned+gptq+wide01235": {
+        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "wide_inputs": [0, 1, 2, 3, 5]},
+    "mse+shift+bias_correction+unsigned+gptq+wide01235": {
+        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
+        "weight_rounding": "gptq", "wide_inputs": [0, 1, 2, 3, 5]},
     # mixed precision: the sites that cost most alone stay float until the calibration crops' logits meet it
     "mse+bias_correction+unsigned+gptq+budget_28dB": {
         "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
@@ -244,7 +258,9 @@ def _rounded(value: float | None) -> float | None:
 
 
 def onnxruntime_worker(key: str, method: str, args: argparse.Namespace) -> list[dict]:
-    """ONNX Runtime's static quantizer (QDQ, s8s8, weights per channel) with one calibration method."""
+    """ONNX Runtime's static quantizer (QDQ, s8s8, weights per channel) with one calibration method;
+    ``Method+reduce_range`` quantizes the weights to 7 bits, what ONNX Runtime advises on CPUs
+    without VNNI (their int8 kernels' 16-bit pairwise sums may saturate there)."""
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import (
@@ -256,6 +272,9 @@ def onnxruntime_worker(key: str, method: str, args: argparse.Namespace) -> list[
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    method, _, option = method.partition("+")
+    if option not in ("", "reduce_range"):
+        raise SystemExit(f"unknown ONNX Runtime option {option!r}: only reduce_range")
     model = pretrained(key)
     calibration, evaluation = images(key, args)
     expected = references(model, evaluation)
@@ -275,11 +294,12 @@ def onnxruntime_worker(key: str, method: str, args: argparse.Namespace) -> list[
         started = time.perf_counter()
         quantize_static(str(prepared), str(quantized), Crops(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method))
+                        calibrate_method=getattr(CalibrationMethod, method), reduce_range=bool(option))
         seconds = time.perf_counter() - started
         session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
         outputs = [session.run(None, {INPUT: batch})[0] for _, batch in evaluation]
-    return [{"model": key, "quantizer": "onnxruntime", "config": f"quantize_static QDQ s8s8 per-channel {method}",
+    label = f"quantize_static QDQ s8s8 per-channel {method}" + (" reduce_range" if option else "")
+    return [{"model": key, "quantizer": "onnxruntime", "config": label,
              **scores(outputs, expected), "quantize_and_build_seconds": round(seconds, 1)}]
 
 
@@ -294,7 +314,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of ours, among: {', '.join(CONFIGS)}")
     parser.add_argument("--onnxruntime", default=",".join(ORT_METHODS),
-                        help="ONNX Runtime's calibration methods to run ('' for none)")
+                        help="ONNX Runtime's calibration methods to run ('' for none; M+reduce_range: 7-bit weights)")
     parser.add_argument("--calibration-per-photo", type=int, default=4)
     parser.add_argument("--evaluation-per-photo", type=int, default=4)
     parser.add_argument("--skip-ends", action="store_true", help="leave the first conv and the classifier in float")

@@ -74,6 +74,18 @@ def test_wide_input_gains_where_the_input_rounding_is_amplified(others: str) -> 
     assert gained > (30 if others == "float" else 3), (sqnr(plain, expected), sqnr(wide, expected))
 
 
+def test_several_wide_inputs_the_models_own_among_them_each_read_16_bits() -> None:
+    """Every site's input wide, the image itself (site 0) too: each site reads 16-bit steps, and the
+    1x1 conv's 8-bit input, the error left with the depthwise input alone wide, is gone."""
+    model = edge_detector()
+    calibration, held_out = smooth_images(8, seed=1), smooth_images(8, seed=2)
+    one, expected, _ = int8_run(model, {**ALL_LAYERS, "wide_inputs": [1]}, calibration, held_out)
+    every, _, result = int8_run(model, {**ALL_LAYERS, "wide_inputs": [0, 1, 2]}, calibration, held_out)
+    assert [site["input_bits"] for site in result.sites] == [16, 16, 16]
+    assert result.quantized_sites == 3 and result.keep_float == ()
+    assert sqnr(every, expected) > sqnr(one, expected) + 3, (sqnr(one, expected), sqnr(every, expected))
+
+
 def test_wide_site_computes_the_float_site_on_16_bit_steps() -> None:
     """Only the wide site quantized: its integer result equals the gated simulation (input
     rounded to ``WIDE_HEADROOM * max / WIDE_QMAX`` steps, weights and bias dequantized) up to float rounding."""
