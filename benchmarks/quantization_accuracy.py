@@ -47,89 +47,61 @@ from images import (  # noqa: E402
 CONFIDENT = 0.3
 #: Pretrained networks: package name of the weights and the input size they were trained at.
 MODELS = {"lite0": ("efficientnet-lite0", 224), "lite2": ("efficientnet-lite2", 260)}
+
+
+def recipe(calibrate_mode: str, weight_scale: str = "max", **changes: Any) -> dict[str, Any]:
+    """A configuration's fields: how activations are calibrated, how weights are scaled, what else it turns on."""
+    return {"calibrate_mode": calibrate_mode, "weight_scale": weight_scale, **changes}
+
+
+#: The techniques that pay on both networks (each row of the README's table adds one), to build on.
+CORRECTED = {"bias_correction": True, "unsigned_activations": True}
+GPTQ = {**CORRECTED, "weight_rounding": "gptq"}
+SEARCH = {**CORRECTED, "weight_rounding": "search"}
 #: Our configurations by name: QuantConfig fields (weights per output channel in all of them).
 CONFIGS: dict[str, dict[str, Any]] = {
-    "global_scale+power2": {"calibrate_mode": "global_scale", "weight_scale": "power2"},
-    "kl_divergence+power2": {"calibrate_mode": "kl_divergence", "weight_scale": "power2"},
-    "kl_divergence": {"calibrate_mode": "kl_divergence", "weight_scale": "max"},
-    "max": {"calibrate_mode": "max", "weight_scale": "max"},
-    "percentile": {"calibrate_mode": "percentile", "weight_scale": "max"},
-    "mse": {"calibrate_mode": "mse", "weight_scale": "max"},
-    "mse+power2": {"calibrate_mode": "mse", "weight_scale": "power2"},
-    "max+bias_correction": {"calibrate_mode": "max", "weight_scale": "max", "bias_correction": True},
-    "mse+bias_correction": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True},
-    "mse+power2+bias_correction": {"calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True},
-    "mse+unsigned": {"calibrate_mode": "mse", "weight_scale": "max", "unsigned_activations": True},
-    "max+bias_correction+unsigned": {"calibrate_mode": "max", "weight_scale": "max", "bias_correction": True,
-                                     "unsigned_activations": True},
-    "percentile+bias_correction+unsigned": {"calibrate_mode": "percentile", "weight_scale": "max",
-                                            "bias_correction": True, "unsigned_activations": True},
-    "mse+bias_correction+unsigned": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
-                                     "unsigned_activations": True},
-    "mse+power2+bias_correction+unsigned": {"calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True,
-                                            "unsigned_activations": True},
-    "mse+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "max", "unsigned_activations": True,
-                          "weight_rounding": "gptq"},
-    "mse+bias_correction+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
-                                          "unsigned_activations": True, "weight_rounding": "gptq"},
-    "mse+power2+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "power2", "unsigned_activations": True,
-                                 "weight_rounding": "gptq"},
-    "mse+unsigned+search": {"calibrate_mode": "mse", "weight_scale": "max", "unsigned_activations": True,
-                            "weight_rounding": "search"},
-    "mse+bias_correction+unsigned+search": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
-                                            "unsigned_activations": True, "weight_rounding": "search"},
+    "global_scale+power2": recipe("global_scale", "power2"),
+    "kl_divergence+power2": recipe("kl_divergence", "power2"),
+    "kl_divergence": recipe("kl_divergence"),
+    "max": recipe("max"),
+    "percentile": recipe("percentile"),
+    "mse": recipe("mse"),
+    "mse+power2": recipe("mse", "power2"),
+    "max+bias_correction": recipe("max", bias_correction=True),
+    "mse+bias_correction": recipe("mse", bias_correction=True),
+    "mse+power2+bias_correction": recipe("mse", "power2", bias_correction=True),
+    "mse+unsigned": recipe("mse", unsigned_activations=True),
+    "max+bias_correction+unsigned": recipe("max", **CORRECTED),
+    "percentile+bias_correction+unsigned": recipe("percentile", **CORRECTED),
+    "mse+bias_correction+unsigned": recipe("mse", **CORRECTED),
+    "mse+power2+bias_correction+unsigned": recipe("mse", "power2", **CORRECTED),
+    "mse+unsigned+gptq": recipe("mse", unsigned_activations=True, weight_rounding="gptq"),
+    "mse+bias_correction+unsigned+gptq": recipe("mse", **GPTQ),
+    "mse+power2+unsigned+gptq": recipe("mse", "power2", unsigned_activations=True, weight_rounding="gptq"),
+    "mse+unsigned+search": recipe("mse", unsigned_activations=True, weight_rounding="search"),
+    "mse+bias_correction+unsigned+search": recipe("mse", **SEARCH),
     # shift-only requantization with free activation scales (weight scales on a ladder of powers of two)
-    "mse+shift+bias_correction+unsigned": {"calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True,
-                                           "unsigned_activations": True},
-    "mse+shift+bias_correction+unsigned+gptq": {"calibrate_mode": "mse", "weight_scale": "shift",
-                                                "bias_correction": True, "unsigned_activations": True,
-                                                "weight_rounding": "gptq"},
+    "mse+shift+bias_correction+unsigned": recipe("mse", "shift", **CORRECTED),
+    "mse+shift+bias_correction+unsigned+gptq": recipe("mse", "shift", **GPTQ),
     # cross-layer equalization of the channels between a conv and the depthwise conv reading it, on top of the best ones
-    "mse+bias_correction+unsigned+cle": {"calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True,
-                                         "unsigned_activations": True, "cross_layer_equalization": True},
-    "mse+bias_correction+unsigned+search+cle": {
-        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "search", "cross_layer_equalization": True},
-    "mse+power2+bias_correction+unsigned+cle": {
-        "calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True, "unsigned_activations": True,
-        "cross_layer_equalization": True},
-    "mse+shift+bias_correction+unsigned+gptq+cle": {
-        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "cross_layer_equalization": True},
+    "mse+bias_correction+unsigned+cle": recipe("mse", **CORRECTED, cross_layer_equalization=True),
+    "mse+bias_correction+unsigned+search+cle": recipe("mse", **SEARCH, cross_layer_equalization=True),
+    "mse+power2+bias_correction+unsigned+cle": recipe("mse", "power2", **CORRECTED, cross_layer_equalization=True),
+    "mse+shift+bias_correction+unsigned+gptq+cle": recipe("mse", "shift", **GPTQ, cross_layer_equalization=True),
     # the first depthwise conv (site 1 of both networks) reads the stem's output at 16 bits, as two int8 digits
-    "mse+bias_correction+unsigned+gptq+wide1": {
-        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "wide_inputs": [1]},
-    "mse+bias_correction+unsigned+search+wide1": {
-        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "search", "wide_inputs": [1]},
-    "mse+bias_correction+unsigned+gptq+wide1+sensitivity": {
-        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "wide_inputs": [1], "sensitivity": True},
-    "mse+shift+bias_correction+unsigned+gptq+wide1": {
-        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "wide_inputs": [1]},
+    "mse+bias_correction+unsigned+gptq+wide1": recipe("mse", **GPTQ, wide_inputs=[1]),
+    "mse+bias_correction+unsigned+search+wide1": recipe("mse", **SEARCH, wide_inputs=[1]),
+    "mse+bias_correction+unsigned+gptq+wide1+sensitivity": recipe("mse", **GPTQ, wide_inputs=[1], sensitivity=True),
+    "mse+shift+bias_correction+unsigned+gptq+wide1": recipe("mse", "shift", **GPTQ, wide_inputs=[1]),
     # also the stem's input (the image) and the first expand conv's (site 3): the costliest inputs left on both networks
-    "mse+bias_correction+unsigned+gptq+wide013": {
-        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "wide_inputs": [0, 1, 3]},
-    "mse+shift+bias_correction+unsigned+gptq+wide013": {
-        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "wide_inputs": [0, 1, 3]},
+    "mse+bias_correction+unsigned+gptq+wide013": recipe("mse", **GPTQ, wide_inputs=[0, 1, 3]),
+    "mse+shift+bias_correction+unsigned+gptq+wide013": recipe("mse", "shift", **GPTQ, wide_inputs=[0, 1, 3]),
     # the inputs the sensitivity split ranks costliest among the first six sites (all but the second depthwise conv)
-    "mse+bias_correction+unsigned+gptq+wide01235": {
-        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "wide_inputs": [0, 1, 2, 3, 5]},
-    "mse+shift+bias_correction+unsigned+gptq+wide01235": {
-        "calibrate_mode": "mse", "weight_scale": "shift", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "wide_inputs": [0, 1, 2, 3, 5]},
+    "mse+bias_correction+unsigned+gptq+wide01235": recipe("mse", **GPTQ, wide_inputs=[0, 1, 2, 3, 5]),
+    "mse+shift+bias_correction+unsigned+gptq+wide01235": recipe("mse", "shift", **GPTQ, wide_inputs=[0, 1, 2, 3, 5]),
     # mixed precision: the sites that cost most alone stay float until the calibration crops' logits meet it
-    "mse+bias_correction+unsigned+gptq+budget_28dB": {
-        "calibrate_mode": "mse", "weight_scale": "max", "bias_correction": True, "unsigned_activations": True,
-        "weight_rounding": "gptq", "budget": "sqnr_db>=28"},
-    "mse+power2+bias_correction+unsigned+budget_25dB": {
-        "calibrate_mode": "mse", "weight_scale": "power2", "bias_correction": True, "unsigned_activations": True,
-        "budget": "sqnr_db>=25"},
+    "mse+bias_correction+unsigned+gptq+budget_28dB": recipe("mse", **GPTQ, budget="sqnr_db>=28"),
+    "mse+power2+bias_correction+unsigned+budget_25dB": recipe("mse", "power2", **CORRECTED, budget="sqnr_db>=25"),
 }
 #: Calls timed per configuration (after one warm-up), on the first evaluation image.
 RUNS_TIMED = 10

@@ -4,8 +4,10 @@ blocked form), and the weights packed with NumPy are the bits TVM's FoldConstant
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -43,22 +45,22 @@ class EveryConv(nn.Module):
         return self.head(torch.relu(self.middle(x))).mean(dim=(2, 3))
 
 
+class Network(NamedTuple):
+    module: Any  # the Relax module
+    x: np.ndarray
+    expected: np.ndarray  # PyTorch's float32 outputs
+    exact: np.ndarray  # the same computed in float64: what every float32 order of summation approximates
+
+
 @pytest.fixture(scope="module")
-def network():
+def network() -> Network:
     model = seeded(EveryConv())
     x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
     module = open_source(model).to_relax(ShapeSignature.of({"x": x}))
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    return module, x, expected
-
-
-@pytest.fixture(scope="module")
-def exact_outputs(network) -> np.ndarray:
-    """The network's outputs computed in float64: what every float32 order of summation approximates."""
-    _, x, _ = network
-    with torch.no_grad():
-        return seeded(EveryConv()).double()(torch.from_numpy(x).double()).numpy()
+        exact = copy.deepcopy(model).double()(torch.from_numpy(x).double()).numpy()
+    return Network(module, x, expected, exact)
 
 
 def _prepared(module, pipeline):
@@ -87,7 +89,7 @@ def _layout_changes(prepared) -> list[tuple[int, int]]:
 def test_a_tuned_build_blocks_every_convolution_with_a_blocked_form(network) -> None:
     from pytest_tvmdeploy.tuning.tasks import extract_tasks, prepare_module
 
-    module, _, _ = network
+    module = network.module
     target = parse_target("llvm").to_tvm()
     blocked = sorted(task.name for task in extract_tasks(prepare_module(module, target), target))
     plain = sorted(task.name for task in extract_tasks(_prepared(module, build_pipeline())[0], target))
@@ -155,11 +157,11 @@ def test_a_value_nobody_reads_does_not_stop_the_blocked_layout() -> None:
     assert layout_changes(blocked) == 2  # in after the stem, out at the output
 
 
-def test_blocked_convolutions_compute_what_pytorch_does(network, exact_outputs, tmp_path: Path) -> None:
+def test_blocked_convolutions_compute_what_pytorch_does(network, tmp_path: Path) -> None:
     from pytest_tvmdeploy.tuning.apply import build_with_records
     from pytest_tvmdeploy.vm import flatten_outputs, relax_vm, tvm_tensors
 
-    module, x, expected = network
+    module, x, expected, exact_outputs = network
     outputs = {}
     for blocked in (True, False):
         built = build_with_records(module, parse_target("llvm"), None, build_pipeline(blocked=blocked), sampled=True)
@@ -174,7 +176,7 @@ def test_blocked_convolutions_compute_what_pytorch_does(network, exact_outputs, 
 
 
 def test_weights_packed_with_numpy_are_the_bits_foldconstant_computes(network) -> None:
-    module, _, _ = network
+    module = network.module
     blocked = build_pipeline(blocked=True)
     numpy_packed, tvm_packed = (constants(_prepared(module, pipeline)[0])
                                 for pipeline in (blocked, blocked.without(["FoldConstantArithmetic"])))

@@ -179,19 +179,3 @@ def test_each_sites_integers_are_computed_once_for_the_simulation_and_every_real
                            held_out)
     assert sorted(computed) == [1, 2, 3]
     np.testing.assert_array_equal(shared, alone)
-
-
-def test_shared_integers_refuse_a_module_with_other_weight_settings() -> None:
-    """A module may share a call's integers only when its config differs in ``keep_float`` alone."""
-    from pytest_tvmdeploy.quantize.graph import find_sites, prepare
-    from pytest_tvmdeploy.quantize.realize import SiteIntegersSource, realize
-
-    prepared = prepare(relax_of(separable_block(), separable_inputs(1, seed=1)[0]))
-    sites = find_sites(prepared)
-    config = QuantConfig(weight_rounding="gptq", **ALL_LAYERS)
-    source = SiteIntegersSource(config, {})
-    assert source.serves(QuantConfig(weight_rounding="gptq", keep_float=[1, 2], **ALL_LAYERS))
-    for other in (QuantConfig(**ALL_LAYERS), QuantConfig(weight_rounding="gptq", bias_correction=True, **ALL_LAYERS)):
-        assert not source.serves(other)
-        with pytest.raises(ValueError, match="other weight settings"):
-            realize(prepared, sites, {}, other, source)

@@ -13,8 +13,10 @@ from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
 from pytest_tvmdeploy.quantize.calibrate import site_scales
 from pytest_tvmdeploy.quantize.graph import find_sites, prepare
+from pytest_tvmdeploy.quantize.realize import SiteIntegersSource
 from pytest_tvmdeploy.quantize.scales import WIDE_HEADROOM, WIDE_QMAX
-from pytest_tvmdeploy.quantize.sensitivity import GatedModel
+from pytest_tvmdeploy.quantize.sensitivity import GatedModel, host_compile
+from pytest_tvmdeploy.vm import relax_vm, tvm_tensors
 
 ALL_LAYERS = {"skip_conv_layers": [], "per_channel": True, "weight_scale": "max", "calibrate_mode": "max",
               "skip_dense_layer": False}
@@ -100,13 +102,11 @@ def test_wide_site_computes_the_float_site_on_16_bit_steps() -> None:
     assert scales[1].input_bits == 16 and scales[1].input_zero_point == 0
     seen_max = max(float(np.abs(watched).max()) for watched in _depthwise_inputs(model, calibration))
     assert scales[1].input == pytest.approx(WIDE_HEADROOM * seen_max / WIDE_QMAX, rel=1e-6)
-    simulated = GatedModel(prepared, sites, scales, config, [[s["x"]] for s in calibration]).outputs([1])
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(tvm.compile(result.module, target=tvm.target.Target("llvm")), tvm.cpu())
+    simulated = GatedModel(prepared, sites, SiteIntegersSource(config, scales), [[s["x"]] for s in calibration])
+    simulated = simulated.outputs([1])
+    vm = relax_vm(host_compile(result.module))
     for sample, expected in zip(calibration, simulated):
-        actual = vm["main"](tvm.runtime.tensor(sample["x"]))[0].numpy()
+        actual = vm["main"](*tvm_tensors([sample["x"]]))[0].numpy()
         np.testing.assert_allclose(actual, expected[0], rtol=1e-4, atol=1e-4 * np.abs(expected[0]).max())
 
 

@@ -87,20 +87,19 @@ def quantize(
         equalized = equalize(prepared, sites, calibration)
     scales, samples = site_scales(prepared, sites, config, calibration)
     sensitivity = choice = realized = None
-    integers = SiteIntegersSource(config, scales)  # the gated simulation's are the realized modules' ones
+    source = SiteIntegersSource(config, scales)  # the gated simulation's integers are the realized modules' ones
     if config.measures_sensitivity:
-        sensitivity, choice, realized = _mixed_precision(prepared, sites, scales, config, evaluation or (), compiler,
-                                                         integers)
-    used = replace(config, keep_float=(*config.keep_float, *choice.keep_float)) if choice is not None else config
+        sensitivity, choice, realized = _mixed_precision(prepared, sites, source, evaluation or (), compiler)
+    chosen = choice.keep_float if choice is not None else ()
+    used = replace(config, keep_float=(*config.keep_float, *chosen))
     report = tuple(_describe(site, scales[site.index], used) for site in sites)
-    realized = realized if realized is not None else realize(prepared, sites, scales, used, integers)
+    realized = realized if realized is not None else realize(prepared, sites, source, chosen)
     return QuantizedModule(realized, config, report, samples, keep_float=used.keep_float, sensitivity=sensitivity,
                            budget=choice, equalized_pairs=equalized)
 
 
-def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[int, Any], config: QuantConfig,
+def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], source: SiteIntegersSource,
                      evaluation: Iterable[Mapping[str, np.ndarray]], compiler: Compiler | None = None,
-                     integers: SiteIntegersSource | None = None,
                      ) -> tuple[Sensitivity, BudgetChoice | None, tvm.IRModule | None]:
     """Each site's cost alone on ``evaluation`` and, with a budget, its choice of float sites and
     the integer module keeping them (measured)."""
@@ -108,21 +107,17 @@ def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], scales: Mapping[i
     from pytest_tvmdeploy.quantize.realize import realize
     from pytest_tvmdeploy.quantize.sensitivity import GatedModel, fit_budget, site_sensitivity
 
-    scales = dict(scales)
+    config = source.config
     names = [param.name for param in prepared["main"].params]
     inputs = [positional(sample, names, index) for index, sample in enumerate(evaluation)]
     if not inputs:
         raise ConfigError(f"quantize: {config.calibration_purpose} needs evaluation inputs: none were given")
-    model = GatedModel(prepared, sites, scales, config, inputs, compiler, integers)
+    model = GatedModel(prepared, sites, source, inputs, compiler)
     sensitivity = site_sensitivity(model)
     if config.budget_target is None:
         return sensitivity, None, None
-
-    def keeping(chosen: tuple[int, ...]) -> tvm.IRModule:
-        return realize(prepared, sites, scales, replace(config, keep_float=(*config.keep_float, *chosen)),
-                       integers)
-
-    choice, realized = fit_budget(model, sensitivity, *config.budget_target, keeping)
+    choice, realized = fit_budget(model, sensitivity, *config.budget_target,
+                                  lambda chosen: realize(prepared, sites, source, chosen))
     return sensitivity, choice, realized
 
 

@@ -13,6 +13,7 @@ made from its float value, and adds its op's two int32 results in int64: ``256 *
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -118,21 +119,16 @@ class SiteIntegers(NamedTuple):
 
 
 class SiteIntegersSource:
-    """Each site's :class:`SiteIntegers` for one :func:`~pytest_tvmdeploy.quantize.quantize` call:
-    computed on first use for a site and input scale, then kept (GPTQ and searched weights take
-    seconds a site; the gated simulation and every module a budget realizes need the same ones).
-
-    The weight settings are this call's ``config``; only ``keep_float`` may differ between the
-    modules built from one source (:meth:`serves` tells)."""
+    """One :func:`~pytest_tvmdeploy.quantize.quantize` call's settings (``config``), calibrated
+    ``scales`` and each site's :class:`SiteIntegers`, computed on first use for a site and input
+    scale, then kept (GPTQ and searched weights take seconds a site; the gated simulation and every
+    module a budget realizes need the same ones). Modules built from one source differ only in the
+    sites they keep in float."""
 
     def __init__(self, config: QuantConfig, scales: dict[int, SiteScales]) -> None:
-        self.config = replace(config, keep_float=())
+        self.config = config
         self.scales = scales
         self._known: dict[tuple[int, float], SiteIntegers] = {}
-
-    def serves(self, config: QuantConfig) -> bool:
-        """Whether ``config`` computes the very integers this source holds."""
-        return replace(config, keep_float=()) == self.config
 
     def integers(self, site: Site, input_scale: float) -> SiteIntegers:
         """The int8 weights (rounded to nearest or by GPTQ) and the int32 bias (bias-corrected if
@@ -165,27 +161,26 @@ def _site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, inpu
     return SiteIntegers(weights, w_scales, accumulator_scales, bias)
 
 
-def realize(mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales], config: QuantConfig,
-            integers: SiteIntegersSource | None = None) -> tvm.IRModule:
-    """The integer module: ``mod`` must be the prepared module ``sites`` were found in; ``integers``
-    shares the sites' weights with other modules of the same call (see :class:`SiteIntegersSource`)."""
-    if integers is None:
-        integers = SiteIntegersSource(config, scales)
-    elif not integers.serves(config):
-        raise ValueError("realize: the shared integers were computed for other weight settings")
-    return _Realizer(mod, sites, scales, config, integers).run()
+def realize(mod: tvm.IRModule, sites: list[Site], source: SiteIntegersSource,
+            keep_float: Sequence[int] = ()) -> tvm.IRModule:
+    """The integer module of ``source``'s settings and scales, with the sites ``keep_float`` names
+    kept in float besides its config's; ``mod`` must be the prepared module ``sites`` were found in."""
+    config = source.config
+    if keep_float:
+        config = replace(config, keep_float=(*config.keep_float, *keep_float))
+    return _Realizer(mod, sites, config, source).run()
 
 
 class _Realizer:
-    def __init__(self, mod: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales],
-                 config: QuantConfig, integers: SiteIntegersSource) -> None:
+    def __init__(self, mod: tvm.IRModule, sites: list[Site], config: QuantConfig,
+                 integers: SiteIntegersSource) -> None:
         self.integers = integers
         self.func, self.bindings = main_block(mod)
         self.sites = {site.call: site for site in sites}
         self.replaced = {var for site in sites for var in (*site.chain, site.output)}
-        self.scales = scales
+        self.scales = integers.scales
         self.config = config
-        self.int8_readers = _int8_readers(self.bindings, self.func.body.body, self.sites, config, scales)
+        self.int8_readers = _int8_readers(self.bindings, self.func.body.body, self.sites, config, self.scales)
         self.bb = relax.BlockBuilder()
         self.floats: dict[Any, relax.Expr] = {}
         self.int8: dict[Any, Int8] = {}

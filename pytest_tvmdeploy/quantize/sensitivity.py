@@ -24,11 +24,9 @@ from tvm import relax
 from tvm.relax import op as R
 
 from pytest_tvmdeploy.errors import ConfigError
-from pytest_tvmdeploy.quantize.config import QuantConfig
 from pytest_tvmdeploy.quantize.graph import Site, bias_shape, emit_float, float_site
 from pytest_tvmdeploy.quantize.realize import (
     SiteIntegersSource,
-    SiteScales,
     from_int8_steps,
     int8_steps,
     site_enabled,
@@ -128,16 +126,13 @@ class GatedModel:
     :data:`SCHEDULE_ABOVE_SECONDS` for the runs a sensitivity table takes, it is built again with
     ``compiler`` (one that schedules), as are the integer modules :meth:`measure` runs."""
 
-    def __init__(self, prepared: tvm.IRModule, sites: list[Site], scales: dict[int, SiteScales],
-                 config: QuantConfig, evaluation: Sequence[Sequence[np.ndarray]],
-                 compiler: Compiler | None = None, integers: SiteIntegersSource | None = None) -> None:
+    def __init__(self, prepared: tvm.IRModule, sites: list[Site], source: SiteIntegersSource,
+                 evaluation: Sequence[Sequence[np.ndarray]], compiler: Compiler | None = None) -> None:
         self.compiler: Compiler = host_compile
-        self.sites = [site for site in sites if site_enabled(site, config)]
+        self.sites = [site for site in sites if site_enabled(site, source.config)]
         self.count = len(sites)
         gates = relax.Var("gates", relax.TensorType([2 * max(self.count, 1)], "float32"))  # inputs, then weights
-        integers = integers if integers is not None else SiteIntegersSource(config, scales)
-        gated = {site.index: _GatedSite(site, scales[site.index], integers, gates, max(self.count, 1))
-                 for site in self.sites}
+        gated = {site.index: _GatedSite(site, source, gates, max(self.count, 1)) for site in self.sites}
         module = emit_float(prepared, sites, extra_params=(gates,),
                             emit_site=lambda bb, site, data: (gated[site.index].emit(bb, data) if site.index in gated
                                                               else float_site(bb, site, data)))
@@ -298,10 +293,9 @@ class _GatedSite:
     """A site's int8 simulation, blended with its float self by two gates: its input's (at
     ``site.index``) and its weights' and bias's (at ``count + site.index``)."""
 
-    def __init__(self, site: Site, calibrated: SiteScales, integers: SiteIntegersSource, gates: relax.Var,
-                 count: int) -> None:
-        self.site, self.calibrated, self.gates, self.count = site, calibrated, gates, count
-        weights, bias = integers.integers(site, calibrated.input).dequantized(site)
+    def __init__(self, site: Site, source: SiteIntegersSource, gates: relax.Var, count: int) -> None:
+        self.site, self.calibrated, self.gates, self.count = site, source.scales[site.index], gates, count
+        weights, bias = source.integers(site, self.calibrated.input).dequantized(site)
         self.weight_change = (weights - site.weight).astype(np.float32)
         self.bias_change = (bias - site.bias).astype(np.float32)
 
