@@ -13,7 +13,7 @@ from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize import QuantConfig, quantize
 from pytest_tvmdeploy.quantize.calibrate import site_scales
 from pytest_tvmdeploy.quantize.graph import find_sites, prepare
-from pytest_tvmdeploy.quantize.realize import SiteIntegersSource
+from pytest_tvmdeploy.quantize.realize import CalibratedSites
 from pytest_tvmdeploy.quantize.scales import WIDE_HEADROOM, WIDE_QMAX
 from pytest_tvmdeploy.quantize.sensitivity import GatedModel, host_compile
 from pytest_tvmdeploy.vm import relax_vm, tvm_tensors
@@ -102,7 +102,7 @@ def test_wide_site_computes_the_float_site_on_16_bit_steps() -> None:
     assert scales[1].input_bits == 16 and scales[1].input_zero_point == 0
     seen_max = max(float(np.abs(watched).max()) for watched in _depthwise_inputs(model, calibration))
     assert scales[1].input == pytest.approx(WIDE_HEADROOM * seen_max / WIDE_QMAX, rel=1e-6)
-    simulated = GatedModel(prepared, sites, SiteIntegersSource(config, scales), [[s["x"]] for s in calibration])
+    simulated = GatedModel(prepared, sites, CalibratedSites(config, scales), [[s["x"]] for s in calibration])
     simulated = simulated.outputs([1])
     vm = relax_vm(host_compile(result.module))
     for sample, expected in zip(calibration, simulated):

@@ -29,7 +29,7 @@ from pytest_tvmdeploy.targets import TargetSpec
 if TYPE_CHECKING:  # TVM is imported when a model is quantized, not when the plugin loads
     import tvm
 
-    from pytest_tvmdeploy.quantize.realize import SiteIntegersSource
+    from pytest_tvmdeploy.quantize.realize import CalibratedSites
     from pytest_tvmdeploy.quantize.sensitivity import BudgetChoice, Compiler, Sensitivity
 
 
@@ -73,7 +73,7 @@ def quantize(
     from pytest_tvmdeploy.quantize.calibrate import site_scales
     from pytest_tvmdeploy.quantize.equalize import equalize
     from pytest_tvmdeploy.quantize.graph import find_sites, prepare
-    from pytest_tvmdeploy.quantize.realize import SiteIntegersSource, realize
+    from pytest_tvmdeploy.quantize.realize import CalibratedSites, realize
 
     config = QuantConfig.from_value(config)
     prepared = prepare(module)
@@ -87,18 +87,18 @@ def quantize(
         equalized = equalize(prepared, sites, calibration)
     scales, samples = site_scales(prepared, sites, config, calibration)
     sensitivity = choice = realized = None
-    source = SiteIntegersSource(config, scales)  # the gated simulation's integers are the realized modules' ones
+    source = CalibratedSites(config, scales)  # the gated simulation's integers are the realized modules' ones
     if config.measures_sensitivity:
         sensitivity, choice, realized = _mixed_precision(prepared, sites, source, evaluation or (), compiler)
     chosen = choice.keep_float if choice is not None else ()
-    used = replace(config, keep_float=(*config.keep_float, *chosen))
+    used = source.config_keeping(chosen)
     report = tuple(_describe(site, scales[site.index], used) for site in sites)
     realized = realized if realized is not None else realize(prepared, sites, source, chosen)
     return QuantizedModule(realized, config, report, samples, keep_float=used.keep_float, sensitivity=sensitivity,
                            budget=choice, equalized_pairs=equalized)
 
 
-def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], source: SiteIntegersSource,
+def _mixed_precision(prepared: tvm.IRModule, sites: list[Any], source: CalibratedSites,
                      evaluation: Iterable[Mapping[str, np.ndarray]], compiler: Compiler | None = None,
                      ) -> tuple[Sensitivity, BudgetChoice | None, tvm.IRModule | None]:
     """Each site's cost alone on ``evaluation`` and, with a budget, its choice of float sites and

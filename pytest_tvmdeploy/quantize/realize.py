@@ -118,7 +118,7 @@ class SiteIntegers(NamedTuple):
                 self.bias.astype(np.float64) * np.broadcast_to(self.accumulator_scales, self.bias.shape))
 
 
-class SiteIntegersSource:
+class CalibratedSites:
     """One :func:`~pytest_tvmdeploy.quantize.quantize` call's settings (``config``), calibrated
     ``scales`` and each site's :class:`SiteIntegers`, computed on first use for a site and input
     scale, then kept (GPTQ and searched weights take seconds a site; the gated simulation and every
@@ -129,6 +129,12 @@ class SiteIntegersSource:
         self.config = config
         self.scales = scales
         self._known: dict[tuple[int, float], SiteIntegers] = {}
+
+    def config_keeping(self, keep_float: Sequence[int]) -> QuantConfig:
+        """The call's config with the sites ``keep_float`` names kept in float besides its own."""
+        if not keep_float:
+            return self.config
+        return replace(self.config, keep_float=(*self.config.keep_float, *keep_float))
 
     def integers(self, site: Site, input_scale: float) -> SiteIntegers:
         """The int8 weights (rounded to nearest or by GPTQ) and the int32 bias (bias-corrected if
@@ -161,24 +167,21 @@ def _site_integers(site: Site, calibrated: SiteScales, config: QuantConfig, inpu
     return SiteIntegers(weights, w_scales, accumulator_scales, bias)
 
 
-def realize(mod: tvm.IRModule, sites: list[Site], source: SiteIntegersSource,
+def realize(mod: tvm.IRModule, sites: list[Site], source: CalibratedSites,
             keep_float: Sequence[int] = ()) -> tvm.IRModule:
     """The integer module of ``source``'s settings and scales, with the sites ``keep_float`` names
     kept in float besides its config's; ``mod`` must be the prepared module ``sites`` were found in."""
-    config = source.config
-    if keep_float:
-        config = replace(config, keep_float=(*config.keep_float, *keep_float))
-    return _Realizer(mod, sites, config, source).run()
+    return _Realizer(mod, sites, source.config_keeping(keep_float), source).run()
 
 
 class _Realizer:
     def __init__(self, mod: tvm.IRModule, sites: list[Site], config: QuantConfig,
-                 integers: SiteIntegersSource) -> None:
-        self.integers = integers
+                 source: CalibratedSites) -> None:
+        self.source = source
         self.func, self.bindings = main_block(mod)
         self.sites = {site.call: site for site in sites}
         self.replaced = {var for site in sites for var in (*site.chain, site.output)}
-        self.scales = integers.scales
+        self.scales = source.scales
         self.config = config
         self.int8_readers = _int8_readers(self.bindings, self.func.body.body, self.sites, config, self.scales)
         self.bb = relax.BlockBuilder()
@@ -250,7 +253,7 @@ class _Realizer:
             data, input_scale, input_zero_point = self._int8_input(site)
             if input_zero_point and site.kind == CONV:
                 data = self._pad_with(data, input_zero_point, site)
-        integers = self.integers.integers(site, input_scale)
+        integers = self.source.integers(site, input_scale)
         weights, accumulator_scales, bias = integers.weights, integers.accumulator_scales, integers.bias
         if wide:
             acc = self._wide_accumulator(site, weights)

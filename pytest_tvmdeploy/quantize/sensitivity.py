@@ -26,7 +26,7 @@ from tvm.relax import op as R
 from pytest_tvmdeploy.errors import ConfigError
 from pytest_tvmdeploy.quantize.graph import Site, bias_shape, emit_float, float_site
 from pytest_tvmdeploy.quantize.realize import (
-    SiteIntegersSource,
+    CalibratedSites,
     from_int8_steps,
     int8_steps,
     site_enabled,
@@ -126,7 +126,7 @@ class GatedModel:
     :data:`SCHEDULE_ABOVE_SECONDS` for the runs a sensitivity table takes, it is built again with
     ``compiler`` (one that schedules), as are the integer modules :meth:`measure` runs."""
 
-    def __init__(self, prepared: tvm.IRModule, sites: list[Site], source: SiteIntegersSource,
+    def __init__(self, prepared: tvm.IRModule, sites: list[Site], source: CalibratedSites,
                  evaluation: Sequence[Sequence[np.ndarray]], compiler: Compiler | None = None) -> None:
         self.compiler: Compiler = host_compile
         self.sites = [site for site in sites if site_enabled(site, source.config)]
@@ -293,7 +293,7 @@ class _GatedSite:
     """A site's int8 simulation, blended with its float self by two gates: its input's (at
     ``site.index``) and its weights' and bias's (at ``count + site.index``)."""
 
-    def __init__(self, site: Site, source: SiteIntegersSource, gates: relax.Var, count: int) -> None:
+    def __init__(self, site: Site, source: CalibratedSites, gates: relax.Var, count: int) -> None:
         self.site, self.calibrated, self.gates, self.count = site, source.scales[site.index], gates, count
         weights, bias = source.integers(site, self.calibrated.input).dequantized(site)
         self.weight_change = (weights - site.weight).astype(np.float32)
