@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,15 +49,43 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
-@pytest.fixture(scope="session")
-def cpp_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The C++ runner, built once per session (skips the test without a C++ toolchain)."""
+@pytest.fixture(scope="session", autouse=True)
+def shared_cpp_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """The C++ runner, built once for the whole run (its xdist workers share the build), and the
+    prebuilt runner of every inner session through ``$TVMDEPLOY_CPP_RUNNER``: each would
+    otherwise build its own into its fresh cache (~15 s of CPU, ~70 times a run). Tests of the
+    build itself remove the variable. ``None`` without a C++ toolchain."""
+    from pytest_tvmdeploy.plugin.cpp import CPP_RUNNER_VARIABLE
     from pytest_tvmdeploy.runners.cpp_build import build_cpp_runner, find_cpp_toolchain
 
-    reason = find_cpp_toolchain()
-    if reason is not None:
-        pytest.skip(f"no C++ toolchain: {reason}")
-    return build_cpp_runner(tmp_path_factory.mktemp("cpp_build"))
+    if find_cpp_toolchain() is not None:
+        yield None
+        return
+    run_folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_folder = run_folder.parent  # the workers' common folder
+    runner = build_cpp_runner(run_folder / "cpp-runner")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CPP_RUNNER_VARIABLE, str(runner))
+        yield runner
+
+
+@pytest.fixture
+def own_cpp_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner sessions build their C++ runner themselves, as without ``$TVMDEPLOY_CPP_RUNNER``."""
+    from pytest_tvmdeploy.plugin.cpp import CPP_RUNNER_VARIABLE
+
+    monkeypatch.delenv(CPP_RUNNER_VARIABLE, raising=False)
+
+
+@pytest.fixture(scope="session")
+def cpp_exe(shared_cpp_runner: Path | None) -> Path:
+    """The C++ runner (skips the test without a C++ toolchain)."""
+    from pytest_tvmdeploy.runners.cpp_build import find_cpp_toolchain
+
+    if shared_cpp_runner is None:
+        pytest.skip(f"no C++ toolchain: {find_cpp_toolchain()}")
+    return shared_cpp_runner
 
 
 @pytest.fixture(scope="session", autouse=True)

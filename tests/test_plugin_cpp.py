@@ -111,13 +111,11 @@ def test_cpp_timeout_fails_the_test(project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["C++ runner: C++ runner timed out after 1 s running */model.so (child killed)"])
 
 
-def test_cpp_output_that_differs_is_reported_with_the_first_difference(project: pytest.Pytester) -> None:
+def test_cpp_output_that_differs_is_reported_with_the_first_difference(project: pytest.Pytester,
+                                                                        cpp_exe: Path) -> None:
     # Fault injection: a runner that delegates to the real one, then flips one output value.
-    real = project.path / "real_runner"
+    real = cpp_exe
     project.makepyfile(CONVNET)
-    project.runpytest("--tvm-cpp=on").assert_outcomes(passed=1)
-    (built,) = (project.path / ".pytest_cache/d/tvmdeploy/cpp-runner").glob("*/tvm_cpp_check")
-    shutil.copy(built, real)
     tamper = project.path / "tamper.py"
     tamper.write_text(
         "import numpy as np, sys\n"
@@ -146,7 +144,7 @@ def _path_without_cmake(tmp: Path) -> str:
     return str(tools)
 
 
-def test_missing_toolchain_skips_in_auto_and_errors_when_on(project: pytest.Pytester,
+def test_missing_toolchain_skips_in_auto_and_errors_when_on(project: pytest.Pytester, own_cpp_runner: None,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     project.makepyfile(CONVNET)
     monkeypatch.setenv("PATH", _path_without_cmake(project.path))
@@ -159,7 +157,7 @@ def test_missing_toolchain_skips_in_auto_and_errors_when_on(project: pytest.Pyte
     on.stdout.fnmatch_lines(["*test_convnet: the C++ check is required (cpp=on) but cmake not found on PATH"])
 
 
-def test_runner_is_built_once_and_reused_across_runs(project: pytest.Pytester) -> None:
+def test_runner_is_built_once_and_reused_across_runs(project: pytest.Pytester, own_cpp_runner: None) -> None:
     project.makepyfile(
         """
         import pytest

@@ -9,8 +9,9 @@ import pytest
 
 from pytest_tvmdeploy.targets import parse_target
 from pytest_tvmdeploy.tuning import build_with_records, read_database, tune
+from pytest_tvmdeploy.tuning.local_workers import local_runner
 from pytest_tvmdeploy.tuning.pool_builder import PersistentPoolBuilder
-from pytest_tvmdeploy.tuning.session import evaluator_config
+from pytest_tvmdeploy.tuning.session import RUN_TIMEOUT_SECONDS, evaluator_config
 from pytest_tvmdeploy.tuning.targets import tuning_target
 from pytest_tvmdeploy.tuning.tasks import extract_tasks, prepare_module
 from pytest_tvmdeploy.tuning.transfer import sibling_groups, transfer_schedules
@@ -65,12 +66,9 @@ def test_a_sibling_schedule_is_measured_stored_and_built(siblings, tmp_path: Pat
     stored = len(read_database(database).records)
     (tmp_path / "candidates").mkdir()
     builder = PersistentPoolBuilder(folder=str(tmp_path / "candidates"), max_workers=1)
-    try:
-        transfers = transfer_schedules(group, ms.database.JSONDatabase(work_dir=str(database)), target, builder,
-                                       ms.runner.LocalRunner(evaluator_config=evaluator_config(target)),
-                                       min_gain=float("-inf"))  # try every sibling, faster or not
-    finally:
-        builder.shutdown()
+    transfers = transfer_schedules(group, ms.database.JSONDatabase(work_dir=str(database)), target, builder,
+                                   local_runner(evaluator_config(target), RUN_TIMEOUT_SECONDS),
+                                   min_gain=float("-inf"))  # try every sibling, faster or not
     assert sorted((t.task, t.donor) for t in transfers) == [
         ("fused_conv2d_NCHWc_add_add1_relu", "fused_conv2d_NCHWc_add_relu"),
         ("fused_conv2d_NCHWc_add_relu", "fused_conv2d_NCHWc_add_add1_relu")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from pytest_tvmdeploy.runners.cpp_build import SessionCppRunner
 from pytest_tvmdeploy.targets import TargetSpec
 
 CPP_RUNNER_KEY = pytest.StashKey[SessionCppRunner]()
+#: A prebuilt runner for every session that does not name one (a CI image that ships one, or a
+#: test suite whose inner sessions share one build).
+CPP_RUNNER_VARIABLE = "TVMDEPLOY_CPP_RUNNER"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -20,7 +24,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    prebuilt = config.getoption("tvm_cpp_runner")
+    prebuilt = config.getoption("tvm_cpp_runner") or os.environ.get(CPP_RUNNER_VARIABLE)
     config.stash[CPP_RUNNER_KEY] = SessionCppRunner(
         config.stash[SESSION_KEY].cache_dir / "cpp-runner", prebuilt=Path(prebuilt).resolve() if prebuilt else None
     )

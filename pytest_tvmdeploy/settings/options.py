@@ -81,7 +81,8 @@ OPTIONS: tuple[Option, ...] = (
                 "process: auto (default; skipped with a reason when CMake or a C++ compiler is "
                 "missing), on (missing toolchain is an error), off"),
     Option("tvm_cpp_runner", "cpp", metavar="PATH",
-           help="a prebuilt tvm_cpp_check to use instead of building cpp_check/"),
+           help="a prebuilt tvm_cpp_check to use instead of building cpp_check/ (default: "
+                "$TVMDEPLOY_CPP_RUNNER, else built once into the cache)"),
     Option("tvm_cpp_timeout", "cpp", metavar="SECONDS", default="600", parse=values.seconds,
            help="time limit of one C++ run (default 600)"),
     switch("tvm_snapshot", "snapshot", "on",

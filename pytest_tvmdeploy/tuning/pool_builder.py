@@ -1,9 +1,10 @@
-"""A MetaSchedule builder that keeps one pool of build processes for a whole tuning run.
+"""A MetaSchedule builder whose build processes outlive the batch, and the run.
 
 TVM's ``LocalBuilder`` starts fresh worker processes for every batch of candidates, and its
 build function imports all of ``tvm.s_tir.tensor_intrin`` (~20 s on one of our cores) in each
-of them; under load the first builds of every batch then hit the timeout. Here the workers live
-as long as the run, and they import nothing beyond what building a candidate needs: candidates
+of them; under load the first builds of every batch then hit the timeout. Here the workers are
+this process's (``local_workers``: kept for its later runs too), and they import nothing beyond
+what building a candidate needs: candidates
 arrive already tensorized, so no intrinsic has to be registered in the worker. For a remote
 device the candidates are linked here into shared libraries (with the deployment's cross
 compiler, if any): the device then needs no compiler.
@@ -19,8 +20,10 @@ from pathlib import Path
 from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
-from tvm.support.popen_pool import MapResult, PopenPoolExecutor, StatusKind
+from tvm.support.popen_pool import MapResult, StatusKind
 from tvm.target import Target
+
+from pytest_tvmdeploy.tuning.local_workers import build_pool
 
 #: Seconds one candidate may take to build before its worker is killed (and restarted).
 BUILD_TIMEOUT_SECONDS = 60.0
@@ -61,11 +64,6 @@ def build_candidate(mod: IRModule, target: Target, folder: str, export: Export =
     return path
 
 
-def worker_ready() -> bool:
-    """A job that only makes the pool start a worker process."""
-    return True
-
-
 def build_job(job: tuple[IRModule, Target, str, Export]) -> str:
     """``build_candidate`` on one ``(mod, target, folder, export)`` tuple (the pool passes one argument)."""
     return build_candidate(*job)
@@ -73,7 +71,7 @@ def build_job(job: tuple[IRModule, Target, str, Export]) -> str:
 
 @derived_object
 class PersistentPoolBuilder(PyBuilder):
-    """Builds candidates into ``folder`` in a pool of processes that lives until :meth:`shutdown`."""
+    """Builds candidates into ``folder`` in this process's pool of ``max_workers`` build processes."""
 
     def __init__(self, *, folder: str, max_workers: int, timeout_seconds: float = BUILD_TIMEOUT_SECONDS,
                  export: Export = Export()) -> None:
@@ -81,12 +79,7 @@ class PersistentPoolBuilder(PyBuilder):
         self.folder = folder
         self.export = export
         self.timeout_seconds = timeout_seconds
-        self.pool = PopenPoolExecutor(
-            max_workers=max_workers, timeout=timeout_seconds, maximum_process_uses=BUILDS_PER_WORKER
-        )
-        # start the workers now: importing TVM in them (~3 s) overlaps the search for the first batch
-        for _ in range(max_workers):
-            self.pool.submit(worker_ready)
+        self.pool = build_pool(max_workers, timeout_seconds, BUILDS_PER_WORKER)
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         jobs = [(build_input.mod, build_input.target, self.folder, self.export) for build_input in build_inputs]
@@ -99,7 +92,3 @@ class PersistentPoolBuilder(PyBuilder):
         if outcome.status == StatusKind.TIMEOUT:
             return BuilderResult(None, f"build timed out after {self.timeout_seconds:.0f} s")
         return BuilderResult(None, f"build failed: {outcome.value}")
-
-    def shutdown(self) -> None:
-        """Stop the worker processes."""
-        self.pool.shutdown()

@@ -1,11 +1,11 @@
 """One MetaSchedule run over some tasks, with the recipe that works on small shared machines.
 
-Builds go to a pool of processes that lives for the whole run (see ``pool_builder``);
-measurements happen on this machine, or elsewhere through a :class:`RemoteMeasurement` (RPC
-devices: ``runners.rpc_tuning``), timed as they run inside a model (:func:`evaluator_config`);
-the evolutionary population is sized to the per-task budget. The run also tames MetaSchedule's
-logging: nothing on stdout, log files closed afterwards, and no clash with handlers pytest
-attaches to its loggers.
+Builds go to a pool of processes, and local measurements to one process, that this process
+keeps for its later runs too (``local_workers``); measurements happen on this machine, or
+elsewhere through a :class:`RemoteMeasurement` (RPC devices: ``runners.rpc_tuning``), timed as
+they run inside a model (:func:`evaluator_config`); the evolutionary population is sized to the
+per-task budget. The run also tames MetaSchedule's logging: nothing on stdout, log files closed
+afterwards, and no clash with handlers pytest attaches to its loggers.
 """
 
 from __future__ import annotations
@@ -91,11 +91,7 @@ def run_meta_schedule(
     evaluator = evaluator_config(target)
     export = Export() if remote is None else Export(shared=True, cc=remote.cc)
     builder = PersistentPoolBuilder(folder=str(candidates), max_workers=cpu_count(logical=True), export=export)
-    try:  # the builder's pool starts before the runner's
-        runner = _runner(remote, evaluator, say)
-    except BaseException:
-        builder.shutdown()
-        raise
+    runner = _runner(remote, evaluator, say)  # after the builder: its pool starts first
     cost_model = tuning_cost_model(contexts[0].num_threads) if budget >= COST_MODEL_WARMUP else "random"
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
     logger.addHandler(current)  # after everything that can fail before the ``finally`` that removes it
@@ -127,8 +123,8 @@ def run_meta_schedule(
             say(f"passing schedules between sibling tasks failed: {brief(exc)}")
     finally:
         logger.removeHandler(current)
-        builder.shutdown()
-        runner.pool.shutdown()
+        if remote is not None:
+            runner.pool.shutdown()
         _close_log_files(work_dir)
     if isinstance(cost_model, WarmStartedModel):
         say("candidates ranked by the shipped cost model: {shipped}, by this run's: {session}".format(
@@ -140,10 +136,10 @@ def run_meta_schedule(
 
 def _runner(remote: RemoteMeasurement | None, evaluator: Any, say: Callable[[str], None]) -> Any:
     """This machine's runner, or ``remote``'s."""
-    from tvm.s_tir import meta_schedule as ms
+    from pytest_tvmdeploy.tuning.local_workers import local_runner
 
     if remote is None:
-        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_SECONDS, evaluator_config=evaluator)
+        return local_runner(evaluator, RUN_TIMEOUT_SECONDS)
     return remote.make_runner(evaluator, RUN_TIMEOUT_SECONDS, say)
 
 
