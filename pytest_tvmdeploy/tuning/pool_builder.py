@@ -4,10 +4,9 @@ TVM's ``LocalBuilder`` starts fresh worker processes for every batch of candidat
 build function imports all of ``tvm.s_tir.tensor_intrin`` (~20 s on one of our cores) in each
 of them; under load the first builds of every batch then hit the timeout. Here the workers are
 this process's (``local_workers``: kept for its later runs too), and they import nothing beyond
-what building a candidate needs: candidates
-arrive already tensorized, so no intrinsic has to be registered in the worker. For a remote
-device the candidates are linked here into shared libraries (with the deployment's cross
-compiler, if any): the device then needs no compiler.
+what building a candidate needs: candidates arrive already tensorized, so no intrinsic has to be
+registered in the worker. For a remote device the candidates are linked here into shared
+libraries (with the deployment's cross compiler, if any): the device then needs no compiler.
 """
 
 from __future__ import annotations
