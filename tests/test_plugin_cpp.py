@@ -55,6 +55,8 @@ def test_cpp_outputs_are_bitwise_equal_to_python_for_every_dtype(project: pytest
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines_random(["*test_dtypes *bitwise*passed", "*test_multi_io *bitwise*passed",
                                         "*test_topk_and_sort_need_runtime_extra *bitwise*passed"])
+    # the runner $TVMDEPLOY_CPP_RUNNER names (this suite's one build) ran them: none was built into the cache
+    assert not (project.path / ".pytest_cache/d/tvmdeploy/cpp-runner").exists()
 
 
 def test_resnet18_from_cpp(project: pytest.Pytester) -> None:
@@ -177,8 +179,17 @@ def test_runner_is_built_once_and_reused_across_runs(project: pytest.Pytester, o
             for p in (project.path / ".pytest_cache/d/tvmdeploy/cpp-runner").glob("*/tvm_cpp_check")] == [built_at]
 
 
-def test_prebuilt_runner_that_does_not_exist_is_an_error(project: pytest.Pytester) -> None:
+def test_prebuilt_runner_that_does_not_exist_is_an_error(project: pytest.Pytester,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     project.makepyfile(CONVNET)
+    result = project.runpytest("--tvm-cpp-runner=/nonexistent/tvm_cpp_check")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*/nonexistent/tvm_cpp_check: prebuilt C++ runner not found"])
+    # the environment's runner, for sessions that name none; the command line's wins over it
+    monkeypatch.setenv("TVMDEPLOY_CPP_RUNNER", "/nonexistent/from_the_environment")
+    result = project.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*/nonexistent/from_the_environment: prebuilt C++ runner not found"])
     result = project.runpytest("--tvm-cpp-runner=/nonexistent/tvm_cpp_check")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*/nonexistent/tvm_cpp_check: prebuilt C++ runner not found"])
