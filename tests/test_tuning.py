@@ -342,8 +342,8 @@ def test_a_time_limit_in_the_first_round_keeps_every_batch_sent_before_it(tiny, 
     from pytest_tvmdeploy.tuning import monitor
 
     late = False
-    real_clock = monitor._now
-    monkeypatch.setattr(monitor, "_now", lambda: math.inf if late else real_clock())
+    real_clock = monitor.now
+    monkeypatch.setattr(monitor, "now", lambda: math.inf if late else real_clock())
     lines: list[str] = []
 
     def progress(line: str) -> None:
@@ -359,6 +359,37 @@ def test_a_time_limit_in_the_first_round_keeps_every_batch_sent_before_it(tiny, 
     workloads = {json.loads(line)[0] for line in _lines(database, RECORD_FILE)}
     assert len(workloads) == summary.tasks, (len(workloads), summary.tasks)  # was 1: the first task's
     assert summary.records_added == summary.trials
+
+
+def test_no_task_starts_its_search_after_the_time_limit(tiny, tmp_path, monkeypatch) -> None:
+    # The first round used to search every task (evolving a population: seconds each) before any
+    # measurement could see the clock: a 10 s limit took 73 s on this model. Here the limit passes
+    # once the second task's batch is sent: the tasks after it are not searched, and are named.
+    import math
+
+    from pytest_tvmdeploy.tuning import monitor
+
+    late = False
+    real_clock = monitor.now
+    monkeypatch.setattr(monitor, "now", lambda: math.inf if late else real_clock())
+    lines: list[str] = []
+
+    def progress(line: str) -> None:
+        nonlocal late
+        lines.append(line)
+        late = late or bool(re.search(r"measuring \d+ candidates of task 2/", line))
+
+    database = tmp_path / "db"
+    summary = tune(tiny, SPEC, database, max_trials=5000, max_trials_per_task=2000, max_seconds=3600,
+                   progress=progress)
+    assert summary.tasks == 4
+    searched = [result.name for result in summary.results if result.trials]
+    unreached = [result.name for result in summary.results if not result.trials]
+    assert len(searched) == 2 and len(unreached) == 2
+    (stopped,) = [line for line in lines if "stopped at its time limit" in line]
+    assert stopped.endswith(f"; 2 of 4 tasks not reached: {', '.join(sorted(unreached))}")
+    assert not any(re.search(r"measuring \d+ candidates of task [34]/", line) for line in lines)
+    assert len({json.loads(line)[0] for line in _lines(database, RECORD_FILE)}) == 2  # the two searched tasks'
 
 
 def test_cpus_time_candidates_cold_and_other_devices_hot() -> None:

@@ -54,8 +54,10 @@ def tune(
     tunes the other tasks further (starting from their best records; a task may exceed its cap
     by up to one cap in that call). Records already in the folder are kept. ``progress``
     receives a line per batch of candidates sent to the builder and per measured batch.
-    ``max_seconds`` ends the search once that much time has gone (the batch being measured then
-    is stored, candidates still queued are dropped); a later call goes on from the stored records.
+    ``max_seconds`` ends the search once that much of it has gone (counted once the build and
+    timing workers are up): no task starts another search after it, the batches already sent are
+    measured and stored, and tasks whose turn had not come keep no new records; a later call goes
+    on from the stored records.
     With ``remote`` (e.g. :func:`pytest_tvmdeploy.runners.rpc_tuning.rpc_measurement`), candidates
     are measured there; a target that is not this machine needs that.
     """

@@ -62,7 +62,7 @@ class TuningMonitor(PyMeasureCallback):
     def apply(self, task_scheduler, task_id: int, measure_candidates, builder_results, runner_results) -> None:
         if builder_results:  # the scheduler revisits exhausted tasks with empty batches
             self._count(task_id, builder_results, runner_results)
-        if self.deadline is not None and _now() >= self.deadline:
+        if self.deadline is not None and now() >= self.deadline:
             self.timed_out = True
             if self.sent_at.get(task_id, self.deadline) >= self.deadline:  # unknown: as if sent late
                 raise TuningDeadline("the tuning run's time limit has passed")
@@ -103,7 +103,7 @@ class TuningMonitor(PyMeasureCallback):
         )
 
 
-def _now() -> float:
+def now() -> float:
     """The clock deadlines are read on (``time.monotonic``)."""
     return time.monotonic()
 
@@ -131,7 +131,7 @@ class CurrentTask(logging.Handler):
             self.number, self.task_name = int(match.group(1)) + 1, match.group(2)
         sending = _SENDING_MESSAGE.search(message)
         if sending and self.task_name and int(sending.group(1)) > 0:
-            self.sent_at[self.number - 1] = _now()
+            self.sent_at[self.number - 1] = now()
             self.progress(f"measuring {sending.group(1)} candidates of task {self.number}/{self.task_count} "
                           f"{self.task_name}")
 

@@ -26,6 +26,8 @@ from pytest_tvmdeploy.tuning.tasks import Task
 if TYPE_CHECKING:
     import tvm
 
+    from pytest_tvmdeploy.tuning.deadline import Cutoff
+
 @dataclass(frozen=True)
 class RemoteMeasurement:
     """Candidates measured off this machine: ``make_runner(evaluator, run_timeout, say)`` gives
@@ -75,6 +77,7 @@ def run_meta_schedule(
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
+    from pytest_tvmdeploy.tuning.deadline import Cutoff
     from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
     from pytest_tvmdeploy.tuning.pool_builder import Export, PersistentPoolBuilder
     from pytest_tvmdeploy.tuning.transfer import transfer_schedules
@@ -82,9 +85,9 @@ def run_meta_schedule(
 
     configure_threads()  # candidates are measured with the threads the deployed model will run with
     logger = logging.getLogger(META_SCHEDULE_LOGGER)
-    contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger)
-    deadline = time.monotonic() + max_seconds if max_seconds is not None else None
-    monitor = TuningMonitor([str(context.task_name) for context in contexts], say, deadline)
+    cutoff = Cutoff(None)
+    contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger, cutoff)
+    monitor = TuningMonitor([str(context.task_name) for context in contexts], say)
     current = CurrentTask(len(contexts), say, monitor.sent_at)
     candidates = work_dir / "candidates"
     candidates.mkdir(exist_ok=True)
@@ -97,6 +100,9 @@ def run_meta_schedule(
     logger.addHandler(current)  # after everything that can fail before the ``finally`` that removes it
     try:
         try:
+            # the clock runs from here: starting the workers (the first run in a process) is not search time
+            if max_seconds is not None:
+                cutoff.deadline = monitor.deadline = time.monotonic() + max_seconds
             ms.tune.tune_tasks(
                 tasks=contexts,
                 task_weights=weights,
@@ -117,7 +123,8 @@ def run_meta_schedule(
                     f"tuning task {current.described()} for target {label} failed: "
                     f"{brief(exc)} (MetaSchedule logs: {work_dir / 'logs'})"
                 ) from exc
-        try:
+        timed_out = monitor.timed_out or bool(cutoff.ended)
+        try:  # after a time limit too: it measures at most two candidates a task
             transfer_schedules(tasks, database, target, builder, runner, say)
         except Exception as exc:  # noqa: BLE001 - the search's own records stand; passing them on is extra
             say(f"passing schedules between sibling tasks failed: {brief(exc)}")
@@ -129,9 +136,11 @@ def run_meta_schedule(
     if isinstance(cost_model, WarmStartedModel):
         say("candidates ranked by the shipped cost model: {shipped}, by this run's: {session}".format(
             **cost_model.predictions))
-    if monitor.timed_out:
-        say(f"tuning stopped at its time limit of {max_seconds:g} s")
-    return monitor.results(), monitor.timed_out
+    if timed_out:
+        unreached = cutoff.unreached()
+        left = f"; {len(unreached)} of {len(contexts)} tasks not reached: {', '.join(unreached)}" if unreached else ""
+        say(f"tuning stopped at its time limit of {max_seconds:g} s{left}")
+    return monitor.results(), timed_out
 
 
 def _runner(remote: RemoteMeasurement | None, evaluator: Any, say: Callable[[str], None]) -> Any:
@@ -143,10 +152,13 @@ def _runner(remote: RemoteMeasurement | None, evaluator: Any, say: Callable[[str
     return remote.make_runner(evaluator, RUN_TIMEOUT_SECONDS, say)
 
 
-def _tune_contexts(tasks: list[Task], work_dir: Path, per_task: int, logger: logging.Logger) -> tuple[Any, Any]:
-    """MetaSchedule's tuning contexts and task weights, with the search sized for ``per_task``."""
+def _tune_contexts(tasks: list[Task], work_dir: Path, per_task: int, logger: logging.Logger,
+                   cutoff: Cutoff) -> tuple[Any, Any]:
+    """MetaSchedule's tuning contexts and task weights, with the search sized for ``per_task``
+    and ended at ``cutoff``."""
     from tvm.s_tir import meta_schedule as ms
 
+    from pytest_tvmdeploy.tuning.deadline import DeadlineSearch
     from pytest_tvmdeploy.tuning.intrinsics import register_working_vnni
 
     register_working_vnni()  # tuning contexts need the intrinsics; TVM's VNNI one does not build
@@ -155,9 +167,9 @@ def _tune_contexts(tasks: list[Task], work_dir: Path, per_task: int, logger: log
         return ms.relax_integration.extracted_tasks_to_tune_contexts(
             [task.extracted for task in tasks],
             str(work_dir),
-            strategy=ms.search_strategy.EvolutionarySearch(
+            strategy=DeadlineSearch(ms.search_strategy.EvolutionarySearch(
                 population_size=population_size(per_task), init_min_unmeasured=INITIAL_UNMEASURED
-            ),
+            ), cutoff),
         )
 
 
