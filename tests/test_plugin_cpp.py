@@ -116,7 +116,6 @@ def test_cpp_timeout_fails_the_test(project: pytest.Pytester) -> None:
 def test_cpp_output_that_differs_is_reported_with_the_first_difference(project: pytest.Pytester,
                                                                         cpp_exe: Path) -> None:
     # Fault injection: a runner that delegates to the real one, then flips one output value.
-    real = cpp_exe
     project.makepyfile(CONVNET)
     tamper = project.path / "tamper.py"
     tamper.write_text(
@@ -125,7 +124,7 @@ def test_cpp_output_that_differs_is_reported_with_the_first_difference(project: 
         "a = np.load(p); a.flat[3] += 1; np.save(p, a)\n"
     )
     out_dir = '$(echo "$@" | sed "s/.*--out-dir \\([^ ]*\\).*/\\1/")'
-    lying = _fake_runner(project.path, f'{real} "$@" && {os.sys.executable} {tamper} {out_dir}')
+    lying = _fake_runner(project.path, f'{cpp_exe} "$@" && {os.sys.executable} {tamper} {out_dir}')
     result = project.runpytest(f"--tvm-cpp-runner={lying}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([

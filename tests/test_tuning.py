@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -333,10 +334,10 @@ def test_a_time_limit_ends_the_search_and_keeps_what_it_measured(tiny, tmp_path)
     assert not exhausted_workloads(database, target_key(SPEC))  # cut short is not run dry
 
 
-def test_a_time_limit_in_the_first_round_keeps_every_batch_sent_before_it(tiny, tmp_path, monkeypatch) -> None:
-    # MetaSchedule's first round sends one batch per task, then collects them all; a model whose
-    # round outlasts the limit kept only its first task's records. Here the limit passes right
-    # after the round's last batch is sent (the clock jumps), so every batch was sent in time.
+def _clock_jumping_past_the_limit(monkeypatch: pytest.MonkeyPatch,
+                                  after: Callable[[str], bool]) -> tuple[list[str], Callable[[str], None]]:
+    """A progress callback that keeps its lines, and from the first line ``after`` accepts on,
+    a tuning clock past every time limit."""
     import math
 
     from pytest_tvmdeploy.tuning import monitor
@@ -349,11 +350,23 @@ def test_a_time_limit_in_the_first_round_keeps_every_batch_sent_before_it(tiny, 
     def progress(line: str) -> None:
         nonlocal late
         lines.append(line)
-        sent = re.search(r"measuring \d+ candidates of task (\d+)/(\d+)", line)
-        late = late or bool(sent and sent.group(1) == sent.group(2))
+        late = late or after(line)
 
+    return lines, progress
+
+
+def test_a_time_limit_in_the_first_round_keeps_every_batch_sent_before_it(tiny, tmp_path, monkeypatch) -> None:
+    # MetaSchedule's first round sends one batch per task, then collects them all; a model whose
+    # round outlasts the limit kept only its first task's records. Here the limit passes right
+    # after the round's last batch is sent (the clock jumps), so every batch was sent in time.
+    def last_task_sent(line: str) -> bool:
+        sent = re.search(r"measuring \d+ candidates of task (\d+)/(\d+)", line)
+        return bool(sent and sent.group(1) == sent.group(2))
+
+    lines, progress = _clock_jumping_past_the_limit(monkeypatch, after=last_task_sent)
     database = tmp_path / "db"
-    summary = tune(tiny, SPEC, database, max_trials=5000, max_trials_per_task=2000, max_seconds=3600,
+    # two trials a task: the smallest population (64) to evolve; the limit passes before any batch is collected
+    summary = tune(tiny, SPEC, database, max_trials=5000, max_trials_per_task=2, max_seconds=3600,
                    progress=progress)
     assert summary.tasks >= 3 and any("stopped at its time limit" in line for line in lines)
     workloads = {json.loads(line)[0] for line in _lines(database, RECORD_FILE)}
@@ -365,22 +378,10 @@ def test_no_task_starts_its_search_after_the_time_limit(tiny, tmp_path, monkeypa
     # The first round used to search every task (evolving a population: seconds each) before any
     # measurement could see the clock: a 10 s limit took 73 s on this model. Here the limit passes
     # once the second task's batch is sent: the tasks after it are not searched, and are named.
-    import math
-
-    from pytest_tvmdeploy.tuning import monitor
-
-    late = False
-    real_clock = monitor.now
-    monkeypatch.setattr(monitor, "now", lambda: math.inf if late else real_clock())
-    lines: list[str] = []
-
-    def progress(line: str) -> None:
-        nonlocal late
-        lines.append(line)
-        late = late or bool(re.search(r"measuring \d+ candidates of task 2/", line))
-
+    lines, progress = _clock_jumping_past_the_limit(
+        monkeypatch, after=lambda line: bool(re.search(r"measuring \d+ candidates of task 2/", line)))
     database = tmp_path / "db"
-    summary = tune(tiny, SPEC, database, max_trials=5000, max_trials_per_task=2000, max_seconds=3600,
+    summary = tune(tiny, SPEC, database, max_trials=5000, max_trials_per_task=2, max_seconds=3600,
                    progress=progress)
     assert summary.tasks == 4
     searched = [result.name for result in summary.results if result.trials]

@@ -57,6 +57,7 @@ def test_tasks_that_compute_the_same_conv_are_siblings(siblings) -> None:
 
 def test_a_sibling_schedule_is_measured_stored_and_built(siblings, tmp_path: Path) -> None:
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import cpu_count
 
     net, x, module = siblings
     database = tmp_path / "db"
@@ -65,7 +66,8 @@ def test_a_sibling_schedule_is_measured_stored_and_built(siblings, tmp_path: Pat
     (group,) = sibling_groups(extract_tasks(prepare_module(module, target), target))
     stored = len(read_database(database).records)
     (tmp_path / "candidates").mkdir()
-    builder = PersistentPoolBuilder(folder=str(tmp_path / "candidates"), max_workers=1)
+    # as many workers as tune() had: the process keeps that pool, and this build shares it
+    builder = PersistentPoolBuilder(folder=str(tmp_path / "candidates"), max_workers=cpu_count(logical=True))
     transfers = transfer_schedules(group, ms.database.JSONDatabase(work_dir=str(database)), target, builder,
                                    local_runner(evaluator_config(target), RUN_TIMEOUT_SECONDS),
                                    min_gain=float("-inf"))  # try every sibling, faster or not
