@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_tvmdeploy.plugin.cpp import CPP_RUNNER_VARIABLE
+
 CONVNET = """
 import numpy as np, pytest
 from models import TinyConvNet, seeded
@@ -185,7 +187,7 @@ def test_prebuilt_runner_that_does_not_exist_is_an_error(project: pytest.Pyteste
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*/nonexistent/tvm_cpp_check: prebuilt C++ runner not found"])
     # the environment's runner, for sessions that name none; the command line's wins over it
-    monkeypatch.setenv("TVMDEPLOY_CPP_RUNNER", "/nonexistent/from_the_environment")
+    monkeypatch.setenv(CPP_RUNNER_VARIABLE, "/nonexistent/from_the_environment")
     result = project.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*/nonexistent/from_the_environment: prebuilt C++ runner not found"])

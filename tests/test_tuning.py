@@ -340,11 +340,11 @@ def _clock_jumping_past_the_limit(monkeypatch: pytest.MonkeyPatch,
     a tuning clock past every time limit."""
     import math
 
-    from pytest_tvmdeploy.tuning import monitor
+    from pytest_tvmdeploy.tuning import deadline
 
     late = False
-    real_clock = monitor.now
-    monkeypatch.setattr(monitor, "now", lambda: math.inf if late else real_clock())
+    real_clock = deadline.now
+    monkeypatch.setattr(deadline, "now", lambda: math.inf if late else real_clock())
     lines: list[str] = []
 
     def progress(line: str) -> None:

@@ -11,26 +11,30 @@ schedules, as untuned tasks do.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
-from pytest_tvmdeploy.tuning import monitor
+
+def now() -> float:
+    """The clock deadlines are read on (``time.monotonic``)."""
+    return time.monotonic()
 
 
 @dataclass
 class Cutoff:
-    """When a run's searches stop (``time.monotonic()``; ``None``: never); which tasks gave
-    candidates, and which the limit ended."""
+    """When a run's searches stop (a :func:`now` value; ``None``: never), read by its search
+    strategies and its measure callback; which tasks gave candidates, and which the limit ended."""
 
     deadline: float | None
     searched: set[str] = field(default_factory=set)
     ended: set[str] = field(default_factory=set)
 
     def passed(self) -> bool:
-        return self.deadline is not None and monitor.now() >= self.deadline
+        return self.deadline is not None and now() >= self.deadline
 
     def unreached(self) -> list[str]:
         """Tasks the limit ended before their first search."""

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+from pytest_tvmdeploy.tuning import deadline
 from pytest_tvmdeploy.tuning.summary import TaskResult
 
 META_SCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
@@ -39,7 +39,7 @@ class TuningDeadline(Exception):
 @derived_object
 class TuningMonitor(PyMeasureCallback):
     """Counts trials and errors per task and reports progress after each measured batch; once
-    ``deadline`` (a ``time.monotonic()`` value) has passed, the first batch sent to the builder
+    the run's ``cutoff`` has passed, the first batch sent to the builder
     after it is counted, then :class:`TuningDeadline` ends the run (``timed_out`` says so).
 
     Batches sent before the deadline are all kept: MetaSchedule's first round sends one batch
@@ -51,20 +51,21 @@ class TuningMonitor(PyMeasureCallback):
     Raising is the one clean way out: terminating the tasks from here leaves MetaSchedule's
     gradient scheduler holding task ids it already chose, which it then fails on."""
 
-    def __init__(self, task_names: list[str], progress: Callable[[str], None], deadline: float | None = None) -> None:
+    def __init__(self, task_names: list[str], progress: Callable[[str], None], cutoff: deadline.Cutoff) -> None:
         self.task_names = task_names
         self.progress = progress
         self.tallies = [_Tally() for _ in task_names]
-        self.deadline = deadline
+        self.cutoff = cutoff
         self.timed_out = False
         self.sent_at: dict[int, float] = {}  # task id -> when its last batch went to the builder
 
     def apply(self, task_scheduler, task_id: int, measure_candidates, builder_results, runner_results) -> None:
         if builder_results:  # the scheduler revisits exhausted tasks with empty batches
             self._count(task_id, builder_results, runner_results)
-        if self.deadline is not None and now() >= self.deadline:
+        if self.cutoff.passed():
             self.timed_out = True
-            if self.sent_at.get(task_id, self.deadline) >= self.deadline:  # unknown: as if sent late
+            limit = self.cutoff.deadline
+            if self.sent_at.get(task_id, limit) >= limit:  # unknown: as if sent late
                 raise TuningDeadline("the tuning run's time limit has passed")
 
     def _count(self, task_id: int, builder_results, runner_results) -> None:
@@ -103,11 +104,6 @@ class TuningMonitor(PyMeasureCallback):
         )
 
 
-def now() -> float:
-    """The clock deadlines are read on (``time.monotonic``)."""
-    return time.monotonic()
-
-
 class CurrentTask(logging.Handler):
     """Remembers the last task the task scheduler announced, from its log messages.
 
@@ -131,7 +127,7 @@ class CurrentTask(logging.Handler):
             self.number, self.task_name = int(match.group(1)) + 1, match.group(2)
         sending = _SENDING_MESSAGE.search(message)
         if sending and self.task_name and int(sending.group(1)) > 0:
-            self.sent_at[self.number - 1] = now()
+            self.sent_at[self.number - 1] = deadline.now()
             self.progress(f"measuring {sending.group(1)} candidates of task {self.number}/{self.task_count} "
                           f"{self.task_name}")
 

@@ -72,12 +72,11 @@ def run_meta_schedule(
     ``label`` names the target in error messages. With ``remote``, candidates are linked into
     shared libraries here and measured on its devices.
     """
-    import time
 
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
-    from pytest_tvmdeploy.tuning.deadline import Cutoff
+    from pytest_tvmdeploy.tuning.deadline import Cutoff, now
     from pytest_tvmdeploy.tuning.monitor import META_SCHEDULE_LOGGER, CurrentTask, TuningMonitor
     from pytest_tvmdeploy.tuning.pool_builder import Export, PersistentPoolBuilder
     from pytest_tvmdeploy.tuning.transfer import transfer_schedules
@@ -87,7 +86,7 @@ def run_meta_schedule(
     logger = logging.getLogger(META_SCHEDULE_LOGGER)
     cutoff = Cutoff(None)
     contexts, weights = _tune_contexts(tasks, work_dir, per_task, logger, cutoff)
-    monitor = TuningMonitor([str(context.task_name) for context in contexts], say)
+    monitor = TuningMonitor([str(context.task_name) for context in contexts], say, cutoff)
     current = CurrentTask(len(contexts), say, monitor.sent_at)
     candidates = work_dir / "candidates"
     candidates.mkdir(exist_ok=True)
@@ -102,7 +101,7 @@ def run_meta_schedule(
         try:
             # the clock runs from here: starting the workers (the first run in a process) is not search time
             if max_seconds is not None:
-                cutoff.deadline = monitor.deadline = time.monotonic() + max_seconds
+                cutoff.deadline = now() + max_seconds
             ms.tune.tune_tasks(
                 tasks=contexts,
                 task_weights=weights,
